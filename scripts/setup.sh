@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh machine: Debian packages, the virtualenv, Python
+# packages (llama.cpp compiled once, then reused from pip's wheel cache), and the models
+# assembled and sha256-verified. Re-running it skips every step that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+step() { printf '\n==> %s\n' "$*"; }
+
+# 1. Debian packages: PortAudio for live microphones/speakers (sounddevice).
+APT_PKGS="libportaudio2"
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  step "installing Debian packages:$missing"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $missing || \
+    echo "warning: could not install$missing (live audio devices will be unavailable)"
+fi
+
+# 2. Virtualenv.
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating virtualenv $VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip wheel
+fi
+
+# 3. Python packages (skipped when pyproject.toml has not changed since the last install).
+stamp="$VENV/.hark-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  step "installing Python packages (llama-cpp-python compiles once, ~5 min on 2 cores)"
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF}" \
+  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+    "$VENV/bin/pip" install --progress-bar on -e ".[dev]"
+  echo "$want" > "$stamp"
+else
+  step "Python packages up to date"
+fi
+
+# 4. Models: download, assemble, verify sha256 (no-op when already assembled).
+step "models"
+"$VENV/bin/hark" models pull

@@ -1,0 +1,54 @@
+"""Shared fixtures. Real models come from the catalogue (``make test`` pulls them first);
+real recordings from ../shared/testdata, skipped when absent."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hark.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = Path(os.environ.get("HARK_TESTDATA", REPO.parent / "shared" / "testdata"))
+
+
+@pytest.fixture(scope="session")
+def cfg() -> Config:
+    """Default config, with the tiny LLM so tests stay quick."""
+    c = Config()
+    c.llm.profile = "tiny"
+    return c
+
+
+@functools.lru_cache(maxsize=1)
+def _tts():
+    from hark.tts.piper import load_tts
+
+    return load_tts(Config())
+
+
+@functools.lru_cache(maxsize=64)
+def _speak(text: str) -> np.ndarray:
+    from hark.audio import resample
+
+    tts = _tts()
+    audio = np.concatenate([c.samples for c in tts.synthesize(text)])
+    return resample(audio, tts.sample_rate, 16000)
+
+
+@pytest.fixture(scope="session")
+def speak():
+    """speak(text) -> int16 16 kHz mono audio of the Piper voice saying ``text``."""
+    return _speak
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    real = TESTDATA / "real"
+    if not real.is_dir():
+        pytest.skip("../shared/testdata is absent")
+    return real
