@@ -1,0 +1,456 @@
+"""The assistant: every stage loaded once, and turns run through them.
+
+Two ways to run a turn, both in this one class so the benchmark compares them in the same
+process on the same engines:
+
+``streaming`` (hark's way)
+    VAD runs on every frame; Whisper re-decodes the growing utterance while the person
+    speaks; every partial transcript goes through the intent matcher, which moves the
+    end-of-turn point (a complete command ends the turn after a short pause, an unfinished
+    phrase waits longer). At the first short pause a *speculative* response starts: final
+    decode, intent, LLM tokens into the chunker, TTS of the first clause. If the person
+    goes on speaking it is thrown away; when the turn ends it is already under way, and
+    its audio is released the moment the turn is committed. Intent handlers (which act
+    on the world) only run once the turn is committed.
+
+``baseline`` (a typical assistant)
+    A fixed 700 ms silence ends the turn, then whole-utterance ASR, intent, the complete
+    LLM reply, the complete TTS, then playback.
+
+Both yield :mod:`hark.pipeline.events` and mark the turn's :class:`~hark.trace.Trace`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hark.aio import StageExecutor
+from hark.asr.base import Transcript
+from hark.audio import AudioChunk
+from hark.config import Config
+from hark.nlu.base import IntentResult, Reply
+from hark.pipeline.events import (
+    IntentEvent,
+    ReplyAudio,
+    ReplyText,
+    SpeechEnded,
+    SpeechStarted,
+    TranscriptEvent,
+    TurnEnd,
+    TurnEvent,
+)
+from hark.trace import Trace
+
+log = logging.getLogger(__name__)
+
+NO_SPEECH = "no speech"
+APOLOGY = "Sorry, something went wrong on my side."
+
+# A partial transcript ending in one of these words is probably unfinished ("turn on the").
+_UNFINISHED = re.compile(
+    r"\b(the|a|an|to|of|for|and|or|but|my|is|are|what|what's|who|how|why|when|where|"
+    r"set|turn|switch|in|on|at|with|about|please|um|uh|like)\W*$",
+    re.IGNORECASE,
+)
+
+Notify = Callable[[str, str], Awaitable[None] | None]
+
+
+def looks_unfinished(text: str) -> bool:
+    return not text.strip() or bool(_UNFINISHED.search(text.strip()))
+
+
+class _TtsCache:
+    """LRU of synthesized phrases: confirmations and other frequent replies cost nothing."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._d: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+
+    def get(self, text: str) -> list[np.ndarray] | None:
+        key = text.strip().lower()
+        hit = self._d.get(key)
+        if hit is not None:
+            self._d.move_to_end(key)
+        return hit
+
+    def put(self, text: str, chunks: list[np.ndarray]) -> None:
+        key = text.strip().lower()
+        self._d[key] = chunks
+        self._d.move_to_end(key)
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+
+@dataclass
+class _Response:
+    """One (possibly speculative) response in flight; events queue up until commit."""
+
+    task: asyncio.Task | None = None
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    commit: asyncio.Event = field(default_factory=asyncio.Event)
+    # the response's own marks: merged into the turn's trace only if it is committed, so
+    # a discarded speculative response leaves no trace behind
+    trace: Trace = field(default_factory=Trace)
+    intent_matched: bool = False
+
+
+_END = object()
+
+
+class Assistant:
+    def __init__(self, cfg: Config, *, vad_factory, asr, nlu, handlers, llm, tts):
+        self.cfg = cfg
+        self._vad_factory = vad_factory  # () -> Endpointer (one per turn; VAD has state)
+        self.asr = asr
+        self.nlu = nlu
+        self.handlers = handlers
+        self.llm = llm
+        self.tts = tts
+        self.tts_rate: int = tts.sample_rate
+        self.asr_exec = StageExecutor("asr")
+        self.nlu_exec = StageExecutor("nlu")
+        self.llm_exec = StageExecutor("llm")
+        self.tts_exec = StageExecutor("tts")
+        self.tts_cache = _TtsCache()
+        self._notify: list[Notify] = []
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, cfg: Config, warm: bool = True) -> Assistant:
+        """Load every model once (and warm each up, so the first turn is as fast as the
+        tenth). Raises :class:`hark.errors.ModelError` naming the fix when one is missing."""
+        from hark.asr.whisper import load_asr
+        from hark.llm.service import load_llm
+        from hark.nlu.handlers import load_handlers
+        from hark.nlu.recognizer import load_nlu
+        from hark.tts.piper import load_tts
+        from hark.vad.endpoint import Endpointer
+        from hark.vad.silero import load_vad
+
+        t0 = time.monotonic()
+        asr = load_asr(cfg)
+        nlu = load_nlu(cfg)
+        handlers = load_handlers(cfg)
+        llm = load_llm(cfg)
+        tts = load_tts(cfg)
+        load_vad(cfg)  # fail early if the VAD model is missing
+
+        def vad_factory():
+            return Endpointer(load_vad(cfg), cfg.vad)
+
+        self = cls(cfg, vad_factory=vad_factory, asr=asr, nlu=nlu, handlers=handlers,
+                   llm=llm, tts=tts)
+        log.info("models loaded in %.1f s", time.monotonic() - t0)
+        if warm:
+            self.warm_up()
+        return self
+
+    def warm_up(self) -> None:
+        t0 = time.monotonic()
+        for engine in (self.asr, self.llm, self.tts):
+            fn = getattr(engine, "warm_up", None)
+            if fn:
+                fn()
+        self.nlu.recognize("what time is it")
+        # frequent phrases synthesized ahead
+        for phrase in (APOLOGY, "Sorry, I didn't catch that."):
+            self._synthesize_cached(phrase)
+        log.info("warm-up done in %.1f s", time.monotonic() - t0)
+
+    def on_notify(self, callback: Notify) -> None:
+        """``callback(session, text)`` when something must be said unprompted."""
+        self._notify.append(callback)
+
+    async def notify(self, session: str, text: str) -> None:
+        for cb in self._notify:
+            res = cb(session, text)
+            if asyncio.iscoroutine(res):
+                await res
+
+    def close(self) -> None:
+        for ex in (self.asr_exec, self.nlu_exec, self.llm_exec, self.tts_exec):
+            ex.shutdown()
+
+    # --- TTS helpers --------------------------------------------------------------------
+
+    def _synthesize_cached(self, text: str) -> list[np.ndarray]:
+        hit = self.tts_cache.get(text)
+        if hit is None:
+            hit = [c.samples for c in self.tts.synthesize(text)]
+            self.tts_cache.put(text, hit)
+        return hit
+
+    async def speak(self, text: str) -> AsyncIterator[AudioChunk]:
+        """Synthesize arbitrary text, chunk by chunk."""
+        async for chunk in self.tts_exec.iterate(lambda: self.tts.synthesize(text)):
+            yield chunk
+
+    async def _tts_stream(self, text: str, trace: Trace, cache: bool) -> AsyncIterator[AudioChunk]:
+        trace.mark("tts_start")
+        hit = self.tts_cache.get(text) if cache else None
+        if hit is not None:
+            trace.info["tts_cache_hit"] = True
+            for samples in hit:
+                trace.mark("tts_first_audio")
+                yield AudioChunk(samples, self.tts_rate, time.monotonic())
+            return
+        parts = []
+        async for chunk in self.tts_exec.iterate(lambda: self.tts.synthesize(text)):
+            trace.mark("tts_first_audio")
+            parts.append(chunk.samples)
+            yield chunk
+        if cache:
+            self.tts_cache.put(text, parts)
+
+    # --- the response: transcript -> intent or LLM -> speech -----------------------------
+
+    async def _respond(self, resp: _Response, session: str, *,
+                       audio: np.ndarray | None = None, text: str | None = None,
+                       streaming: bool = True) -> None:
+        """Fill ``resp.queue`` with events. Acting on the world (intent handlers) waits
+        for ``resp.commit``; everything else runs ahead (speculatively)."""
+        q = resp.queue
+        trace = resp.trace
+        try:
+            if text is None:
+                assert audio is not None
+                text = (await self.asr_exec.run(self.asr.transcribe, audio)).strip()
+                trace.mark("asr_final")
+                await q.put(TranscriptEvent(Transcript(text, text, True, time.monotonic())))
+            trace.info["transcript"] = text
+            if not text:
+                await resp.commit.wait()
+                await q.put(TurnEnd(trace, "", "", error=NO_SPEECH))
+                return
+            trace.mark("intent_start")
+            intent: IntentResult | None = await self.nlu_exec.run(self.nlu.recognize, text)
+            trace.mark("intent_done")
+            trace.info["intent"] = intent.name if intent else "LLM"
+            if intent is not None:
+                trace.info["slots"] = intent.slots
+                resp.intent_matched = True
+            await q.put(IntentEvent(intent))
+            if intent is not None:
+                await resp.commit.wait()  # handlers act: never speculatively
+                reply: Reply = await self.nlu_exec.run(self.handlers.handle, intent, session)
+                reply_text = reply.text
+                if reply_text:
+                    await q.put(ReplyText(reply_text, "intent"))
+                    async for chunk in self._tts_stream(reply_text, trace, cache=True):
+                        await q.put(ReplyAudio(chunk))
+                trace.mark("tts_done")
+            else:
+                reply_text = await self._llm_reply(q, trace, text, session, streaming)
+            trace.info["reply"] = reply_text
+            await resp.commit.wait()
+            await q.put(TurnEnd(trace, text, reply_text))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a crashed model must not take the turn down silently
+            log.exception("turn %s failed", trace.turn_id)
+            await q.put(ReplyText(APOLOGY, "error"))
+            for samples in self._synthesize_cached(APOLOGY):
+                await q.put(ReplyAudio(AudioChunk(samples, self.tts_rate, time.monotonic())))
+            await resp.commit.wait()
+            await q.put(TurnEnd(trace, text or "", APOLOGY, error=f"{type(exc).__name__}: {exc}"))
+        finally:
+            await q.put(_END)
+
+    async def _llm_reply(self, q: asyncio.Queue, trace: Trace, text: str, session: str,
+                         streaming: bool) -> str:
+        from hark.tts.chunker import SpeechChunker
+
+        trace.mark("llm_start")
+        source = "llm"
+        pieces: list[str] = []
+        if not streaming:  # baseline: whole reply, then whole TTS
+            async for piece in self.llm_exec.iterate(lambda: self.llm.reply_stream(text, session)):
+                trace.mark("llm_first_token")
+                pieces.append(piece)
+            trace.mark("llm_done")
+            reply = "".join(pieces).strip()
+            source = getattr(self.llm, "last_source", "llm")
+            trace.mark("llm_first_chunk")
+            await q.put(ReplyText(reply, source))
+            trace.mark("tts_start")
+            audio = await self.tts_exec.run(lambda: [c.samples for c in self.tts.synthesize(reply)])
+            trace.mark("tts_first_audio")
+            trace.mark("tts_done")
+            for samples in audio:
+                await q.put(ReplyAudio(AudioChunk(samples, self.tts_rate, time.monotonic())))
+            return reply
+
+        chunker = SpeechChunker(self.cfg.tts.first_chunk_min_chars, self.cfg.tts.chunk_max_chars)
+        # LLM -> chunks (this task) and chunks -> TTS (a second task) overlap.
+        chunks: asyncio.Queue = asyncio.Queue()
+
+        async def speak_chunks() -> None:
+            while (chunk := await chunks.get()) is not None:
+                await q.put(ReplyText(chunk, source))
+                async for audio in self._tts_stream(chunk, trace, cache=False):
+                    await q.put(ReplyAudio(audio))
+            trace.mark("tts_done")
+
+        speaker = asyncio.create_task(speak_chunks())
+        try:
+            async for piece in self.llm_exec.iterate(lambda: self.llm.reply_stream(text, session)):
+                trace.mark("llm_first_token")
+                pieces.append(piece)
+                for chunk in chunker.push(piece):
+                    trace.mark("llm_first_chunk")
+                    source = getattr(self.llm, "last_source", "llm")
+                    chunks.put_nowait(chunk)
+            for chunk in chunker.flush():
+                trace.mark("llm_first_chunk")
+                chunks.put_nowait(chunk)
+            trace.mark("llm_done")
+            chunks.put_nowait(None)
+            await speaker
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await speaker
+        return "".join(pieces).strip()
+
+    async def _drain(self, resp: _Response, trace: Trace) -> AsyncIterator[TurnEvent]:
+        """Release a committed response's events; the first audio marks ``first_audio_out``.
+        The response's marks join the turn's trace before the final event."""
+        while (ev := await resp.queue.get()) is not _END:
+            if isinstance(ev, ReplyAudio):
+                trace.mark("first_audio_out")
+            if isinstance(ev, TurnEnd):
+                for k, v in resp.trace.marks.items():
+                    trace.mark(k, v)
+                trace.info.update(resp.trace.info)
+                ev.trace = trace
+            yield ev
+
+    # --- turns --------------------------------------------------------------------------
+
+    async def run_text(self, text: str, *, session: str = "default") -> AsyncIterator[TurnEvent]:
+        """A turn from typed text (no microphone side)."""
+        trace = Trace(info={"mode": "text", "session": session})
+        trace.mark("speech_end")
+        trace.mark("turn_end")
+        resp = _Response()
+        resp.commit.set()
+        resp.task = asyncio.create_task(self._respond(resp, session, text=text))
+        try:
+            async for ev in self._drain(resp, trace):
+                yield ev
+        finally:
+            await _cancel(resp.task)
+
+    async def run_turn(self, audio: AsyncIterator[AudioChunk], *, session: str = "default",
+                       mode: str = "streaming") -> AsyncIterator[TurnEvent]:
+        """Listen to ``audio`` until the end of the turn, then answer. Closing this
+        generator cancels every piece of work still running for the turn (barge-in)."""
+        if mode not in ("streaming", "baseline"):
+            raise ValueError(f"mode must be 'streaming' or 'baseline', not {mode!r}")
+        streaming = mode == "streaming"
+        trace = Trace(info={"mode": mode, "session": session, "speculative_discarded": 0})
+        vcfg = self.cfg.vad
+        ep = self._vad_factory()
+        ep.set_eot_ms(self._eot_default() if streaming else vcfg.eot_silence_ms)
+        resp: _Response | None = None  # the (speculative) response in flight
+        partial_task: asyncio.Task | None = None
+        last_partial_len = 0
+        partial_every = int(self.cfg.asr.partial_interval_ms * 16)
+        speech_end_t: float | None = None
+        started = False
+        try:
+            async for chunk in audio:
+                for ev in ep.process(chunk):
+                    if ev.kind == "speech_start":
+                        started = True
+                        trace.mark("speech_start", ev.t)
+                        yield SpeechStarted(ev.t)
+                    elif ev.kind == "pause" and streaming:
+                        # speculative response on the utterance so far
+                        await _cancel(resp.task if resp else None)
+                        resp = self._start_response(session, ep.utterance())
+                    elif ev.kind == "speech_resume" and streaming:
+                        if resp is not None:
+                            await _cancel(resp.task)
+                            resp = None
+                            trace.info["speculative_discarded"] += 1
+                    elif ev.kind == "speech_end":
+                        speech_end_t = ev.t
+                if speech_end_t is not None:
+                    break
+                if resp is not None and resp.intent_matched:
+                    ep.set_eot_ms(vcfg.eot_short_ms)  # the speculative answer is a command
+                # partial transcripts while speaking
+                if streaming and started and self.cfg.asr.streaming and resp is None:
+                    if partial_task is not None and partial_task.done():
+                        text = "" if partial_task.exception() else partial_task.result()
+                        partial_task = None
+                        if text:
+                            yield TranscriptEvent(Transcript(text, "", False, time.monotonic()))
+                            ep.set_eot_ms(await self._eot_for(text))
+                    n = len(ep.utterance())
+                    if partial_task is None and n - last_partial_len >= partial_every:
+                        last_partial_len = n
+                        snapshot = ep.utterance()
+                        partial_task = asyncio.create_task(
+                            self.asr_exec.run(self.asr.transcribe, snapshot))
+            if not started:
+                trace.info["error"] = NO_SPEECH
+                yield TurnEnd(trace, "", "", error=NO_SPEECH)
+                return
+            if speech_end_t is None:  # the audio stopped while the person was speaking
+                speech_end_t = ep.last_speech_t
+            trace.mark("speech_end", speech_end_t)
+            trace.mark("turn_end")
+            yield SpeechEnded(speech_end_t)
+            await _cancel(partial_task)
+            if resp is None:
+                resp = self._start_response(session, ep.utterance(), streaming=streaming)
+            else:
+                trace.info["speculative_used"] = True
+            resp.commit.set()
+            async for ev in self._drain(resp, trace):
+                yield ev
+        finally:
+            await _cancel(partial_task)
+            if resp is not None:
+                await _cancel(resp.task)
+
+    def _start_response(self, session: str, audio: np.ndarray,
+                        streaming: bool = True) -> _Response:
+        resp = _Response()
+        resp.task = asyncio.create_task(
+            self._respond(resp, session, audio=audio, streaming=streaming))
+        return resp
+
+    def _eot_default(self) -> int:
+        v = self.cfg.vad
+        return (v.eot_short_ms + v.eot_long_ms) // 2
+
+    async def _eot_for(self, partial: str) -> int:
+        """End-of-turn timeout for what has been said so far."""
+        v = self.cfg.vad
+        if looks_unfinished(partial):
+            return v.eot_long_ms
+        intent = await self.nlu_exec.run(self.nlu.recognize, partial)
+        return v.eot_short_ms if intent is not None else self._eot_default()
+
+
+async def _cancel(task: asyncio.Task | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

@@ -1,0 +1,280 @@
+"""Pipeline behaviour with scripted stages: overlap, speculation, barge-in, no leaks.
+
+The stages here are small fakes with scripted outputs so the behaviour is deterministic;
+the same Assistant runs the real engines in tests/test_turn.py."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hark.audio import AudioChunk
+from hark.config import Config
+from hark.nlu.base import IntentResult, Reply
+from hark.pipeline.assistant import Assistant, looks_unfinished
+from hark.pipeline.events import ReplyAudio, ReplyText, SpeechEnded, TurnEnd
+from hark.vad.base import VadEvent
+
+
+class Log:
+    def __init__(self):
+        self.items: list[str] = []
+        self.lock = threading.Lock()
+
+    def add(self, s: str) -> None:
+        with self.lock:
+            self.items.append(s)
+
+    def index(self, prefix: str) -> int:
+        return next(i for i, s in enumerate(self.items) if s.startswith(prefix))
+
+
+class ScriptedEndpointer:
+    """Emits the scripted VAD event kinds at given chunk numbers."""
+
+    def __init__(self, script: dict[int, str]):
+        self.script = script
+        self.n = 0
+        self.audio: list[np.ndarray] = []
+        self.eot_ms: list[int] = []
+        self.last_speech_t = 0.0
+
+    def process(self, chunk: AudioChunk) -> list[VadEvent]:
+        self.n += 1
+        self.audio.append(chunk.samples)
+        kind = self.script.get(self.n)
+        return [VadEvent(kind, time.monotonic())] if kind else []
+
+    def set_eot_ms(self, ms: int) -> None:
+        self.eot_ms.append(ms)
+
+    def utterance(self) -> np.ndarray:
+        return np.concatenate(self.audio) if self.audio else np.zeros(0, np.int16)
+
+
+class FakeAsr:
+    def __init__(self, log: Log, texts_by_len=None):
+        self.log = log
+
+    def transcribe(self, samples: np.ndarray, prompt: str = "") -> str:
+        n_chunks = len(samples) // 512
+        self.log.add(f"asr:{n_chunks}")
+        return "what is the weather" if n_chunks < 8 else "turn on the kitchen light"
+
+
+class FakeNlu:
+    def recognize(self, text: str):
+        if "kitchen light" in text:
+            return IntentResult("HassTurnOn", {"name": "kitchen light"}, text)
+        return None
+
+
+class FakeHandlers:
+    def __init__(self, log: Log):
+        self.log = log
+
+    def handle(self, intent: IntentResult, session: str = "default") -> Reply:
+        self.log.add(f"handle:{intent.name}")
+        return Reply("Turning on the kitchen light.", intent, cacheable=True)
+
+
+class FakeLlm:
+    """Yields scripted pieces with a delay; records whether it was stopped early."""
+
+    def __init__(self, log: Log, pieces: list[str], delay: float = 0.03, endless=False):
+        self.log = log
+        self.pieces = pieces
+        self.delay = delay
+        self.endless = endless
+        self.stopped = threading.Event()
+        self.last_source = "llm"
+
+    def reply_stream(self, text: str, session: str = "default"):
+        self.log.add("llm:start")
+        try:
+            i = 0
+            while self.endless or i < len(self.pieces):
+                time.sleep(self.delay)
+                yield self.pieces[i % len(self.pieces)]
+                i += 1
+            self.log.add("llm:done")
+        finally:
+            self.stopped.set()
+
+
+class FakeTts:
+    sample_rate = 16000
+
+    def __init__(self, log: Log):
+        self.log = log
+
+    def synthesize(self, text: str):
+        self.log.add(f"tts:{text}")
+        yield AudioChunk(np.full(160, 100, np.int16), 16000, time.monotonic())
+
+
+def make(log: Log, llm: FakeLlm, script: dict[int, str]) -> tuple[Assistant, list]:
+    cfg = Config()
+    cfg.asr.partial_interval_ms = 64
+    made: list[ScriptedEndpointer] = []
+
+    def factory():
+        made.append(ScriptedEndpointer(script))
+        return made[-1]
+
+    a = Assistant(cfg, vad_factory=factory, asr=FakeAsr(log), nlu=FakeNlu(),
+                  handlers=FakeHandlers(log), llm=llm, tts=FakeTts(log))
+    return a, made
+
+
+async def mic(n: int, pace: float = 0.005):
+    for _ in range(n):
+        await asyncio.sleep(pace)
+        yield AudioChunk(np.zeros(512, np.int16), 16000, time.monotonic())
+
+
+async def collect(agen):
+    return [ev async for ev in agen]
+
+
+def test_llm_and_tts_overlap():
+    log = Log()
+    llm = FakeLlm(log, ["The sky ", "is blue, ", "because of ", "Rayleigh ", "scattering. ",
+                        "Short waves ", "scatter ", "more."])
+    a, _ = make(log, llm, {1: "speech_start", 4: "speech_end"})
+    events = asyncio.run(collect(a.run_turn(mic(10))))
+    a.close()
+    # the first clause was synthesized before the LLM had finished writing
+    assert log.index("tts:") < log.index("llm:done")
+    texts = [e.text for e in events if isinstance(e, ReplyText)]
+    assert len(texts) >= 2 and "".join(texts).replace(" ", "") == (
+        "The sky is blue, because of Rayleigh scattering. Short waves scatter more.".replace(" ", ""))
+    end = events[-1]
+    assert isinstance(end, TurnEnd) and end.error is None
+    assert end.trace.has("first_audio_out") and end.trace.has("llm_first_chunk")
+    # audio came out before the turn's end event, i.e. while work was still going on
+    first_audio = next(i for i, e in enumerate(events) if isinstance(e, ReplyAudio))
+    assert first_audio < len(events) - 1
+
+
+def test_barge_in_cancels_llm_and_tts():
+    log = Log()
+    llm = FakeLlm(log, ["word, ", "another word. "], delay=0.02, endless=True)
+    a, _ = make(log, llm, {1: "speech_start", 3: "speech_end"})
+
+    async def run():
+        agen = a.run_turn(mic(6))
+        async for ev in agen:
+            if isinstance(ev, ReplyAudio):
+                break  # the person starts speaking: stop listening to the reply
+        await agen.aclose()
+        n_tts = sum(s.startswith("tts:") for s in log.items)
+        stopped = await asyncio.to_thread(llm.stopped.wait, 5.0)
+        await asyncio.sleep(0.2)
+        assert sum(s.startswith("tts:") for s in log.items) <= n_tts + 1
+        return stopped, [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    stopped, tasks = asyncio.run(run())
+    a.close()
+    assert stopped, "the LLM generator kept running after barge-in"
+    assert tasks == []
+
+
+def test_speculative_work_discarded_when_speech_resumes():
+    log = Log()
+    llm = FakeLlm(log, ["It is sunny."])
+    # pause after 5 chunks (speculative response on "what is the weather"), speech resumes,
+    # the person finishes "turn on the kitchen light", the turn ends.
+    script = {1: "speech_start", 5: "pause", 7: "speech_resume", 12: "pause", 14: "speech_end"}
+    a, made = make(log, llm, script)
+    events = asyncio.run(collect(a.run_turn(mic(20, pace=0.02))))
+    a.close()
+    end = events[-1]
+    assert isinstance(end, TurnEnd)
+    assert end.trace.info["speculative_discarded"] == 1
+    assert end.transcript == "turn on the kitchen light"
+    assert end.trace.info["intent"] == "HassTurnOn"
+    # the handler acted exactly once, for the committed turn; nothing of the discarded
+    # speculative answer reached the output
+    assert [s for s in log.items if s.startswith("handle:")] == ["handle:HassTurnOn"]
+    assert all("sunny" not in e.text for e in events if isinstance(e, ReplyText))
+    # a command understood speculatively shortened the end-of-turn wait
+    assert a.cfg.vad.eot_short_ms in made[0].eot_ms
+
+
+def test_handlers_never_act_before_commit():
+    log = Log()
+    llm = FakeLlm(log, ["ok."])
+    script = {1: "speech_start", 12: "pause", 14: "speech_resume"}  # no end: audio stops
+
+    async def run():
+        a, _ = make(log, llm, script)
+        agen = a.run_turn(mic(16, pace=0.02))
+        async for ev in agen:
+            if isinstance(ev, SpeechEnded):
+                break
+        await agen.aclose()
+        a.close()
+
+    asyncio.run(run())
+    assert not any(s.startswith("handle:") for s in log.items)
+
+
+def test_no_speech():
+    log = Log()
+    a, _ = make(log, FakeLlm(log, ["x"]), {})
+    events = asyncio.run(collect(a.run_turn(mic(5))))
+    a.close()
+    assert len(events) == 1 and events[0].error == "no speech"
+    assert not any(s.startswith(("asr", "llm", "tts")) for s in log.items)
+
+
+def test_crashed_model_gives_spoken_apology_and_next_turn_works():
+    log = Log()
+
+    class CrashingLlm(FakeLlm):
+        def reply_stream(self, text, session="default"):
+            raise RuntimeError("model worker died")
+            yield  # pragma: no cover
+
+    a, _ = make(log, CrashingLlm(log, []), {1: "speech_start", 3: "speech_end"})
+    events = asyncio.run(collect(a.run_turn(mic(5))))
+    end = events[-1]
+    assert end.error and "model worker died" in end.error
+    assert any(isinstance(e, ReplyAudio) for e in events)
+    events = asyncio.run(collect(a.run_text("turn on the kitchen light")))
+    a.close()
+    assert events[-1].error is None and events[-1].reply == "Turning on the kitchen light."
+
+
+def test_baseline_mode_is_sequential():
+    log = Log()
+    llm = FakeLlm(log, ["The sky ", "is blue, ", "because of ", "scattering. ", "More."])
+    a, made = make(log, llm, {1: "speech_start", 4: "speech_end"})
+    events = asyncio.run(collect(a.run_turn(mic(8), mode="baseline")))
+    a.close()
+    assert log.index("llm:done") < log.index("tts:")
+    assert made[0].eot_ms == [a.cfg.vad.eot_silence_ms]
+    assert sum(isinstance(e, ReplyText) for e in events) == 1
+
+
+def test_no_threads_leak_after_close():
+    before = threading.active_count()
+    for _ in range(3):
+        log = Log()
+        a, _ = make(log, FakeLlm(log, ["a b c."]), {1: "speech_start", 3: "speech_end"})
+        asyncio.run(collect(a.run_turn(mic(5))))
+        a.close()
+    assert threading.active_count() <= before
+
+
+@pytest.mark.parametrize("text,unfinished", [
+    ("turn on the", True), ("what is", True), ("", True),
+    ("turn on the kitchen light", False), ("what time is it", False),
+])
+def test_looks_unfinished(text, unfinished):
+    assert looks_unfinished(text) is unfinished
