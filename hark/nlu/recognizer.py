@@ -1,0 +1,331 @@
+"""The intent stage: typed or transcribed text -> intent and slots, without an LLM.
+
+hassil matches the text against, in this order:
+
+1. hark's own local commands (``local.yaml``: stop, volume, repeat that);
+2. the user's domains (built-ins from ``hark/nlu/domains/<name>.yaml`` named in
+   ``nlu.builtin_domains``, then every YAML file in ``nlu.domains_dir``);
+3. Home Assistant's English sentences (the ``home-assistant-intents`` package), with
+   names, areas and floors from the home described in ``[home]``.
+
+Before matching, the text is normalized (case, punctuation, filler words such as "um",
+"please", "hey"). A normalized text seen before is answered from an LRU cache. When
+nothing matches strictly, slot values are corrected to the closest allowed value, but
+only when that value is clearly closest (ASR errors like "kitchen lite"). Text that no
+template can produce (open questions) gives ``None``: it goes to the LLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+import unicodedata
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hassil import Intents, TextSlotList, filter_intents, recognize_best, sample_expression
+from hassil.expression import TextChunk
+from hassil.intents import SlotList
+from rapidfuzz import fuzz, process
+
+from hark.config import Config
+from hark.errors import ConfigError
+from hark.nlu.base import IntentResult
+from hark.nlu.domain_files import (
+    Domain,
+    DomainFileError,
+    DomainProblem,
+    domain_paths,
+    load_domain,
+)
+from hark.nlu.home import Home, home_from_config
+
+log = logging.getLogger(__name__)
+
+LOCAL_SENTENCES = Path(__file__).with_name("local.yaml")
+HOMEASSISTANT = "homeassistant"
+
+MAX_CHARS = 400  # a spoken command is a sentence; longer text goes straight to the LLM
+MAX_WORDS = 40
+
+# Filler words: dropped anywhere / only at the start / only at the end.
+_FILLERS = {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "hmm", "hm", "mm", "ah"}
+_LEADING = {"hey", "ok", "okay", "so", "well", "oh", "alright", "please", "hark", "and"}
+_TRAILING = {"please", "thanks", "now"}
+_TRAILING_PHRASES = ("thank you", "for me please")
+
+_PUNCT = re.compile(r"[^\w\s'%.:/-]")  # keep apostrophes, %, and . : / - inside numbers
+_LONE = re.compile(r"(?<!\d)[.:/](?!\d)|(?<!\w)-|-(?!\w)|(?<!\w)'|'(?!\w)")
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation or filler words, single spaces: the cache key."""
+    text = unicodedata.normalize("NFKC", text).casefold().replace("’", "'")
+    text = _LONE.sub(" ", _PUNCT.sub(" ", text))
+    words = [w for w in text.split() if w not in _FILLERS]
+    while words and words[0] in _LEADING:
+        words.pop(0)
+    changed = True
+    while words and changed:
+        changed = False
+        if words[-1] in _TRAILING:
+            words.pop()
+            changed = True
+        for phrase in _TRAILING_PHRASES:
+            n = len(phrase.split())
+            if len(words) > n and " ".join(words[-n:]) == phrase:
+                del words[-n:]
+                changed = True
+    return " ".join(words)
+
+
+@dataclass
+class Matcher:
+    """One set of hassil intents with the lists it is matched with."""
+
+    domain: str
+    intents: Intents
+    slot_lists: dict[str, SlotList]
+    responses: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _plain(value: Any) -> Any:
+    """hassil values as plain JSON-able values (5.0 -> 5)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def _list_texts(slot_list: SlotList) -> list[str]:
+    """Every spoken form of a text list's values (templates expanded)."""
+    if not isinstance(slot_list, TextSlotList):
+        return []
+    texts = []
+    for value in slot_list.values:
+        expr = value.text_in
+        if isinstance(expr, TextChunk):
+            texts.append(expr.text)
+        else:
+            texts.extend(sample_expression(expr))
+    return texts
+
+
+class IntentStage:
+    """Text -> :class:`IntentResult` (or ``None`` for anything outside the templates).
+
+    Build once (``load_nlu(cfg)``); :meth:`recognize` is thread-safe and takes a few
+    milliseconds. ``problems`` lists domain files that failed to load (they are skipped,
+    every other domain keeps working).
+    """
+
+    def __init__(self, cfg: Config, home: Home | None = None,
+                 domain_files: list[Path] | None = None):
+        self.cfg = cfg
+        self.language = cfg.nlu.language
+        self.fuzzy = cfg.nlu.fuzzy
+        self.fuzzy_min_score = 80.0  # rapidfuzz ratio (0-100) a correction needs
+        self.fuzzy_margin = 10.0  # ... and how far ahead of the runner-up it must be
+        self.home = home if home is not None else home_from_config(cfg.home)
+        self.home_lists = self.home.slot_lists()
+        self.problems: list[DomainProblem] = []
+        self.domains: list[Domain] = []
+        self.matchers: list[Matcher] = []
+
+        local = load_domain(LOCAL_SENTENCES, name="hark")
+        self.matchers.append(Matcher("hark", local.intents, {}, local.responses))
+        paths = domain_files if domain_files is not None else domain_paths(
+            cfg.nlu.domains_dir, cfg.nlu.builtin_domains)
+        for path in paths:
+            try:
+                domain = load_domain(path)
+            except DomainFileError as exc:
+                self.problems.extend(exc.problems)
+                log.error("skipping intent domain %s:\n%s", path,
+                          "\n".join(f"  {p}" for p in exc.problems))
+                continue
+            self.domains.append(domain)
+            self.matchers.append(Matcher(domain.name, domain.intents, self.home_lists,
+                                         domain.responses))
+        self.matchers.append(Matcher(HOMEASSISTANT, self._homeassistant_intents(),
+                                     self.home_lists))
+
+        self._vocab: list[str] = self._fuzzy_vocabulary()
+        self._vocab_set = set(self._vocab)
+        self._cache: OrderedDict[str, IntentResult | None] = OrderedDict()
+        self._cache_size = max(0, cfg.nlu.cache_size)
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.warmup()
+
+    def _homeassistant_intents(self) -> Intents:
+        from home_assistant_intents import get_intents
+
+        data = get_intents(self.language)
+        if data is None:
+            raise ConfigError(f"nlu.language: home-assistant-intents has no sentences for "
+                              f"{self.language!r}", fix='use nlu.language = "en"')
+        intents = Intents.from_dict(data)
+        # Keep the sentences for device domains this home has (and every sentence not
+        # tied to a domain: timers, time, weather, lists...): fewer templates, faster.
+        return filter_intents(intents, domains=self.home.domains, keep_domainless=True)
+
+    def _fuzzy_vocabulary(self) -> list[str]:
+        """Spoken forms of the values a slot may be corrected to: home names, areas,
+        floors and the user domains' own lists."""
+        texts: set[str] = set()
+        for name in ("name", "area", "floor"):
+            texts.update(_list_texts(self.home_lists[name]))
+        for domain in self.domains:
+            lists = list(domain.intents.slot_lists.values())
+            for intent in domain.intents.intents.values():
+                for data in intent.data:
+                    lists += list(data.slot_lists.values())
+            for slot_list in lists:
+                texts.update(_list_texts(slot_list))
+        return sorted({normalize(t) for t in texts if len(t.strip()) >= 3} - {""})
+
+    def warmup(self) -> None:
+        """Run a few sentences so first-use costs (template compilation) are paid now."""
+        for text in ("what time is it", "turn on the light", "set a timer for 5 minutes",
+                     "why is the sky blue", "turn on the kitchn lite"):
+            self.match(text)
+
+    # -- matching ------------------------------------------------------------------
+
+    def recognize(self, text: str) -> IntentResult | None:
+        """The intent of ``text``; ``None`` when it is empty, too long or out of scope."""
+        if not text or len(text) > 4 * MAX_CHARS:
+            return None
+        key = normalize(text)
+        if not key or len(key) > MAX_CHARS or key.count(" ") >= MAX_WORDS:
+            return None
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                hit = self._cache[key]
+                return dataclasses.replace(hit, source="cache", text=text) if hit else None
+            self.misses += 1
+        result = self.match(key, original=text)
+        if self._cache_size:
+            with self._lock:
+                self._cache[key] = result
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+    def match(self, text: str, original: str | None = None) -> IntentResult | None:
+        """Strict hassil matching, then fuzzy slot correction; no cache."""
+        original = original if original is not None else text
+        norm = normalize(text)
+        if not norm:
+            return None
+        result = self._strict(norm)
+        if result is not None:
+            return dataclasses.replace(result, text=original)
+        if self.fuzzy:
+            corrected = self._fuzzy(norm)
+            if corrected is not None:
+                return dataclasses.replace(corrected, text=original)
+        return None
+
+    def _strict(self, text: str) -> IntentResult | None:
+        for matcher in self.matchers:
+            try:
+                found = recognize_best(text, matcher.intents, slot_lists=matcher.slot_lists,
+                                       language=self.language, best_slot_name="name")
+            except Exception:  # a template bug must never take the assistant down
+                log.exception("intent matching failed in domain %s for %r",
+                              matcher.domain, text)
+                continue
+            if found is not None:
+                slots = {e.name: _plain(e.value) for e in found.entities_list}
+                return IntentResult(name=found.intent.name, slots=slots, text=text,
+                                    source="hassil", domain=matcher.domain)
+        return None
+
+    def _fuzzy(self, text: str) -> IntentResult | None:
+        """Replace word spans that are clearly a misheard slot value, then re-match."""
+        if not self._vocab:
+            return None
+        words = text.split()
+        max_n = max(v.count(" ") for v in self._vocab) + 2
+        spans: list[tuple[int, int, str]] = []
+        for n in range(1, min(max_n, len(words)) + 1):
+            for i in range(len(words) - n + 1):
+                gram = " ".join(words[i:i + n])
+                if len(gram) >= 3 and gram not in self._vocab_set:
+                    spans.append((i, i + n, gram))
+        if not spans:
+            return None
+        scores = process.cdist([s[2] for s in spans], self._vocab, scorer=fuzz.ratio,
+                               workers=1)
+        candidates = []
+        for row, (start, end, gram) in enumerate(spans):
+            order = scores[row].argsort()[::-1]
+            best = float(scores[row][order[0]])
+            second = float(scores[row][order[1]]) if len(order) > 1 else 0.0
+            if best >= self.fuzzy_min_score and best - second >= self.fuzzy_margin:
+                candidates.append((best, end - start, start, end, self._vocab[order[0]]))
+        if not candidates:
+            return None
+        candidates.sort(reverse=True)
+        taken: set[int] = set()
+        chosen = []
+        for score, _, start, end, value in candidates:
+            if taken.isdisjoint(range(start, end)):
+                taken.update(range(start, end))
+                chosen.append((start, end, value, score))
+        chosen.sort()
+        out: list[str] = []
+        pos = 0
+        for start, end, value, _ in chosen:
+            out += words[pos:start] + [value]
+            pos = end
+        out += words[pos:]
+        result = self._strict(" ".join(out))
+        if result is None:
+            return None
+        confidence = min(score for *_, score in chosen) / 100.0
+        return dataclasses.replace(result, source="fuzzy", confidence=confidence)
+
+    # -- cache ---------------------------------------------------------------------
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self.hits = self.misses = 0
+
+    def cache_info(self) -> dict[str, int]:
+        with self._lock:
+            return {"size": len(self._cache), "max_size": self._cache_size,
+                    "hits": self.hits, "misses": self.misses}
+
+    def responses(self, domain: str) -> dict[str, str]:
+        """The reply templates a domain file gave (``responses:``), by intent name."""
+        for matcher in self.matchers:
+            if matcher.domain == domain:
+                return matcher.responses
+        return {}
+
+
+def load_nlu(cfg: Config, home: Home | None = None) -> IntentStage:
+    """Build the intent stage for ``cfg`` (hassil structures are built once, here)."""
+    start = time.perf_counter()
+    stage = IntentStage(cfg, home=home)
+    log.info("intent stage ready in %.0f ms: %d domains (%s), %d files skipped",
+             (time.perf_counter() - start) * 1000, len(stage.matchers),
+             ", ".join(m.domain for m in stage.matchers), len(stage.problems))
+    return stage
