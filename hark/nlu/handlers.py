@@ -1,0 +1,382 @@
+"""What answering an intent does and says.
+
+:class:`IntentHandlers` dispatches an :class:`IntentResult` to:
+
+- local handlers that act themselves: time, date, timers (:mod:`hark.nlu.timers`),
+  stop / nevermind, the assistant's volume, "repeat that", weather (none configured);
+- a home handler for home-automation intents (lights, climate, covers, media, lists...):
+  :class:`HomeAssistantHandler` calls a real Home Assistant over its REST API when
+  ``home.home_assistant_url`` is set, otherwise :class:`DryRunHomeHandler` says what it
+  would have done;
+- :class:`DomainHandler` for the user's own domains (``orderDrink``...), which confirms
+  with the slots using the domain file's ``responses:`` template or a plain default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from hark.config import Config
+from hark.nlu.base import IntentResult, Reply
+from hark.nlu.timers import Timer, TimerManager, say_duration
+
+log = logging.getLogger(__name__)
+
+TIMER_INTENTS = {
+    "HassStartTimer", "HassCancelTimer", "HassCancelAllTimers", "HassTimerStatus",
+    "HassPauseTimer", "HassUnpauseTimer", "HassIncreaseTimer", "HassDecreaseTimer",
+}
+LOCAL_INTENTS = TIMER_INTENTS | {
+    "HassGetCurrentTime", "HassGetCurrentDate", "HassNevermind", "HarkRepeat",
+    "HarkVolumeStep", "HassRespond",
+}
+VOLUME_STEP = 10  # percent per "louder"
+
+
+class HomeHandler(Protocol):
+    """Acts on home-automation intents (a Home Assistant, or a dry run)."""
+
+    def handle(self, intent: IntentResult) -> Reply: ...
+
+
+# -- describing targets ---------------------------------------------------------------
+
+_PLURAL = {"light": "lights", "fan": "fans", "cover": "covers", "switch": "switches",
+           "media_player": "speakers", "climate": "thermostats", "lock": "locks",
+           "vacuum": "vacuums", "scene": "scenes", "script": "scripts"}
+
+
+def describe_target(slots: dict[str, Any]) -> str:
+    """Words for what an intent acts on: "the kitchen light", "the lights in the
+    bedroom", "everything in the garage"."""
+    if slots.get("name"):
+        return f"the {slots['name']}"
+    what = slots.get("device_class") or slots.get("domain")
+    things = _PLURAL.get(str(what), f"{what}s") if what else ""
+    place = slots.get("area") or (f"{slots['floor']} floor" if slots.get("floor") else "")
+    if things and place:
+        return f"the {things} in the {place}"
+    if things:
+        return f"all the {things}"
+    if place:
+        return f"everything in the {place}"
+    return "that"
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+class DryRunHomeHandler:
+    """No home-automation system configured: say what would have been done.
+
+    Shopping and to-do lists are kept in memory so "add milk to my shopping list"
+    really adds something that a later "what's on..." could read back.
+    """
+
+    def __init__(self) -> None:
+        self.lists: dict[str, list[str]] = {}
+        self.calls: list[IntentResult] = []
+
+    def handle(self, intent: IntentResult) -> Reply:
+        self.calls.append(intent)
+        s = intent.slots
+        target = describe_target(s)
+        name = intent.name
+        text: str
+        if name == "HassTurnOn":
+            verb = "Opening" if s.get("domain") == "cover" or "door" in target else "Turning on"
+            text = f"{verb} {target}."
+        elif name == "HassTurnOff":
+            verb = "Closing" if s.get("domain") == "cover" or "door" in target else "Turning off"
+            text = f"{verb} {target}."
+        elif name == "HassLightSet":
+            if "brightness" in s:
+                text = f"Setting {target} to {_number(s['brightness'])} percent brightness."
+            elif "color" in s:
+                text = f"Turning {target} {s['color']}."
+            elif "temperature" in s:
+                text = f"Setting {target} to {_number(s['temperature'])} kelvin."
+            else:
+                text = f"Adjusting {target}."
+        elif name == "HassClimateSetTemperature":
+            where = f" in the {s['area']}" if s.get("area") else ""
+            text = f"Setting the temperature{where} to {_number(s.get('temperature'))} degrees."
+        elif name == "HassSetPosition":
+            text = f"Setting {target} to {_number(s.get('position'))} percent."
+        elif name == "HassFanSetSpeed":
+            text = f"Setting {target} to {_number(s.get('percentage'))} percent."
+        elif name in ("HassMediaPause", "HassMediaUnpause", "HassMediaNext",
+                      "HassMediaPrevious", "HassMediaPlayerMute", "HassMediaPlayerUnmute"):
+            verb = {"HassMediaPause": "Pausing", "HassMediaUnpause": "Resuming",
+                    "HassMediaNext": "Skipping to the next track on",
+                    "HassMediaPrevious": "Going back a track on",
+                    "HassMediaPlayerMute": "Muting",
+                    "HassMediaPlayerUnmute": "Unmuting"}[name]
+            text = f"{verb} {target if target != 'that' else 'the music'}."
+        elif name == "HassMediaSearchAndPlay":
+            text = f"Playing {s.get('search_query', 'something')}."
+        elif name in ("HassSetVolume", "HassSetVolumeRelative"):
+            level = s.get("volume_level", s.get("volume"))
+            step = s.get("volume_step")
+            text = (f"Setting the volume of {target} to {_number(level)} percent."
+                    if level is not None else f"Turning {target} {step or 'up'}.")
+        elif name in ("HassShoppingListAddItem", "HassListAddItem"):
+            list_name = str(s.get("name") or "shopping")
+            item = str(s.get("item", "")).strip()
+            self.lists.setdefault(list_name, []).append(item)
+            text = f"Added {item} to your {list_name} list."
+        elif name in ("HassShoppingListCompleteItem", "HassListCompleteItem",
+                      "HassListRemoveItem"):
+            list_name = str(s.get("name") or "shopping")
+            item = str(s.get("item", "")).strip()
+            items = self.lists.get(list_name, [])
+            if item in items:
+                items.remove(item)
+            text = f"Removed {item} from your {list_name} list."
+        elif name in ("HassGetState", "HassClimateGetTemperature", "HassGetWeather"):
+            text = ("I can't check that: no Home Assistant is connected. "
+                    "Set home.home_assistant_url to connect one.")
+        else:
+            text = f"I would run {name} on {target}, but no Home Assistant is connected."
+        return Reply(text=text, intent=intent, cacheable=False)
+
+
+class HomeAssistantHandler:
+    """Runs intents on a Home Assistant instance over its REST API.
+
+    ``POST {url}/api/intent/handle`` with ``{"name": intent, "data": slots}`` and the
+    long-lived access token as a Bearer token (Home Assistant needs ``intent:`` in its
+    configuration.yaml for this endpoint). The reply is Home Assistant's own speech.
+    """
+
+    def __init__(self, url: str, token: str, timeout_s: float = 5.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def handle(self, intent: IntentResult) -> Reply:
+        body = json.dumps({"name": intent.name, "data": intent.slots}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/api/intent/handle", data=body, method="POST",
+            headers={"Authorization": f"Bearer {self.token}",
+                     "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                payload = json.loads(response.read().decode("utf-8") or "{}")
+        except urllib.error.HTTPError as exc:
+            log.warning("Home Assistant answered %s to %s: %s", exc.code, intent.name,
+                        exc.read()[:200])
+            if exc.code == 401:
+                return Reply("Home Assistant refused my access token.", intent,
+                             cacheable=False)
+            return Reply("Home Assistant couldn't do that.", intent, cacheable=False)
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+            log.warning("cannot reach Home Assistant at %s: %s", self.url, exc)
+            return Reply("I couldn't reach Home Assistant.", intent, cacheable=False)
+        speech = (((payload.get("speech") or {}).get("plain") or {}).get("speech") or "").strip()
+        return Reply(speech or "Done.", intent, cacheable=False)
+
+
+class DomainHandler:
+    """User-domain intents: confirm with the slots.
+
+    The domain file's ``responses: {intent: "One {size} {coffeeDrink}, coming up."}``
+    is filled with the slots (missing ones left out); without one, the reply is
+    "Okay: large latte." (the slot values in order).
+    """
+
+    def __init__(self, responses: Callable[[str], dict[str, str]]):
+        self._responses = responses
+
+    def handle(self, intent: IntentResult) -> Reply:
+        template = self._responses(intent.domain).get(intent.name)
+        if template:
+            values = {k: _number(v) for k, v in intent.slots.items()}
+            text = re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), ""), template)
+            text = re.sub(r"\s+([,.!?])", r"\1", re.sub(r"\s{2,}", " ", text)).strip()
+        else:
+            words = " ".join(_number(v) for v in intent.slots.values() if v not in ("", None))
+            text = f"Okay: {words}." if words else "Okay."
+        return Reply(text=text, intent=intent, cacheable=False)
+
+
+# -- dispatch ---------------------------------------------------------------------------
+
+
+class IntentHandlers:
+    """Answers an intent: ``handle(intent, session) -> Reply``.
+
+    Keeps, per session, the last reply (for "repeat that"; the pipeline should call
+    :meth:`remember` with LLM answers too) and the assistant's volume (``volume``).
+    ``timers.on_fire(callback)`` registers what to do when a timer finishes.
+    """
+
+    def __init__(self, cfg: Config, timers: TimerManager | None = None,
+                 home: HomeHandler | None = None,
+                 responses: Callable[[str], dict[str, str]] | None = None,
+                 now: Callable[[], datetime] = datetime.now):
+        self.cfg = cfg
+        self.timers = timers or TimerManager()
+        if home is None:
+            if cfg.home.home_assistant_url:
+                home = HomeAssistantHandler(cfg.home.home_assistant_url,
+                                            cfg.home.home_assistant_token)
+            else:
+                home = DryRunHomeHandler()
+        self.home = home
+        self.domains = DomainHandler(responses or (lambda domain: {}))
+        self.now = now
+        self.volume: dict[str, int] = {}
+        self._last: dict[str, Reply] = {}
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------
+
+    def handle(self, intent: IntentResult, session: str = "default") -> Reply:
+        try:
+            reply = self._dispatch(intent, session)
+        except Exception:
+            log.exception("handler for %s failed", intent.name)
+            reply = Reply("Sorry, something went wrong doing that.", intent, cacheable=False)
+        if intent.name not in ("HarkRepeat", "HassNevermind") and reply.text:
+            self.remember(session, reply)
+        return reply
+
+    def remember(self, session: str, reply: Reply | str) -> None:
+        """Record what was last said in ``session`` (for "repeat that")."""
+        if isinstance(reply, str):
+            reply = Reply(text=reply)
+        with self._lock:
+            self._last[session] = reply
+
+    def last_reply(self, session: str = "default") -> Reply | None:
+        with self._lock:
+            return self._last.get(session)
+
+    def _dispatch(self, intent: IntentResult, session: str) -> Reply:
+        name = intent.name
+        if intent.domain not in ("homeassistant", "hark"):
+            return self.domains.handle(intent)
+        if name in TIMER_INTENTS:
+            return self._timer(intent, session)
+        if name == "HassGetCurrentTime":
+            now = self.now()
+            return Reply(f"It's {now.strftime('%I:%M %p').lstrip('0')}.", intent,
+                         cacheable=False)
+        if name == "HassGetCurrentDate":
+            now = self.now()
+            return Reply(f"Today is {now.strftime('%A, %B')} {now.day}, {now.year}.", intent,
+                         cacheable=False)
+        if name == "HassNevermind":
+            return Reply("", intent, cacheable=True, end_conversation=True)
+        if name == "HarkRepeat":
+            last = self.last_reply(session)
+            text = last.text if last else "I haven't said anything yet."
+            return Reply(text, intent, cacheable=False)
+        if name == "HassRespond":
+            return Reply("Hello! I'm hark, your voice assistant.", intent)
+        if (name == "HassSetVolume" and not intent.slots.get("name")
+                and not intent.slots.get("area")):
+            return self._set_volume(session, int(intent.slots.get("volume", 50)), intent)
+        if name == "HarkVolumeStep":
+            step = VOLUME_STEP if intent.slots.get("volume_step") == "up" else -VOLUME_STEP
+            return self._set_volume(session, self.volume.get(session, 50) + step, intent)
+        if name == "HassGetWeather" and not self.cfg.home.home_assistant_url:
+            return Reply("I don't have a weather service set up, so I can't tell you the "
+                         "weather.", intent)
+        return self.home.handle(intent)
+
+    def _set_volume(self, session: str, level: int, intent: IntentResult) -> Reply:
+        level = max(0, min(100, level))
+        self.volume[session] = level
+        return Reply(f"Volume set to {level} percent.", intent, cacheable=False)
+
+    # -- timers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _seconds(slots: dict[str, Any], prefix: str = "") -> float | None:
+        parts = [(slots.get(f"{prefix}hours"), 3600), (slots.get(f"{prefix}minutes"), 60),
+                 (slots.get(f"{prefix}seconds"), 1)]
+        if all(value is None for value, _ in parts):
+            return None
+        return float(sum(float(value or 0) * unit for value, unit in parts))
+
+    def _selected(self, slots: dict[str, Any], session: str) -> list[Timer]:
+        """The timers a cancel/status/pause sentence points at (all when unspecified)."""
+        duration = self._seconds(slots, "start_")
+        name = str(slots.get("name") or "")
+        if name or duration is not None:
+            return self.timers.find(name=name, duration_s=duration)
+        return self.timers.active()
+
+    def _timer(self, intent: IntentResult, session: str) -> Reply:
+        s = intent.slots
+        name = intent.name
+
+        def reply(text: str) -> Reply:
+            return Reply(text, intent, cacheable=False)
+
+        if name == "HassStartTimer":
+            seconds = self._seconds(s)
+            if not seconds:
+                return reply("How long should the timer be?")
+            command = str(s.get("conversation_command") or "")
+            timer = self.timers.start(seconds, name=str(s.get("name") or ""),
+                                      command=command, session=session)
+            if command:
+                return reply(f"In {say_duration(seconds)}, I'll {command}.")
+            prefix = f"{timer.name.capitalize()} timer" if timer.name else "Timer"
+            return reply(f"{prefix} set for {say_duration(seconds)}.")
+        if name == "HassCancelAllTimers":
+            n = self.timers.cancel_all()
+            return reply("You have no timers running." if n == 0 else
+                         "Timer cancelled." if n == 1 else f"All {n} timers cancelled.")
+        selected = self._selected(s, session)
+        if not selected:
+            return reply("You have no timers running." if not self.timers.active()
+                         else "I couldn't find that timer.")
+        if name == "HassCancelTimer":
+            target = selected[-1]  # the newest matching timer
+            self.timers.cancel(target)
+            return reply(f"{target.label.capitalize()} cancelled.")
+        if name == "HassTimerStatus":
+            parts = []
+            for timer in selected:
+                state = " (paused)" if timer.paused else ""
+                parts.append(f"your {timer.label} has {say_duration(timer.remaining_s)} "
+                             f"left{state}")
+            text = "; ".join(parts)
+            return reply(text[0].upper() + text[1:] + ".")
+        target = selected[-1]
+        if name == "HassPauseTimer":
+            self.timers.pause(target)
+            return reply(f"{target.label.capitalize()} paused.")
+        if name == "HassUnpauseTimer":
+            self.timers.resume(target)
+            return reply(f"{target.label.capitalize()} resumed.")
+        amount = self._seconds(s) or 60.0
+        if name == "HassDecreaseTimer":
+            amount = -amount
+        self.timers.add_time(target, amount)
+        verb = "Added" if amount > 0 else "Took"
+        where = "to" if amount > 0 else "off"
+        return reply(f"{verb} {say_duration(abs(amount))} {where} your {target.label}.")
+
+    def close(self) -> None:
+        self.timers.close()
+
+
+def load_handlers(cfg: Config, stage: Any = None) -> IntentHandlers:
+    """Handlers for ``cfg``; with the intent stage, user domains' reply templates too."""
+    responses = stage.responses if stage is not None else None
+    return IntentHandlers(cfg, responses=responses)
