@@ -1,0 +1,246 @@
+"""The HTTP side of ``hark serve``: health, Prometheus metrics, live state and a page.
+
+Routes (bound to ``server.host``:``server.http_port``, localhost by default):
+
+- ``GET /health``     200 ``{"status": "ready"}`` once every model is loaded and warm,
+                      503 ``{"status": "starting"}`` before (for load balancers, systemd
+                      and docker health checks);
+- ``GET /metrics``    Prometheus text format (:mod:`hark.server.metrics`);
+- ``GET /api/state``  connected satellites, the last turns (marks, spans, waterfall
+                      bars, transcript, reply) and p50/p95 per stage, as JSON;
+- ``GET /``           a small page polling ``/api/state`` (``hark/server/web``).
+
+It attaches to any object with the attributes the server core exposes, so it can be
+tested and reused without the rest of the server:
+
+- ``turn_listeners``: a list of callables; :class:`Observability` appends one that
+  receives each finished :class:`hark.trace.Trace`;
+- ``sessions``: a dict (or list) of connected satellite sessions; each is shown through
+  its ``describe()`` (or ``as_dict()``) when it has one, else through common attributes
+  (``name``, ``peer``, ``connected_at``, ``codec``, ``state``, ``turns``);
+- ``ready`` (optional): a bool, a ``threading``/``asyncio`` ``Event``, or a callable;
+- ``sched_results`` (optional): the :class:`hark.sched.SchedResult` list of the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hark.errors import ConfigError
+from hark.server.metrics import CONTENT_TYPE, Metrics
+from hark.server.tracelog import TraceLog, trace_record
+from hark.trace import SPANS, Trace
+
+log = logging.getLogger("hark.http")
+
+WEB_DIR = Path(__file__).with_name("web")
+STARTED = time.time()
+
+
+class Observability:
+    """Everything a finished turn feeds: the trace log, the metrics and the list of
+    recent turns the page shows. :meth:`on_turn` never raises."""
+
+    def __init__(self, cfg: Any, recent: int = 20, window: int = 200,
+                 trace_log: TraceLog | None = None):
+        self.metrics = Metrics(window=window)
+        self.trace_log = trace_log if trace_log is not None else TraceLog.from_config(cfg)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
+        self.turns_seen = 0
+
+    def attach(self, server: Any) -> Observability:
+        """Register :meth:`on_turn` with ``server.turn_listeners``."""
+        listeners = getattr(server, "turn_listeners", None)
+        if listeners is None:
+            raise TypeError(f"{type(server).__name__} has no turn_listeners list")
+        if self.on_turn not in listeners:
+            listeners.append(self.on_turn)
+        return self
+
+    def on_turn(self, trace: Trace) -> None:
+        try:
+            self.metrics.observe(trace)
+            if not self.trace_log.write(trace):
+                self.metrics.trace_log_errors.inc()
+            self.recent.append(turn_view(trace))
+            self.turns_seen += 1
+        except Exception:  # noqa: BLE001 - observability must never break a turn
+            log.exception("could not record turn %s", getattr(trace, "turn_id", "?"))
+
+
+def turn_view(trace: Trace) -> dict[str, Any]:
+    """A turn as the page draws it: the trace record plus one waterfall bar per span.
+    Bar times (``start_ms``/``end_ms``) count from the end of speech when the turn has
+    one (the moment the user starts waiting), else from the turn's first mark."""
+    rec = trace_record(trace)
+    marks = rec["marks_ms"]
+    origin = marks.get("speech_end", 0.0)
+    bars = []
+    for stage, (a, b) in SPANS.items():
+        if a in marks and b in marks:
+            bars.append({"stage": stage, "start_ms": round(marks[a] - origin, 2),
+                         "end_ms": round(marks[b] - origin, 2),
+                         "ms": round(marks[b] - marks[a], 2)})
+    info = rec.get("info", {})
+    return {
+        "turn_id": rec["turn_id"],
+        "time": rec["time"],
+        "satellite": info.get("satellite", ""),
+        "transcript": info.get("transcript", ""),
+        "reply": info.get("reply", ""),
+        "intent": info.get("intent", ""),
+        "error": info.get("error"),
+        "marks_ms": marks,
+        "origin": "speech_end" if "speech_end" in marks else "first mark",
+        "spans_ms": rec["spans_ms"],
+        "bars": bars,
+        "info": info,
+    }
+
+
+def is_ready(server: Any) -> bool:
+    ready = getattr(server, "ready", False)
+    if hasattr(ready, "is_set"):
+        return bool(ready.is_set())
+    if callable(ready):
+        return bool(ready())
+    return bool(ready)
+
+
+_SESSION_FIELDS = ("name", "peer", "address", "connected_at", "codec", "transport",
+                   "state", "turns", "turns_completed", "last_turn_at")
+
+
+def describe_session(key: Any, session: Any) -> dict[str, Any]:
+    for method in ("describe", "as_dict"):
+        fn = getattr(session, method, None)
+        if callable(fn):
+            out = dict(fn())
+            out.setdefault("name", str(key))
+            return out
+    out: dict[str, Any] = {"name": str(key)}
+    for f in _SESSION_FIELDS:
+        v = getattr(session, f, None)
+        if v is not None and not callable(v):
+            out[f] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def satellites(server: Any) -> list[dict[str, Any]]:
+    sessions = getattr(server, "sessions", None) or {}
+    items = sessions.items() if isinstance(sessions, dict) else (
+        (getattr(s, "name", i), s) for i, s in enumerate(sessions))
+    return [describe_session(k, s) for k, s in list(items)]
+
+
+def state(server: Any, obs: Observability) -> dict[str, Any]:
+    """What ``/api/state`` returns."""
+    sats = satellites(server)
+    sched = [r.as_dict() if hasattr(r, "as_dict") else str(r)
+             for r in getattr(server, "sched_results", None) or []]
+    return {
+        "ready": is_ready(server),
+        "uptime_s": round(time.time() - getattr(server, "started_at", STARTED), 1),
+        "satellites": sats,
+        "turns": list(reversed(obs.recent)),  # newest first
+        "turns_seen": obs.turns_seen,
+        "percentiles": obs.metrics.percentiles(),
+        "spans": {k: list(v) for k, v in SPANS.items()},
+        "trace_log": {"path": str(obs.trace_log.path), "written": obs.trace_log.written,
+                      "errors": obs.trace_log.errors, "last_error": obs.trace_log.last_error},
+        "sched": sched,
+    }
+
+
+def _finite(obj: Any) -> Any:
+    """Browsers reject NaN/Infinity in JSON: replace them with null, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def make_app(server: Any, obs: Observability) -> web.Application:
+    async def health(request: web.Request) -> web.Response:
+        ok = is_ready(server)
+        return web.json_response({"status": "ready" if ok else "starting"},
+                                 status=200 if ok else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        obs.metrics.satellites.set(len(satellites(server)))
+        obs.metrics.ready.set(1 if is_ready(server) else 0)
+        body = obs.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def api_state(request: web.Request) -> web.Response:
+        return web.json_response(_finite(state(server, obs)),
+                                 dumps=lambda o: json.dumps(o, default=str, allow_nan=False))
+
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / "index.html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/state", api_state)
+    app.router.add_static("/static/", WEB_DIR, show_index=False)
+    return app
+
+
+@dataclass
+class HttpServer:
+    """A running HTTP server; ``port`` is the bound port (useful with port 0)."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+    obs: Observability
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_http(server: Any, cfg: Any, obs: Observability | None = None,
+                     port: int | None = None, host: str | None = None) -> HttpServer:
+    """Attach :class:`Observability` to ``server`` and serve the routes above on
+    ``cfg.server.host``:``cfg.server.http_port`` (``port``/``host`` override; port 0
+    picks a free one). Raises :class:`ConfigError` when the port is taken."""
+    obs = (obs or Observability(cfg)).attach(server)
+    host = cfg.server.host if host is None else host
+    port = cfg.server.http_port if port is None else port
+    runner = web.AppRunner(make_app(server, obs), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}",
+                          fix="stop what uses the port or set server.http_port "
+                              "(e.g. --set server.http_port=10781)") from exc
+    bound = port
+    for s in runner.sites:
+        srv = getattr(s, "_server", None)
+        if srv is not None and srv.sockets:
+            bound = srv.sockets[0].getsockname()[1]
+    log.info("web page and metrics on http://%s:%d", host, bound)
+    return HttpServer(runner, host, bound, obs)
+

@@ -1,0 +1,135 @@
+"""The HTTP side over a real socket: /health, /metrics, /api/state, the page's files."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from web_helpers import FakeServer, FakeSession, LiveHttp, make_trace
+
+from hark.config import Config
+from hark.errors import ConfigError
+from hark.server.http import start_http
+
+
+@pytest.fixture()
+def live(tmp_path):
+    cfg = Config(home_dir=str(tmp_path))
+    server = FakeServer()
+    live = LiveHttp(server, cfg)
+    yield live
+    live.close()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def test_health_reports_starting_then_ready(live):
+    status, _, body = get(live.url + "/health")
+    assert status == 503 and json.loads(body) == {"status": "starting"}
+    live.server.ready.set()
+    status, _, body = get(live.url + "/health")
+    assert status == 200 and json.loads(body) == {"status": "ready"}
+
+
+def test_state_shows_satellites_and_turns_newest_first(live, tmp_path):
+    live.server.sessions["kitchen"] = FakeSession("kitchen", turns=2)
+    first, second = make_trace(400, satellite="kitchen"), make_trace(
+        800, transcript="turn on the kitchen light", reply="Turned on the kitchen light.")
+    live.in_loop(live.server.finish_turn, first)
+    live.in_loop(live.server.finish_turn, second)
+    status, ctype, body = get(live.url + "/api/state")
+    assert status == 200 and ctype.startswith("application/json")
+    st = json.loads(body)
+    assert st["ready"] is False
+    assert st["satellites"][0]["name"] == "kitchen" and st["satellites"][0]["turns"] == 2
+    assert [t["turn_id"] for t in st["turns"]] == [second.turn_id, first.turn_id]
+    t = st["turns"][1]
+    assert t["satellite"] == "kitchen" and t["transcript"].startswith("what is")
+    bars = {b["stage"]: b for b in t["bars"]}
+    assert bars["total"]["ms"] == pytest.approx(400, abs=0.02)
+    assert bars["total"]["start_ms"] == 0 and t["origin"] == "speech_end"
+    assert bars["asr_final"]["end_ms"] == pytest.approx(250, abs=0.02)
+    assert st["percentiles"]["total"]["n"] == 2
+    assert st["percentiles"]["total"]["p50"] == pytest.approx(600, abs=0.1)
+    assert st["trace_log"]["written"] == 2
+    lines = (tmp_path / "traces.jsonl").read_text().splitlines()
+    assert [json.loads(x)["turn_id"] for x in lines] == [first.turn_id, second.turn_id]
+
+
+def test_metrics_endpoint_is_prometheus_text(live):
+    live.server.sessions["a"] = FakeSession("a")
+    live.server.sessions["b"] = FakeSession("b")
+    live.in_loop(live.server.finish_turn, make_trace(300, tts_cache_hit=True))
+    status, ctype, body = get(live.url + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(body) for s in f.samples}
+    assert samples[("hark_turns_total", ())] == 1
+    assert samples[("hark_satellites_connected", ())] == 2
+    assert samples[("hark_ready", ())] == 0
+    assert samples[("hark_cache_hits_total", (("cache", "tts"),))] == 1
+    assert samples[("hark_stage_latency_seconds_count", (("stage", "total"),))] == 1
+
+
+def test_page_and_static_files_are_served(live):
+    status, ctype, body = get(live.url + "/")
+    assert status == 200 and ctype.startswith("text/html") and "/static/app.js" in body
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        status, ctype, _ = get(f"{live.url}/static/{name}")
+        assert status == 200 and kind in ctype
+    assert get(live.url + "/static/../http.py")[0] in (403, 404)
+    assert get(live.url + "/nope")[0] == 404
+
+
+def test_a_listener_error_never_breaks_the_turn(live):
+    bad = make_trace()
+    bad.info["unencodable"] = object()  # default=str copes; a broken trace must not raise
+    bad.marks["weird"] = float("nan")
+    live.in_loop(live.server.finish_turn, bad)
+    status, _, body = get(live.url + "/api/state")
+
+    def reject(const):
+        raise AssertionError(f"{const} is not JSON a browser accepts")
+
+    st = json.loads(body, parse_constant=reject)
+    assert status == 200 and st["turns"][0]["turn_id"] == bad.turn_id
+
+
+def test_sessions_as_list_and_describe_method(tmp_path):
+    from hark.server.http import satellites
+
+    class Described:
+        def describe(self):
+            return {"name": "office", "codec": "opus"}
+
+    srv = FakeServer()
+    srv.sessions = [Described(), FakeSession("garage")]
+    assert satellites(srv) == [{"name": "office", "codec": "opus"},
+                               {"name": "garage", "peer": "127.0.0.1:50000",
+                                "connected_at": srv.sessions[1].connected_at,
+                                "state": "idle", "turns": 0}]
+
+
+def test_port_in_use_is_a_clear_config_error(tmp_path):
+    import asyncio
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        with pytest.raises(ConfigError) as err:
+            asyncio.run(start_http(FakeServer(), Config(home_dir=str(tmp_path)), port=port))
+        assert str(port) in str(err.value) and "server.http_port" in err.value.fix
+    finally:
+        blocker.close()
