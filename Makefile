@@ -12,6 +12,7 @@ setup:
 demo: setup
 	$(HARK) demo
 
+test: export HARK_WITH_BROWSER ?= 1
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 

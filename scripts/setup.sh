@@ -10,6 +10,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # 1. Debian packages: PortAudio for live microphones/speakers (sounddevice).
 APT_PKGS="libportaudio2"
+# Headless chromium for the live web page's browser test (make test sets HARK_WITH_BROWSER=1;
+# servers and containers leave it out).
+if [ "${HARK_WITH_BROWSER:-0}" = 1 ]; then APT_PKGS="$APT_PKGS chromium"; fi
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
