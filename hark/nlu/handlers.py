@@ -376,7 +376,29 @@ class IntentHandlers:
         self.timers.close()
 
 
+def _file_responses(cfg: Config) -> Callable[[str], dict[str, str]]:
+    """Domain name -> its ``responses:`` section, read from the domain files once."""
+    import yaml
+
+    from hark.nlu.domain_files import domain_paths
+
+    table: dict[str, dict[str, str]] = {}
+    for path in domain_paths(cfg.nlu.domains_dir, cfg.nlu.builtin_domains):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # the intent stage reports broken files
+        raw = data.get("responses") if isinstance(data, dict) else None
+        if isinstance(raw, dict):
+            table[path.stem] = {
+                str(k): str(v.get("default", "") if isinstance(v, dict) else v)
+                for k, v in raw.items()
+            }
+    return lambda domain: table.get(domain, {})
+
+
 def load_handlers(cfg: Config, stage: Any = None) -> IntentHandlers:
-    """Handlers for ``cfg``; with the intent stage, user domains' reply templates too."""
-    responses = stage.responses if stage is not None else None
+    """Handlers for ``cfg``. User domains' reply templates come from the intent stage
+    when given, else straight from the domain files."""
+    responses = stage.responses if stage is not None else _file_responses(cfg)
     return IntentHandlers(cfg, responses=responses)

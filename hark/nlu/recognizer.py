@@ -130,8 +130,11 @@ class IntentStage:
     """
 
     def __init__(self, cfg: Config, home: Home | None = None,
-                 domain_files: list[Path] | None = None):
+                 domain_files: list[Path] | None = None, area: str | None = None):
         self.cfg = cfg
+        # The room the assistant is in: "set the temperature to 68" then means that
+        # room (Home Assistant's sentences need it for area-less climate and volume).
+        self.area = area if area is not None else str(getattr(cfg.home, "default_area", ""))
         self.language = cfg.nlu.language
         self.fuzzy = cfg.nlu.fuzzy
         self.fuzzy_min_score = 80.0  # rapidfuzz ratio (0-100) a correction needs
@@ -204,13 +207,20 @@ class IntentStage:
 
     # -- matching ------------------------------------------------------------------
 
-    def recognize(self, text: str) -> IntentResult | None:
-        """The intent of ``text``; ``None`` when it is empty, too long or out of scope."""
+    def recognize(self, text: str, context: dict[str, Any] | None = None
+                  ) -> IntentResult | None:
+        """The intent of ``text``; ``None`` when it is empty, too long or out of scope.
+
+        ``context`` (e.g. ``{"area": "Kitchen"}``, the room of the satellite that heard
+        it) overrides the stage's default area.
+        """
         if not text or len(text) > 4 * MAX_CHARS:
             return None
         key = normalize(text)
         if not key or len(key) > MAX_CHARS or key.count(" ") >= MAX_WORDS:
             return None
+        if context:
+            key += "\x00" + repr(sorted(context.items()))
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -218,7 +228,7 @@ class IntentStage:
                 hit = self._cache[key]
                 return dataclasses.replace(hit, source="cache", text=text) if hit else None
             self.misses += 1
-        result = self.match(key, original=text)
+        result = self.match(text, original=text, context=context)
         if self._cache_size:
             with self._lock:
                 self._cache[key] = result
@@ -226,25 +236,30 @@ class IntentStage:
                     self._cache.popitem(last=False)
         return result
 
-    def match(self, text: str, original: str | None = None) -> IntentResult | None:
+    def match(self, text: str, original: str | None = None,
+              context: dict[str, Any] | None = None) -> IntentResult | None:
         """Strict hassil matching, then fuzzy slot correction; no cache."""
         original = original if original is not None else text
         norm = normalize(text)
-        if not norm:
+        if not norm or len(norm) > MAX_CHARS or norm.count(" ") >= MAX_WORDS:
             return None
-        result = self._strict(norm)
+        if context is None:
+            context = {"area": self.area} if self.area else {}
+        result = self._strict(norm, context)
         if result is not None:
             return dataclasses.replace(result, text=original)
         if self.fuzzy:
-            corrected = self._fuzzy(norm)
+            corrected = self._fuzzy(norm, context)
             if corrected is not None:
                 return dataclasses.replace(corrected, text=original)
         return None
 
-    def _strict(self, text: str) -> IntentResult | None:
+    def _strict(self, text: str, context: dict[str, Any] | None = None
+                ) -> IntentResult | None:
         for matcher in self.matchers:
             try:
                 found = recognize_best(text, matcher.intents, slot_lists=matcher.slot_lists,
+                                       intent_context=context or None,
                                        language=self.language, best_slot_name="name")
             except Exception:  # a template bug must never take the assistant down
                 log.exception("intent matching failed in domain %s for %r",
@@ -256,7 +271,8 @@ class IntentStage:
                                     source="hassil", domain=matcher.domain)
         return None
 
-    def _fuzzy(self, text: str) -> IntentResult | None:
+    def _fuzzy(self, text: str, context: dict[str, Any] | None = None
+               ) -> IntentResult | None:
         """Replace word spans that are clearly a misheard slot value, then re-match."""
         if not self._vocab:
             return None
@@ -295,7 +311,7 @@ class IntentStage:
             out += words[pos:start] + [value]
             pos = end
         out += words[pos:]
-        result = self._strict(" ".join(out))
+        result = self._strict(" ".join(out), context)
         if result is None:
             return None
         confidence = min(score for *_, score in chosen) / 100.0

@@ -1,0 +1,141 @@
+"""``hark eval intents``: typed sentences with expected intents, scored.
+
+Text-case files have the shape of the home-assistant/intents repository's test files::
+
+    language: en
+    tests:
+      - sentences: ["turn on the kitchen light", ...]
+        intent:
+          name: HassTurnOn
+          slots: {name: kitchen light}
+    rejects:            # hark's addition: sentences that must match nothing (-> LLM)
+      - why is the sky blue
+
+A sentence is right when the intent name and every slot are right (no slot missing, no
+extra slot; values compared case-insensitively with surrounding spaces stripped, numbers
+as numbers; a list of expected values means any of them).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hark.errors import ConfigError
+from hark.nlu.base import IntentResult
+
+
+@dataclass
+class Case:
+    sentence: str
+    intent: str | None  # None: must be rejected
+    slots: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    context: dict[str, Any] = field(default_factory=dict)  # e.g. {area: Kitchen}
+
+
+def load_cases(path: str | Path) -> list[Case]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read text cases {path}: {exc}") from exc
+    if not isinstance(data, dict) or not ("tests" in data or "rejects" in data):
+        raise ConfigError(f"{path}: expected 'tests:' (and/or 'rejects:') at the top level",
+                          fix="use the home-assistant/intents test file shape")
+    cases: list[Case] = []
+    for i, test in enumerate(data.get("tests") or []):
+        intent = test.get("intent") or {}
+        if not intent.get("name") or not test.get("sentences"):
+            raise ConfigError(f"{path}: test #{i + 1} needs 'sentences' and 'intent: {{name}}'")
+        for sentence in test["sentences"]:
+            cases.append(Case(str(sentence), intent["name"], dict(intent.get("slots") or {}),
+                              path.name, dict(intent.get("context") or {})))
+    for sentence in data.get("rejects") or []:
+        cases.append(Case(str(sentence), None, {}, path.name))
+    return cases
+
+
+def _same(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, list):
+        return any(_same(e, actual) for e in expected)
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        try:
+            return abs(float(actual) - float(expected)) < 1e-6
+        except (TypeError, ValueError):
+            return False
+    return str(expected).strip().casefold() == str(actual).strip().casefold()
+
+
+def is_right(case: Case, result: IntentResult | None) -> bool:
+    if case.intent is None:
+        return result is None
+    if result is None or result.name != case.intent:
+        return False
+    if set(case.slots) != set(result.slots):
+        return False
+    return all(_same(v, result.slots[k]) for k, v in case.slots.items())
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
+    """Run every case through ``stage.match`` (uncached) and score it."""
+    commands = [c for c in cases if c.intent is not None]
+    rejects = [c for c in cases if c.intent is None]
+    times: list[float] = []
+    per_intent: dict[str, dict[str, Any]] = {}
+    wrong: list[dict[str, Any]] = []
+    right_commands = 0
+    right_rejects = 0
+    for case in cases:
+        start = time.perf_counter()
+        result = stage.match(case.sentence, context=case.context or None)
+        times.append((time.perf_counter() - start) * 1000)
+        ok = is_right(case, result)
+        key = case.intent or "(reject)"
+        row = per_intent.setdefault(key, {"total": 0, "errors": 0})
+        row["total"] += 1
+        if ok:
+            right_commands += case.intent is not None
+            right_rejects += case.intent is None
+            continue
+        row["errors"] += 1
+        wrong.append({
+            "sentence": case.sentence, "file": case.source,
+            "expected": {"intent": case.intent, "slots": case.slots},
+            "got": None if result is None else {"intent": result.name, "slots": result.slots,
+                                                "source": result.source},
+        })
+    cache_times = []
+    for case in commands[:50]:
+        stage.recognize(case.sentence, context=case.context or None)
+        start = time.perf_counter()
+        stage.recognize(case.sentence, context=case.context or None)
+        cache_times.append((time.perf_counter() - start) * 1000)
+    return {
+        "sentences": len(commands),
+        "accuracy": right_commands / len(commands) if commands else None,
+        "rejects": len(rejects),
+        "rejection_rate": right_rejects / len(rejects) if rejects else None,
+        "ms_per_sentence": {
+            "p50": round(_pct(times, 50), 3), "p95": round(_pct(times, 95), 3),
+            "mean": round(statistics.fmean(times), 3) if times else 0.0,
+            "max": round(max(times), 3) if times else 0.0,
+        },
+        "cache_hit_ms": {"p50": round(_pct(cache_times, 50), 4),
+                         "p95": round(_pct(cache_times, 95), 4)},
+        "per_intent": dict(sorted(per_intent.items())),
+        "errors": wrong,
+    }
