@@ -6,6 +6,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from hark.errors import HarkError
+
+
+class LlmError(HarkError):
+    """The model or server failed mid-answer (crashed, unreachable, garbage, too long)."""
+
 
 @dataclass
 class ChatMessage:
