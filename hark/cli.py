@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "hark.llm.cli",
     "hark.bench.cli",
     "hark.server.cli",
+    "hark.server.doctor",
     "hark.satellite.cli",
     "hark.wake.cli",
 ]
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        for noisy in ("faster_whisper", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         rc = args.func(args)
     except HarkError as exc:

@@ -41,7 +41,7 @@ class ScriptedEndpointer:
         self.n = 0
         self.audio: list[np.ndarray] = []
         self.eot_ms: list[int] = []
-        self.last_speech_t = 0.0
+        self.speech_end_t = 0.0
 
     def process(self, chunk: AudioChunk) -> list[VadEvent]:
         self.n += 1

@@ -123,6 +123,10 @@ class Assistant:
         self.tts_exec = StageExecutor("tts")
         self.tts_cache = _TtsCache()
         self._notify: list[Notify] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        timers = getattr(handlers, "timers", None)
+        if timers is not None:
+            timers.on_fire(self._timer_fired)
 
     # --- construction -------------------------------------------------------------------
 
@@ -141,7 +145,7 @@ class Assistant:
         t0 = time.monotonic()
         asr = load_asr(cfg)
         nlu = load_nlu(cfg)
-        handlers = load_handlers(cfg)
+        handlers = load_handlers(cfg, nlu)
         llm = load_llm(cfg)
         tts = load_tts(cfg)
         load_vad(cfg)  # fail early if the VAD model is missing
@@ -172,6 +176,13 @@ class Assistant:
         """``callback(session, text)`` when something must be said unprompted."""
         self._notify.append(callback)
 
+    def _timer_fired(self, timer) -> None:  # a timer thread
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            log.warning("timer finished with no running assistant loop: %s", timer.label)
+            return
+        asyncio.run_coroutine_threadsafe(self.notify(timer.session, timer.done_message), loop)
+
     async def notify(self, session: str, text: str) -> None:
         for cb in self._notify:
             res = cb(session, text)
@@ -181,6 +192,9 @@ class Assistant:
     def close(self) -> None:
         for ex in (self.asr_exec, self.nlu_exec, self.llm_exec, self.tts_exec):
             ex.shutdown()
+        closer = getattr(self.handlers, "close", None)
+        if closer:
+            closer()
 
     # --- TTS helpers --------------------------------------------------------------------
 
@@ -252,6 +266,9 @@ class Assistant:
                 trace.mark("tts_done")
             else:
                 reply_text = await self._llm_reply(q, trace, text, session, streaming)
+                remember = getattr(self.handlers, "remember", None)
+                if remember and reply_text:
+                    remember(session, reply_text)
             trace.info["reply"] = reply_text
             await resp.commit.wait()
             await q.put(TurnEnd(trace, text, reply_text))
@@ -341,6 +358,7 @@ class Assistant:
 
     async def run_text(self, text: str, *, session: str = "default") -> AsyncIterator[TurnEvent]:
         """A turn from typed text (no microphone side)."""
+        self._loop = asyncio.get_running_loop()
         trace = Trace(info={"mode": "text", "session": session})
         trace.mark("speech_end")
         trace.mark("turn_end")
@@ -360,6 +378,7 @@ class Assistant:
         if mode not in ("streaming", "baseline"):
             raise ValueError(f"mode must be 'streaming' or 'baseline', not {mode!r}")
         streaming = mode == "streaming"
+        self._loop = asyncio.get_running_loop()
         trace = Trace(info={"mode": mode, "session": session, "speculative_discarded": 0})
         vcfg = self.cfg.vad
         ep = self._vad_factory()
@@ -411,7 +430,7 @@ class Assistant:
                 yield TurnEnd(trace, "", "", error=NO_SPEECH)
                 return
             if speech_end_t is None:  # the audio stopped while the person was speaking
-                speech_end_t = ep.last_speech_t
+                speech_end_t = ep.speech_end_t or time.monotonic()
             trace.mark("speech_end", speech_end_t)
             trace.mark("turn_end")
             yield SpeechEnded(speech_end_t)
