@@ -1,0 +1,287 @@
+"""The intent stage through real hassil + home-assistant-intents sentences."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hark.cli import main as hark_main
+from hark.config import Config
+from hark.nlu.domain_files import DomainFileError, check_domain, load_domain
+from hark.nlu.evaluate import evaluate, load_cases
+from hark.nlu.home import Area, Entity, Home, home_from_fixtures
+from hark.nlu.recognizer import IntentStage, normalize
+
+EVAL = Path(__file__).resolve().parents[1] / "hark" / "nlu" / "eval"
+
+PIZZA = textwrap.dedent("""\
+    language: en
+    intents:
+      orderPizza:
+        data:
+          - sentences:
+              - "[I want|I'd like|can I get] [a] {size} {topping} pizza"
+              - "[I want|I'd like|can I get] [a] {topping} pizza [in] {size}"
+    lists:
+      size:
+        values: [small, medium, large]
+      topping:
+        values:
+          - pepperoni
+          - mushroom
+          - in: "(margherita|margarita|plain)"
+            out: margherita
+    responses:
+      orderPizza: "One {size} {topping} pizza, coming up."
+    """)
+
+# Line 7 holds an unclosed group.
+BROKEN = textwrap.dedent("""\
+    language: en
+    intents:
+      orderTea:
+        data:
+          - sentences:
+              - "a {kind} tea"
+              - "(green|black tea please"
+    lists:
+      kind:
+        values: [green, black]
+    """)
+
+OPEN_QUESTIONS = [
+    "why is the sky blue", "tell me a joke about cats", "what is the meaning of life",
+    "who is the president of the united states", "how far away is the sun",
+    "what's the capital of france", "explain photosynthesis", "write me a haiku",
+    "how do I make pancakes", "what is love", "who won the world cup in 2018",
+    "how many planets are in the solar system", "what does a kitchen designer do",
+    "can you recommend a movie", "is pluto a planet", "why do we dream",
+    "what's the best programming language", "how old is the universe",
+    "tell me something interesting about octopuses", "what should I name my cat",
+    "how do I turn a hobby into a business", "what light bulbs are most efficient",
+]
+
+
+@pytest.fixture(scope="module")
+def domains_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("domains")
+    (folder / "pizza.yaml").write_text(PIZZA)
+    (folder / "tea.yaml").write_text(BROKEN)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stage(domains_dir) -> IntentStage:
+    cfg = Config()
+    cfg.nlu.builtin_domains = []
+    cfg.nlu.domains_dir = str(domains_dir)
+    return IntentStage(cfg)
+
+
+@pytest.mark.parametrize("sentence, intent, slots", [
+    ("turn on the kitchen light", "HassTurnOn", {"name": "kitchen light"}),
+    ("Turn off the lights in the bedroom.", "HassTurnOff",
+     {"area": "bedroom", "domain": "light"}),
+    ("set the brightness of the living room lamp to 50%", "HassLightSet",
+     {"name": "living room lamp", "brightness": 50}),
+    ("set the thermostat to 70 degrees", "HassClimateSetTemperature",
+     {"name": "thermostat", "temperature": 70}),
+    ("open the garage door", "HassTurnOn", {"name": "garage door"}),
+    ("set a timer for 5 minutes", "HassStartTimer", {"minutes": 5}),
+    ("set a timer for five minutes", "HassStartTimer", {"minutes": 5}),
+    ("set a timer for 1 hour and 30 minutes", "HassStartTimer", {"hours": 1, "minutes": 30}),
+    ("set a 10 minute pizza timer", "HassStartTimer", {"minutes": 10, "name": "pizza"}),
+    ("how much time is left on my timer", "HassTimerStatus", {}),
+    ("what time is it", "HassGetCurrentTime", {}),
+    ("what's the date", "HassGetCurrentDate", {}),
+    ("add milk to my shopping list", "HassShoppingListAddItem", {"item": "milk"}),
+    ("pause the tv", "HassMediaPause", {"name": "tv"}),
+    ("set the volume to 30", "HassSetVolume", {"volume": 30}),
+    ("repeat that", "HarkRepeat", {}),
+    ("stop", "HassNevermind", {}),
+])
+def test_home_commands_match_with_slots(stage, sentence, intent, slots):
+    result = stage.match(sentence)
+    assert result is not None, sentence
+    assert (result.name, result.slots) == (intent, slots)
+    assert result.source == "hassil"
+    assert result.text == sentence
+
+
+def test_user_domain_matches_with_slots(stage):
+    result = stage.recognize("I'd like a large pepperoni pizza")
+    assert result is not None
+    assert (result.name, result.domain) == ("orderPizza", "pizza")
+    assert result.slots == {"size": "large", "topping": "pepperoni"}
+    alias = stage.match("can I get a margarita pizza in small")
+    assert alias is not None and alias.slots == {"topping": "margherita", "size": "small"}
+
+
+@pytest.mark.parametrize("question", OPEN_QUESTIONS)
+def test_open_questions_are_rejected(stage, question):
+    assert stage.match(question) is None
+
+
+def test_area_context_fills_area_less_commands(stage):
+    assert stage.match("set the temperature to 68") is None  # no room known
+    result = stage.match("set the temperature to 68", context={"area": "living room"})
+    assert result is not None
+    assert result.slots == {"temperature": 68, "area": "living room"}
+
+
+def test_cache_hit_returns_same_result_marked_cache():
+    cfg = Config()
+    cfg.nlu.builtin_domains = []
+    cfg.nlu.cache_size = 2
+    fresh = IntentStage(cfg)
+    first = fresh.recognize("turn on the kitchen light")
+    assert first is not None and first.source == "hassil"
+    # Case, punctuation and filler words normalize to the same key.
+    for variant in ("Turn ON the kitchen light!", "um, hey, turn on the kitchen light please"):
+        hit = fresh.recognize(variant)
+        assert hit is not None and hit.source == "cache"
+        assert (hit.name, hit.slots, hit.domain) == (first.name, first.slots, first.domain)
+        assert hit.text == variant
+    assert fresh.cache_info()["hits"] == 2
+    # Rejections are cached too, and the cache is bounded (LRU).
+    assert fresh.recognize("why is the sky blue") is None
+    assert fresh.recognize("what time is it").source == "hassil"
+    assert fresh.cache_info()["size"] == 2
+    assert fresh.recognize("turn on the kitchen light").source == "hassil"  # evicted
+
+
+@pytest.mark.parametrize("sentence", ["turn on the kitchen lite", "turn on the kichen light",
+                                      "turn off the bedroom lite"])
+def test_fuzzy_corrects_misheard_names(stage, sentence):
+    result = stage.match(sentence)
+    assert result is not None
+    assert result.source == "fuzzy"
+    assert result.slots["name"] in ("kitchen light", "bedroom light")
+    assert 0.8 <= result.confidence < 1.0
+
+
+def test_fuzzy_corrects_user_domain_values(stage):
+    result = stage.match("I'd like a large peperoni pizza")
+    assert result is not None and result.source == "fuzzy"
+    assert result.slots == {"size": "large", "topping": "pepperoni"}
+
+
+def test_fuzzy_refuses_when_two_values_are_equally_close():
+    cfg = Config()
+    cfg.nlu.builtin_domains = []
+    home = Home(areas=[Area("den")], entities=[Entity("red lamp", "light", "den"),
+                                                Entity("bed lamp", "light", "den")])
+    twins = IntentStage(cfg, home=home)
+    assert twins.match("turn on the red lamp").slots == {"name": "red lamp"}
+    assert twins.match("turn on the ted lamp") is None  # red? bed? not clearly either
+
+
+def test_fuzzy_can_be_disabled():
+    cfg = Config()
+    cfg.nlu.builtin_domains = []
+    cfg.nlu.fuzzy = False
+    assert IntentStage(cfg).match("turn on the kitchen lite") is None
+
+
+def test_malformed_domain_reports_file_and_line_and_others_keep_working(stage, domains_dir):
+    assert len(stage.problems) == 1
+    problem = stage.problems[0]
+    assert problem.file.endswith("tea.yaml") and problem.line == 7
+    assert "does not parse" in problem.message
+    assert stage.recognize("a green tea") is None  # the broken domain was skipped
+    assert stage.match("I want a small mushroom pizza").name == "orderPizza"
+    assert stage.match("turn on the kitchen light").name == "HassTurnOn"
+    with pytest.raises(DomainFileError) as err:
+        load_domain(domains_dir / "tea.yaml")
+    assert "tea.yaml:7:" in str(err.value) and "hark intents check" in str(err.value)
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("language: en\nintents:\n  x:\n    data:\n      - sentences: [\"a\"\n", 6,
+     "not valid YAML"),
+    ("language: en\nintents:\n  x:\n    data:\n      - sentences:\n          - \"a {nope}\"\n",
+     6, "unknown list {nope}"),
+    ("language: en\nintents:\n  x:\n    data:\n      - sentences:\n          - \"a <rule>\"\n",
+     6, "unknown expansion rule <rule>"),
+    ("language: en\nintents:\n  x:\n    data: []\n", 4, "needs a 'data:' list"),
+    ("language: en\nlists: {}\n", 1, "missing the 'intents:' section"),
+    ("language: en\nintents:\n  x:\n    data:\n      - sentences: [\"a {l}\"]\n"
+     "lists:\n  l:\n    values: []\n", 8, "non-empty list"),
+])
+def test_check_reports_errors_by_line(tmp_path, text, line, words):
+    path = tmp_path / "domain.yaml"
+    path.write_text(text)
+    problems = check_domain(path)
+    assert problems, text
+    assert any(p.line == line and words in p.message for p in problems), problems
+    assert all(p.file == str(path) for p in problems)
+
+
+def test_check_accepts_valid_files(domains_dir):
+    assert check_domain(domains_dir / "pizza.yaml") == []
+    assert check_domain(Path(__file__).resolve().parents[1] / "hark" / "nlu" / "local.yaml") == []
+
+
+@pytest.mark.parametrize("text", ["", "   ", "um uh", "please", "?!.", "\x00\xff"])
+def test_empty_transcripts_give_none(stage, text):
+    assert stage.recognize(text) is None
+
+
+def test_enormous_transcript_gives_none(stage):
+    huge = "turn on the kitchen light " * 4000  # ~100 KB
+    assert len(huge) > 100_000
+    assert stage.recognize(huge) is None
+    assert stage.match(huge) is None
+    assert stage.recognize("x" * 100_000) is None
+    assert stage.recognize(("word " * 39).strip()) is None  # long but allowed, no match
+
+
+def test_normalize():
+    assert normalize("Um, HEY... Turn on the Kitchen-Light, please!") == \
+        "turn on the kitchen-light"
+    assert normalize("set it to 2.5 degrees.") == "set it to 2.5 degrees"
+    assert normalize("What's the time?") == "what's the time"
+    assert normalize("okay so uh what time is it thank you") == "what time is it"
+
+
+def test_fixtures_home_and_shipped_eval_files():
+    cfg = Config()
+    cfg.nlu.builtin_domains = []
+    home = home_from_fixtures(EVAL / "home_fixtures.yaml")
+    fixtures_stage = IntentStage(cfg, home=home)
+    result = fixtures_stage.match("turn on the kitchen light")
+    assert result.slots == {"name": "Kitchen Light"}
+    cases = load_cases(EVAL / "home_commands.yaml") + load_cases(EVAL / "open_questions.yaml")
+    report = evaluate(fixtures_stage, cases)
+    assert report["sentences"] >= 40 and report["rejects"] >= 20
+    assert report["accuracy"] >= 0.97, report["errors"]
+    assert report["rejection_rate"] >= 0.98, report["errors"]
+    assert set(report["ms_per_sentence"]) >= {"p50", "p95"}
+
+
+def test_cli_intents_check_and_test(tmp_path, domains_dir, capsys):
+    assert hark_main(["intents", "check", str(domains_dir / "tea.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "tea.yaml:7:" in out
+    assert hark_main(["intents", "check", str(domains_dir / "pizza.yaml")]) == 0
+    assert hark_main(["--set", "nlu.builtin_domains=[]", "intents", "test",
+                      "turn on the kitchen light", "why is the sky blue"]) == 0
+    out = capsys.readouterr().out
+    assert "HassTurnOn" in out and "name='kitchen light'" in out and "ms]" in out
+    assert "no match" in out
+
+
+def test_cli_eval_writes_json(tmp_path, capsys):
+    import json
+
+    out_path = tmp_path / "intents.json"
+    rc = hark_main(["--set", "nlu.builtin_domains=[]", "eval", "intents",
+                    "--text-cases", str(EVAL / "home_commands.yaml"),
+                    "--fixtures", str(EVAL / "home_fixtures.yaml"), "--json", str(out_path)])
+    assert rc == 0
+    report = json.loads(out_path.read_text())
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert report["ms_per_sentence"]["p95"] >= report["ms_per_sentence"]["p50"] > 0
+    assert "HassTurnOn" in report["per_intent"]
