@@ -54,14 +54,14 @@ def make_trace(total_ms: float = 420.0, transcript: str = "what is the capital o
 
 
 class LiveHttp:
-    """start_http on port 0 in a thread with its own event loop."""
+    """start_http (port 0: any free one) in a thread with its own event loop."""
 
-    def __init__(self, server: Any, cfg: Config):
+    def __init__(self, server: Any, cfg: Config, port: int = 0):
         self.server = server
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.http: HttpServer = self.call(start_http(server, cfg, port=0))
+        self.http: HttpServer = self.call(start_http(server, cfg, port=port))
 
     @property
     def url(self) -> str:
