@@ -114,6 +114,8 @@ def _eval(args) -> int:
     ms = report["ms_per_sentence"]
     print(f"ms per sentence: p50 {ms['p50']:.2f}  p95 {ms['p95']:.2f}  max {ms['max']:.2f}  "
           f"(cache hit p50 {report['cache_hit_ms']['p50']:.4f})")
+    cpu = report["cpu_ms_per_sentence"]
+    print(f"CPU ms per sentence: p50 {cpu['p50']:.2f}  p95 {cpu['p95']:.2f}")
     print(f"{'intent':32} {'total':>5} {'errors':>6}")
     for name, row in report["per_intent"].items():
         print(f"{name:32} {row['total']:5d} {row['errors']:6d}")
