@@ -1,0 +1,303 @@
+"""Transport pieces: RTP, Opus/PCM codecs (real libopus), jitter buffer, control events,
+shared-memory ring."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from hark.errors import ProtocolError
+from hark.transport.codec import OpusDecoder, OpusEncoder, PcmDecoder, PcmEncoder, opus_rate
+from hark.transport.control import MAX_HEADER, MAX_PAYLOAD, Event, read_event
+from hark.transport.jitter import JitterBuffer
+from hark.transport.rtp import PT_OPUS, PT_PCM, RtpPacket, seq_delta
+from hark.transport.shm import ShmRing
+from hark.transport.stream import RtpStreamReceiver, RtpStreamSender
+
+# --- RTP ------------------------------------------------------------------------------
+
+
+def test_rtp_round_trip():
+    p = RtpPacket(65535, 4294967295, 0xDEADBEEF, b"\x01\x02\x03", PT_OPUS, True)
+    raw = p.pack()
+    assert len(raw) == 15 and raw[0] == 0x80 and raw[1] == 0x80 | PT_OPUS
+    assert RtpPacket.parse(raw) == p
+    q = RtpPacket(7, 160, 1, b"\x00" * 640, PT_PCM)
+    assert RtpPacket.parse(q.pack()) == q
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"", "shorter"),
+    (b"\x80\x6f\x00", "shorter"),
+    (bytes([0x40, 111]) + bytes(10) + b"x", "version"),
+    (bytes([0xA0, 111]) + bytes(10) + b"x", "padding"),
+    (bytes([0x90, 111]) + bytes(10) + b"x", "extension"),
+    (bytes([0x82, 111]) + bytes(10) + b"x", "CSRC"),
+    (bytes([0x80, 5]) + bytes(10) + b"x", "payload type"),
+    (bytes([0x80, 111]) + bytes(10), "empty payload"),
+    (bytes([0x80, 111]) + bytes(10) + bytes(5000), "exceeds"),
+])
+def test_rtp_rejects_malformed(raw, why):
+    with pytest.raises(ProtocolError, match=why):
+        RtpPacket.parse(raw)
+
+
+def test_seq_delta_wraps():
+    assert seq_delta(1, 65535) == 2 and seq_delta(65535, 1) == -2 and seq_delta(5, 5) == 0
+
+
+# --- codecs ----------------------------------------------------------------------------
+
+
+def _aligned_corr(x: np.ndarray, y: np.ndarray) -> float:
+    best = max(range(0, 400), key=lambda lag: float(np.dot(x[:len(x) - lag].astype(float),
+                                                           y[lag:len(x)].astype(float))))
+    return float(np.corrcoef(x[:len(x) - best], y[best:len(x)])[0, 1])
+
+
+@pytest.fixture(scope="module")
+def speech(speak) -> np.ndarray:
+    x = speak("Alexa, what time is it?")
+    return x[: len(x) // 320 * 320]
+
+
+@pytest.mark.parametrize("frame_ms", [20, 10])
+def test_opus_round_trip_keeps_speech(speech, frame_ms):
+    enc, dec = OpusEncoder(16000, frame_ms), OpusDecoder(16000, frame_ms)
+    n = enc.frame_samples
+    packets = [enc.encode(speech[i:i + n]) for i in range(0, len(speech), n)]
+    kbps = sum(map(len, packets)) * 8 / (len(speech) / 16000) / 1000
+    assert kbps < 40  # compressed (PCM would be 256 kbit/s)
+    out = np.concatenate([dec.decode(p) for p in packets])
+    assert len(out) == len(speech)
+    assert _aligned_corr(speech, out) > 0.9
+    ratio = np.sqrt((out.astype(float) ** 2).mean() / (speech.astype(float) ** 2).mean())
+    assert 0.7 < ratio < 1.3
+
+
+def test_opus_fec_beats_plc_under_loss(speech):
+    enc = OpusEncoder(16000, 20, fec=True)
+    packets = [enc.encode(speech[i:i + 320]) for i in range(0, len(speech), 320)]
+
+    def run(mode: str) -> float:
+        dec, out = OpusDecoder(16000, 20), []
+        for i, p in enumerate(packets):
+            if i % 7 == 3 and i + 1 < len(packets):
+                out.append(dec.recover(packets[i + 1]) if mode == "fec" else dec.conceal())
+            else:
+                out.append(dec.decode(p))
+        return _aligned_corr(speech, np.concatenate(out))
+
+    fec, plc = run("fec"), run("plc")
+    assert fec > plc and fec > 0.85
+
+
+def test_opus_bad_input():
+    from hark.errors import AudioError
+
+    with pytest.raises(AudioError):
+        OpusEncoder(22050)
+    with pytest.raises(AudioError):
+        OpusEncoder(16000).encode(np.zeros(100, np.int16))
+    with pytest.raises(ProtocolError, match="corrupt"):
+        OpusDecoder(16000).decode(b"\xff\xff\xff\xff\xff")
+    assert opus_rate(22050) == 24000 and opus_rate(16000) == 16000
+
+
+def test_pcm_codec_and_conceal():
+    x = (np.arange(320) * 50).astype(np.int16)
+    dec = PcmDecoder(16000)
+    assert np.array_equal(dec.decode(PcmEncoder(16000).encode(x)), x)
+    c1, c2 = dec.conceal(), dec.conceal()
+    assert np.abs(c1).max() > np.abs(c2).max() > 0
+    with pytest.raises(ProtocolError):
+        dec.decode(b"\x00\x01\x02")
+
+
+# --- jitter buffer (scripted arrivals, explicit clock) ----------------------------------
+
+
+def _pkt(seq: int, payload: bytes | None = None) -> RtpPacket:
+    return RtpPacket(seq & 0xFFFF, seq * 320, 42, payload or bytes([seq & 0xFF]) * 4)
+
+
+def test_jitter_reorders_and_drops_duplicates():
+    jb = JitterBuffer(frame_ms=20, jitter_min_ms=40, jitter_max_ms=120)
+    f = 0.020
+    # seq 0..5, arriving 2,0,1,1(dup),4,3,5 within the buffer's 40 ms
+    arrivals = [(0, 0.000), (2, 0.001), (1, 0.021), (1, 0.022), (4, 0.061), (3, 0.062),
+                (5, 0.100)]
+    results = [jb.push(_pkt(s), t) for s, t in arrivals]
+    assert results.count("duplicate") == 1
+    out = jb.pop(1.0)
+    played, tail = out[:6], out[6:]
+    assert [fr.payload[0] for fr in played] == [0, 1, 2, 3, 4, 5]
+    assert not any(fr.lost for fr in played)
+    assert all(fr.lost for fr in tail) and jb.next_due() is None  # stream ended: idle
+    assert jb.stats.reordered == 2 and jb.stats.duplicates == 1
+    assert jb.stats.lost == 0
+    # frames are due one frame apart
+    dues = [fr.due for fr in played]
+    assert np.allclose(np.diff(dues), f)
+
+
+def test_jitter_conceals_loss_with_fec_payload_and_drops_late():
+    jb = JitterBuffer(frame_ms=20, jitter_min_ms=20, jitter_max_ms=120)
+    for s in (0, 1, 3, 4):  # seq 2 lost
+        jb.push(_pkt(s), s * 0.020)
+    out = jb.pop(0.2)[:5]
+    assert [fr.ext_seq - out[0].ext_seq for fr in out] == [0, 1, 2, 3, 4]
+    lost = out[2]
+    assert lost.lost and lost.fec == _pkt(3).payload  # next packet offered for FEC
+    assert jb.stats.lost == 1
+    assert jb.push(_pkt(2), 0.25) == "late"  # its frame was already concealed
+    assert jb.stats.late == 1
+
+
+def test_jitter_target_adapts_to_measured_jitter():
+    rng = np.random.default_rng(0)
+    calm = JitterBuffer(frame_ms=20, jitter_min_ms=10, jitter_max_ms=120)
+    rough = JitterBuffer(frame_ms=20, jitter_min_ms=10, jitter_max_ms=120)
+    for s in range(200):
+        calm.push(_pkt(s), s * 0.02 + rng.uniform(0, 0.002))
+        rough.push(_pkt(s), s * 0.02 + rng.uniform(0, 0.030))
+    assert calm.target_ms == pytest.approx(10, abs=1)
+    assert 25 < rough.target_ms <= 32
+    capped = JitterBuffer(frame_ms=20, jitter_min_ms=10, jitter_max_ms=50)
+    for s in range(100):
+        capped.push(_pkt(s), s * 0.02 + rng.uniform(0, 0.3))
+    assert capped.target_ms == 50
+
+
+def test_jitter_idle_then_new_talk_spurt_and_seq_wrap():
+    jb = JitterBuffer(frame_ms=20, jitter_min_ms=10)
+    for s in range(65533, 65536 + 3):  # wraps through 0
+        jb.push(_pkt(s), (s - 65533) * 0.02)
+    out = jb.pop(1.0)
+    assert [fr.lost for fr in out][:6] == [False] * 6
+    assert jb.next_due() is None  # idle after a few concealed tail frames
+    assert jb.stats.lost == 0  # the stream ended; nothing was lost
+    assert jb.push(_pkt(65536 + 100), 5.0) == "ok"  # new talk spurt re-anchors
+    out = jb.pop(6.0)
+    assert not out[0].lost
+
+
+def test_jitter_refuses_packets_absurdly_far_ahead():
+    jb = JitterBuffer(frame_ms=20)
+    jb.push(_pkt(0), 0.0)
+    assert jb.push(_pkt(30000), 0.01) == "dropped"
+    assert len(jb) == 1
+
+
+def test_stream_sender_receiver_round_trip(speech):
+    tx = RtpStreamSender("opus", 16000, 20)
+    rx = RtpStreamReceiver("opus", 16000, 20, jitter_min_ms=20)
+    packets = tx.push(speech[:8000]) + tx.push(speech[8000:]) + tx.flush()
+    assert packets[0].marker and not packets[1].marker
+    for i, p in enumerate(packets):
+        if i % 10 != 4:  # 10 % loss
+            rx.push(p, i * 0.02)
+    out = np.concatenate([pcm for _, pcm in rx.pop(100.0)])
+    assert len(out) >= len(speech)
+    assert rx.fec_recovered > 0
+    assert _aligned_corr(speech, out) > 0.85
+
+
+def test_stream_sender_resamples_tts_rate():
+    tx = RtpStreamSender("opus", 22050, 20)
+    assert tx.wire_rate == 24000
+    pk = tx.push(np.zeros(22050, np.int16))
+    assert 48 <= len(pk) <= 50
+
+
+# --- control events --------------------------------------------------------------------
+
+
+def _reader(data: bytes) -> asyncio.StreamReader:
+    r = asyncio.StreamReader(limit=MAX_HEADER)
+    r.feed_data(data)
+    r.feed_eof()
+    return r
+
+
+def test_control_event_round_trip():
+    async def go():
+        a = Event("wake", {"keyword": "alexa"})
+        b = Event("audio-chunk", {"seq": 1}, b"\x00\x01" * 10)
+        r = _reader(a.encode() + b.encode())
+        assert await read_event(r) == a
+        assert await read_event(r) == b
+        assert await read_event(r) is None
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"not json\n", "not JSON"),
+    (b"[1,2]\n", "JSON object"),
+    (b'{"data":{}}\n', "no 'type'"),
+    (b'{"type":"x","data":[]}\n', "'data' must be"),
+    (b'{"type":"x","payload_length":-1}\n', "payload_length"),
+    (json.dumps({"type": "x", "payload_length": MAX_PAYLOAD + 1}).encode() + b"\n", "exceeds"),
+    (b'{"type":"audio-chunk","payload_length":100}\n' + b"x" * 40, "40 of 100"),
+    (b'{"type":"wake","da', "middle of an event header"),
+    (b"x" * (MAX_HEADER + 10), "longer than"),
+])
+def test_control_rejects_bad_events(raw, why):
+    async def go():
+        with pytest.raises(ProtocolError, match=why):
+            await read_event(_reader(raw))
+    asyncio.run(go())
+
+
+def test_control_refuses_to_send_oversized():
+    with pytest.raises(ProtocolError):
+        Event("audio-chunk", {}, b"x" * (MAX_PAYLOAD + 1)).encode()
+
+
+# --- shared memory --------------------------------------------------------------------
+
+
+def _consumer(name: str, n: int, q) -> None:
+    ring = ShmRing(name, create=False)
+    got = []
+    import time
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        frame = ring.read()
+        if frame is None:
+            time.sleep(0.001)
+            continue
+        got.append(frame)
+    ring.close()
+    q.put(got)
+
+
+def test_shm_ring_across_processes():
+    ring = ShmRing(capacity=4096)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_consumer, args=(ring.name, 200, q))
+    proc.start()
+    frames = [bytes([i % 256]) * (1 + i % 90) for i in range(200)]
+    import time
+    for f in frames:
+        while not ring.write(f):  # full: wait for the reader
+            time.sleep(0.001)
+    got = q.get(timeout=20)
+    proc.join(5)
+    ring.close()
+    assert got == frames
+
+
+def test_shm_ring_full_drops_and_missing_ring_errors():
+    ring = ShmRing(capacity=64)
+    assert ring.write(b"x" * 40)
+    assert not ring.write(b"y" * 40) and ring.dropped == 1
+    assert ring.read() == b"x" * 40 and ring.read() is None
+    ring.close()
+    with pytest.raises(ProtocolError):
+        ShmRing("psm_does_not_exist_hark", create=False)
