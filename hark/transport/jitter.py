@@ -160,6 +160,7 @@ class JitterBuffer:
             if pkt is not None:
                 out.append(PlayoutFrame(k, self.due(k), pkt.payload, timestamp=pkt.timestamp))
                 self.stats.played += 1
+                self._played.append(k)
             else:
                 nxt = self._packets.get(k + 1)
                 out.append(PlayoutFrame(k, self.due(k), None, nxt.payload if nxt else None))
@@ -170,7 +171,6 @@ class JitterBuffer:
                     if self._tail_concealed >= self.idle_after:
                         self._idle = True  # nothing newer: the stream paused or ended
                         self._tail_concealed = 0
-            self._played.append(k)
             self._next = k + 1
         return out
 
