@@ -153,7 +153,8 @@ def test_cache_hit_returns_same_result_marked_cache():
 
 
 @pytest.mark.parametrize("sentence", ["turn on the kitchen lite", "turn on the kichen light",
-                                      "turn off the bedroom lite"])
+                                      "turn off the bedroom lite", "turn on the kitchen like",
+                                      "Turn off the bed room light."])
 def test_fuzzy_corrects_misheard_names(stage, sentence):
     result = stage.match(sentence)
     assert result is not None
@@ -243,6 +244,7 @@ def test_normalize():
         "turn on the kitchen-light"
     assert normalize("set it to 2.5 degrees.") == "set it to 2.5 degrees"
     assert normalize("What's the time?") == "what's the time"
+    assert normalize("Pause the T.V.") == "pause the tv"
     assert normalize("okay so uh what time is it thank you") == "what time is it"
 
 

@@ -59,6 +59,7 @@ _LEADING = {"hey", "ok", "okay", "so", "well", "oh", "alright", "please", "hark"
 _TRAILING = {"please", "thanks", "now"}
 _TRAILING_PHRASES = ("thank you", "for me please")
 
+_ACRONYM = re.compile(r"\b(?:[a-z]\.){2,}")
 _PUNCT = re.compile(r"[^\w\s'%.:/-]")  # keep apostrophes, %, and . : / - inside numbers
 _LONE = re.compile(r"(?<!\d)[.:/](?!\d)|(?<!\w)-|-(?!\w)|(?<!\w)'|'(?!\w)")
 
@@ -66,6 +67,7 @@ _LONE = re.compile(r"(?<!\d)[.:/](?!\d)|(?<!\w)-|-(?!\w)|(?<!\w)'|'(?!\w)")
 def normalize(text: str) -> str:
     """Lower case, no punctuation or filler words, single spaces: the cache key."""
     text = unicodedata.normalize("NFKC", text).casefold().replace("’", "'")
+    text = _ACRONYM.sub(lambda m: m.group(0).replace(".", ""), text)  # t.v. -> tv
     text = _LONE.sub(" ", _PUNCT.sub(" ", text))
     words = [w for w in text.split() if w not in _FILLERS]
     while words and words[0] in _LEADING:
@@ -292,7 +294,11 @@ class IntentStage:
         for row, (start, end, gram) in enumerate(spans):
             order = scores[row].argsort()[::-1]
             best = float(scores[row][order[0]])
-            second = float(scores[row][order[1]]) if len(order) > 1 else 0.0
+            # The runner-up is the closest *different* value: one made of words of the
+            # best ("kitchen" for "kitchen light") is not an alternative reading.
+            best_words = set(self._vocab[order[0]].split())
+            second = next((float(scores[row][j]) for j in order[1:]
+                           if not set(self._vocab[j].split()) <= best_words), 0.0)
             if best >= self.fuzzy_min_score and best - second >= self.fuzzy_margin:
                 candidates.append((best, end - start, start, end, self._vocab[order[0]]))
         if not candidates:
