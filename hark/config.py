@@ -282,9 +282,11 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
     for candidate in config_search_path(path):
         if candidate.exists():
             try:
-                data = tomllib.loads(candidate.read_text())
+                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{candidate}: not valid TOML: {exc}") from exc
+            except (UnicodeDecodeError, OSError) as exc:
+                raise ConfigError(f"{candidate}: cannot be read as UTF-8 text: {exc}") from exc
             _merge(cfg, data, "")
             break
         if path:
