@@ -61,6 +61,7 @@ OPEN_QUESTIONS = [
     "what's the best programming language", "how old is the universe",
     "tell me something interesting about octopuses", "what should I name my cat",
     "how do I turn a hobby into a business", "what light bulbs are most efficient",
+    "what is the kitchen like",  # not "kitchen light": the area "kitchen" is as close
 ]
 
 
@@ -153,13 +154,13 @@ def test_cache_hit_returns_same_result_marked_cache():
 
 
 @pytest.mark.parametrize("sentence", ["turn on the kitchen lite", "turn on the kichen light",
-                                      "turn off the bedroom lite", "turn on the kitchen like",
+                                      "turn off the bedroom lite", "turn on the living room lamb",
                                       "Turn off the bed room light."])
 def test_fuzzy_corrects_misheard_names(stage, sentence):
     result = stage.match(sentence)
     assert result is not None
     assert result.source == "fuzzy"
-    assert result.slots["name"] in ("kitchen light", "bedroom light")
+    assert result.slots["name"] in ("kitchen light", "bedroom light", "living room lamp")
     assert 0.8 <= result.confidence < 1.0
 
 

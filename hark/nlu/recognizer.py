@@ -275,7 +275,13 @@ class IntentStage:
 
     def _fuzzy(self, text: str, context: dict[str, Any] | None = None
                ) -> IntentResult | None:
-        """Replace word spans that are clearly a misheard slot value, then re-match."""
+        """Replace word spans that are clearly a misheard slot value, then re-match.
+
+        A span is corrected only when its closest value scores at least
+        ``fuzzy_min_score`` and beats the runner-up by ``fuzzy_margin``; the runner-up
+        may be a shorter value inside the span ("kitchen like": "kitchen light" 80 vs
+        the area "kitchen" 74), which is an alternative reading, so nothing is changed.
+        """
         if not self._vocab:
             return None
         words = text.split()
@@ -294,11 +300,7 @@ class IntentStage:
         for row, (start, end, gram) in enumerate(spans):
             order = scores[row].argsort()[::-1]
             best = float(scores[row][order[0]])
-            # The runner-up is the closest *different* value: one made of words of the
-            # best ("kitchen" for "kitchen light") is not an alternative reading.
-            best_words = set(self._vocab[order[0]].split())
-            second = next((float(scores[row][j]) for j in order[1:]
-                           if not set(self._vocab[j].split()) <= best_words), 0.0)
+            second = float(scores[row][order[1]]) if len(order) > 1 else 0.0
             if best >= self.fuzzy_min_score and best - second >= self.fuzzy_margin:
                 candidates.append((best, end - start, start, end, self._vocab[order[0]]))
         if not candidates:
