@@ -242,6 +242,10 @@ class IntentHandlers:
 
     # ---------------------------------------------------------------------------------
 
+    def can_handle(self, intent: IntentResult) -> bool:
+        """Every intent gets an answer (an honest one when nothing can act on it)."""
+        return True
+
     def handle(self, intent: IntentResult, session: str = "default") -> Reply:
         try:
             reply = self._dispatch(intent, session)
