@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -114,10 +116,65 @@ def test_sessions_as_list_and_describe_method(tmp_path):
 
     srv = FakeServer()
     srv.sessions = [Described(), FakeSession("garage")]
-    assert satellites(srv) == [{"name": "office", "codec": "opus"},
-                               {"name": "garage", "peer": "127.0.0.1:50000",
-                                "connected_at": srv.sessions[1].connected_at,
-                                "state": "idle", "turns": 0}]
+    office, garage = satellites(srv)
+    assert office == {"name": "office", "codec": "opus"}
+    assert garage["connected_at"] == pytest.approx(srv.sessions[1].connected_at, abs=0.01)
+    assert {k: garage[k] for k in ("name", "peer", "state", "turns")} == {
+        "name": "garage", "peer": "127.0.0.1:50000", "state": "idle", "turns": 0}
+
+
+@dataclasses.dataclass
+class _Stats:
+    turns: int = 0
+    turns_busy: int = 0
+    barge_ins: int = 0
+
+
+class _CoreLikeSession:
+    """The shape of hark.server.server.Session: monotonic connected_at, peer_host, a
+    turn task and a playing flag."""
+
+    def __init__(self, name: str):
+        self.id = f"{name}-1234"
+        self.name = name
+        self.peer_host = "127.0.0.1"
+        self.codec = "opus"
+        self.audio_path = "udp"
+        self.connected_at = time.monotonic() - 30
+        self.turn = None
+        self.playing = True
+        self.turns = 3
+
+
+def test_core_server_shape_sessions_and_stats(tmp_path):
+    srv = FakeServer()
+    srv.stats = _Stats(turns=5, turns_busy=2, barge_ins=1)
+    srv.sessions = {"kitchen-1234": _CoreLikeSession("kitchen")}
+    live = LiveHttp(srv, Config(home_dir=str(tmp_path)))
+    try:
+        st = json.loads(get(live.url + "/api/state")[2])
+        sat = st["satellites"][0]
+        assert sat["name"] == "kitchen" and sat["peer"] == "127.0.0.1"
+        assert sat["state"] == "speaking" and sat["audio_path"] == "udp"
+        assert sat["connected_at"] == pytest.approx(time.time() - 30, abs=2)
+        assert st["server_stats"] == {"turns": 5, "turns_busy": 2, "barge_ins": 1}
+        srv.stats.turns_busy = 7
+        body = get(live.url + "/metrics")[2]
+        samples = {s.name: s.value for f in text_string_to_metric_families(body)
+                   for s in f.samples}
+        assert samples["hark_server_turns_busy"] == 7
+        assert samples["hark_server_barge_ins"] == 1
+    finally:
+        live.close()
+
+
+def test_server_without_ready_attribute_counts_as_ready():
+    from hark.server.http import is_ready
+
+    class Bare:
+        turn_listeners: list = []
+
+    assert is_ready(Bare())
 
 
 def test_port_in_use_is_a_clear_config_error(tmp_path):

@@ -17,13 +17,17 @@ tested and reused without the rest of the server:
   receives each finished :class:`hark.trace.Trace`;
 - ``sessions``: a dict (or list) of connected satellite sessions; each is shown through
   its ``describe()`` (or ``as_dict()``) when it has one, else through common attributes
-  (``name``, ``peer``, ``connected_at``, ``codec``, ``state``, ``turns``);
+  (``name``, ``peer``/``peer_host``, ``connected_at``, ``codec``, ``audio_path``,
+  ``turns``; its state from ``playing``/``turn``);
 - ``ready`` (optional): a bool, a ``threading``/``asyncio`` ``Event``, or a callable;
+  without one the server counts as ready;
+- ``stats`` (optional): a dataclass of counters, exported as ``hark_server_<field>``;
 - ``sched_results`` (optional): the :class:`hark.sched.SchedResult` list of the stages.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
 
 from hark.errors import ConfigError
 from hark.server.metrics import CONTENT_TYPE, Metrics
@@ -64,6 +69,8 @@ class Observability:
             raise TypeError(f"{type(server).__name__} has no turn_listeners list")
         if self.on_turn not in listeners:
             listeners.append(self.on_turn)
+            if getattr(server, "stats", None) is not None:
+                self.metrics.registry.register(_StatsCollector(server))
         return self
 
     def on_turn(self, trace: Trace) -> None:
@@ -108,7 +115,9 @@ def turn_view(trace: Trace) -> dict[str, Any]:
 
 
 def is_ready(server: Any) -> bool:
-    ready = getattr(server, "ready", False)
+    """``server.ready`` (bool, Event or callable). An object without one is taken as
+    ready: hark's Server only exists once its Assistant has loaded and warmed up."""
+    ready = getattr(server, "ready", True)
     if hasattr(ready, "is_set"):
         return bool(ready.is_set())
     if callable(ready):
@@ -116,11 +125,27 @@ def is_ready(server: Any) -> bool:
     return bool(ready)
 
 
-_SESSION_FIELDS = ("name", "peer", "address", "connected_at", "codec", "transport",
-                   "state", "turns", "turns_completed", "last_turn_at")
+_SESSION_FIELDS = ("name", "id", "peer", "peer_host", "address", "codec", "audio_path",
+                   "transport", "state", "turns", "turns_completed")
+
+
+def _wall_time(t: float) -> float:
+    """A ``time.monotonic()`` stamp as Unix time (values that already are pass through)."""
+    return t if t > 1e9 else time.time() - (time.monotonic() - t)
+
+
+def _session_state(session: Any) -> str:
+    if getattr(session, "playing", False):
+        return "speaking"
+    turn = getattr(session, "turn", None)
+    if turn is not None and hasattr(turn, "done") and not turn.done():
+        return "in turn"
+    return "idle"
 
 
 def describe_session(key: Any, session: Any) -> dict[str, Any]:
+    """A satellite session as JSON: its ``describe()``/``as_dict()`` when it has one,
+    else its common attributes; ``connected_at`` is Unix seconds."""
     for method in ("describe", "as_dict"):
         fn = getattr(session, method, None)
         if callable(fn):
@@ -132,6 +157,12 @@ def describe_session(key: Any, session: Any) -> dict[str, Any]:
         v = getattr(session, f, None)
         if v is not None and not callable(v):
             out[f] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    if "peer" not in out and "peer_host" in out:
+        out["peer"] = out["peer_host"]
+    connected = getattr(session, "connected_at", None)
+    if isinstance(connected, (int, float)):
+        out["connected_at"] = round(_wall_time(connected), 3)
+    out.setdefault("state", _session_state(session))
     return out
 
 
@@ -140,6 +171,29 @@ def satellites(server: Any) -> list[dict[str, Any]]:
     items = sessions.items() if isinstance(sessions, dict) else (
         (getattr(s, "name", i), s) for i, s in enumerate(sessions))
     return [describe_session(k, s) for k, s in list(items)]
+
+
+def server_stats(server: Any) -> dict[str, int | float]:
+    """The numeric fields of ``server.stats`` (a dataclass or plain object), if any."""
+    stats = getattr(server, "stats", None)
+    if stats is None:
+        return {}
+    fields = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else vars(stats)
+    return {k: v for k, v in fields.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class _StatsCollector:
+    """Exports ``server.stats`` at scrape time as ``hark_server_<field>``."""
+
+    def __init__(self, server: Any):
+        self.server = server
+
+    def collect(self):
+        for name, value in server_stats(self.server).items():
+            yield GaugeMetricFamily(f"hark_server_{name}",
+                                    f"Server counter '{name}' (hark.server.ServerStats)",
+                                    value=value)
 
 
 def state(server: Any, obs: Observability) -> dict[str, Any]:
@@ -151,6 +205,7 @@ def state(server: Any, obs: Observability) -> dict[str, Any]:
         "ready": is_ready(server),
         "uptime_s": round(time.time() - getattr(server, "started_at", STARTED), 1),
         "satellites": sats,
+        "server_stats": server_stats(server),
         "turns": list(reversed(obs.recent)),  # newest first
         "turns_seen": obs.turns_seen,
         "percentiles": obs.metrics.percentiles(),
