@@ -228,12 +228,15 @@ class IntentStage:
                 self._cache.move_to_end(key)
                 self.hits += 1
                 hit = self._cache[key]
-                return dataclasses.replace(hit, source="cache", text=text) if hit else None
+                if hit is None:
+                    return None
+                return dataclasses.replace(hit, source="cache", text=text, slots=dict(hit.slots))
             self.misses += 1
         result = self.match(text, original=text, context=context)
         if self._cache_size:
             with self._lock:
-                self._cache[key] = result
+                self._cache[key] = (dataclasses.replace(result, slots=dict(result.slots))
+                                    if result is not None else None)
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return result
@@ -242,6 +245,8 @@ class IntentStage:
               context: dict[str, Any] | None = None) -> IntentResult | None:
         """Strict hassil matching, then fuzzy slot correction; no cache."""
         original = original if original is not None else text
+        if not text or len(text) > 4 * MAX_CHARS:
+            return None
         norm = normalize(text)
         if not norm or len(norm) > MAX_CHARS or norm.count(" ") >= MAX_WORDS:
             return None
