@@ -105,6 +105,7 @@ class HomeConfig:
             {"name": "tv", "domain": "media_player", "area": "living room"},
         ]
     )
+    default_area: str = ""  # the room the assistant is in ("set the temperature to 68")
     home_assistant_url: str = ""  # e.g. http://homeassistant.local:8123; "" = answer only
     home_assistant_token: str = ""  # long-lived access token
 
