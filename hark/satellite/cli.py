@@ -1,0 +1,49 @@
+"""``hark satellite``: wake word, microphone and speaker by the person; models on the
+server."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _satellite(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from hark.cli import load_cfg
+    from hark.satellite.audio import FileSource, MicSource, SpeakerSink, StdinSource, WavSink
+    from hark.satellite.satellite import FRAME, Satellite
+
+    cfg = load_cfg(args)
+    if args.server:
+        cfg.satellite.server = args.server
+    if args.name:
+        cfg.satellite.name = args.name
+    if args.input:
+        source = FileSource(args.input, FRAME)
+    elif args.stdin:
+        source = StdinSource(FRAME)
+    else:
+        source = MicSource(cfg.audio.input_device, FRAME)
+    sink = WavSink(args.output) if args.output else SpeakerSink(cfg.audio.output_device)
+    sat = Satellite(cfg, source, sink, exit_when_done=bool(args.input or args.stdin))
+    try:
+        asyncio.run(sat.run())
+    except KeyboardInterrupt:
+        pass
+    s = sat.stats
+    print(f"wakes {s.wakes}, turns {s.turns_done}, barge-ins {s.barge_ins}, "
+          f"reply frames played {s.frames_played}")
+    return 0
+
+
+def register(cli) -> None:
+    p = cli.add("satellite", "run a satellite: wake word + audio, talking to a hark server",
+                _satellite)
+    p.add_argument("--server", default="", help="HOST:PORT (default satellite.server)")
+    p.add_argument("--name", default="", help="satellite name (default satellite.name)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", default="", help="WAV/FLAC file instead of the microphone "
+                     "(played at real time; exits when its turns are answered)")
+    src.add_argument("--stdin", action="store_true", help="raw 16 kHz mono s16le PCM on stdin")
+    p.add_argument("--output", default="", help="write reply audio to this WAV instead of "
+                   "the speaker")

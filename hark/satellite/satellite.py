@@ -1,0 +1,413 @@
+"""``hark satellite``: the small device by the person.
+
+Threads and tasks:
+
+- the *wake thread* reads the microphone (or file/stdin) 20 ms at a time and runs the
+  wake word on every frame, at real-time priority and pinned to a core where the OS
+  allows; it hands each frame (and any detection) to the event loop;
+- the event loop keeps a pre-roll ring, talks to the server (control connection, audio
+  over UDP/TCP/shared memory), plays the reply as it arrives through a jitter buffer,
+  and reconnects with backoff when the server goes away.
+
+After a wake word the pre-roll and the live audio stream to the server until it says
+the person stopped speaking. The wake word keeps running during the reply: saying it
+again interrupts (barge-in). For ``wake.followup_s`` after a reply, speech (by energy)
+starts a turn without the wake word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hark.audio import SAMPLE_RATE, AudioChunk
+from hark.config import Config
+from hark.errors import HarkError, ProtocolError
+from hark.transport.control import PROTOCOL_VERSION, Connection
+from hark.transport.rtp import PT_PROBE, RtpPacket
+from hark.transport.shm import ShmRing, host_id
+from hark.transport.stream import RtpStreamReceiver, RtpStreamSender
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+FRAME = SAMPLE_RATE * FRAME_MS // 1000
+PRE_ROLL_S = 0.1  # audio before the detection point sent with the turn
+FOLLOWUP_DBFS = -38.0  # speech level that opens a follow-up turn
+
+
+def set_realtime(cfg: Config, stage: str = "wake") -> str:
+    """Real-time priority and core pinning for the calling thread, where permitted.
+    Returns what was applied (for the log)."""
+    applied = []
+    if cfg.sched.realtime and hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg.sched.rt_priority))
+            applied.append(f"SCHED_FIFO {cfg.sched.rt_priority}")
+        except (PermissionError, OSError) as exc:
+            applied.append(f"no real-time priority ({exc.strerror or exc})")
+    if hasattr(os, "sched_setaffinity"):
+        cores = cfg.sched.pin_cores.get(stage) or [max(os.sched_getaffinity(0))]
+        try:
+            os.sched_setaffinity(0, set(cores))
+            applied.append(f"pinned to core(s) {cores}")
+        except (PermissionError, OSError) as exc:
+            applied.append(f"not pinned ({exc.strerror or exc})")
+    return ", ".join(applied) or "no scheduling controls on this OS"
+
+
+@dataclass
+class SatelliteStats:
+    wakes: int = 0
+    followups: int = 0
+    turns_done: int = 0
+    barge_ins: int = 0
+    connects: int = 0
+    frames_played: int = 0
+    transcripts: list[str] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+
+class Satellite:
+    """Runs until :meth:`stop` (or, with ``exit_when_done``, until a finite source has
+    been played and every turn it started has been answered)."""
+
+    def __init__(self, cfg: Config, source: Any, sink: Any, *, detector: Any = None,
+                 exit_when_done: bool = False, realtime_thread: bool = True):
+        self.cfg = cfg
+        self.source = source
+        self.sink = sink
+        if detector is None:
+            from hark.wake.detector import load_wake
+
+            detector = load_wake(cfg)
+        self.detector = detector
+        self.exit_when_done = exit_when_done
+        self.realtime_thread = realtime_thread
+        self.stats = SatelliteStats()
+        host, _, port = cfg.satellite.server.rpartition(":")
+        self.server_host, self.server_port = host or "127.0.0.1", int(port or 10700)
+        self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, int(PRE_ROLL_S * 1000 / FRAME_MS)))
+        self._stop = asyncio.Event()
+        self.conn: Connection | None = None
+        self.session: str = ""
+        self._streaming = False
+        self._turn_open = False  # wake sent, turn-end not yet received
+        self._sender: RtpStreamSender | None = None
+        self._receiver: RtpStreamReceiver | None = None
+        self._path = "tcp"
+        self._udp: asyncio.DatagramTransport | None = None
+        self._welcome: dict = {}
+        self._shm_up: ShmRing | None = None
+        self._shm_down: ShmRing | None = None
+        self._followup_until = 0.0
+        self._loud_frames = 0
+        self._probe_ok = asyncio.Event()
+        self._last_audio = 0.0
+        self.connected = asyncio.Event()
+
+    # --- wake thread --------------------------------------------------------------------
+    def _wake_thread(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> None:
+        if self.realtime_thread:
+            log.info("wake word thread: %s", set_realtime(self.cfg))
+        try:
+            for frame in self.source:
+                t = time.monotonic()
+                ev = self.detector.process(AudioChunk(frame, SAMPLE_RATE, t))
+                if self._stop.is_set():
+                    return
+                loop.call_soon_threadsafe(q.put_nowait, (frame, ev))
+            loop.call_soon_threadsafe(q.put_nowait, None)
+        except RuntimeError:  # the loop closed under us: the satellite is stopping
+            return
+        except Exception as exc:  # noqa: BLE001 - reported on the loop
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(q.put_nowait, exc)
+
+    # --- main ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        thread = threading.Thread(target=self._wake_thread, args=(loop, q),
+                                  name="hark-wake", daemon=True)
+        thread.start()
+        link = asyncio.create_task(self._link_loop())
+        player = asyncio.create_task(self._play_loop())
+        try:
+            while not self._stop.is_set():
+                item = await q.get()
+                if item is None:
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                frame, ev = item
+                await self._on_frame(frame, ev)
+                if self.exit_when_done and self._finished():
+                    break
+        finally:
+            self._stop.set()
+            getattr(self.source, "done", threading.Event()).set()
+            await asyncio.to_thread(thread.join, 2.0)
+            for t in (link, player):
+                t.cancel()
+                with contextlib.suppress(BaseException):
+                    await t
+            await self._disconnect()
+            self.sink.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _finished(self) -> bool:
+        ended = getattr(self.source, "ended", None)
+        return bool(ended is not None and ended.is_set() and not self._turn_open
+                    and not self._streaming and time.monotonic() - self._last_audio > 0.5)
+
+    async def _on_frame(self, frame: np.ndarray, wake: Any) -> None:
+        now = time.monotonic()
+        if wake is not None:
+            self.stats.wakes += 1
+            log.info("wake word '%s' (%.2f)", wake.keyword, wake.probability)
+            await self._start_turn(followup=False)
+        elif not self._streaming and not self._turn_open and now < self._followup_until:
+            level = 20 * np.log10(np.sqrt(np.mean(frame.astype(np.float32) ** 2)) / 32768 + 1e-9)
+            self._loud_frames = self._loud_frames + 1 if level > FOLLOWUP_DBFS else 0
+            if self._loud_frames >= 3:
+                self.stats.followups += 1
+                log.info("follow-up speech without wake word")
+                await self._start_turn(followup=True)
+        if self._streaming:
+            self._send_audio(frame)
+        self._pre_roll.append(frame)
+
+    async def _start_turn(self, followup: bool) -> None:
+        if self.conn is None:
+            log.warning("wake word heard but the server (%s:%d) is not reachable",
+                        self.server_host, self.server_port)
+            return
+        if self._turn_open:  # barge-in: interrupt the reply
+            self.stats.barge_ins += 1
+            self.sink.stop()
+            if self._receiver is not None:
+                self._receiver = self._new_receiver()
+        self._followup_until = 0.0
+        self._loud_frames = 0
+        try:
+            await self.conn.send("wake", {"keyword": self.detector.keyword,
+                                          "followup": followup})
+        except (ConnectionError, OSError):
+            return
+        self._turn_open = True
+        self._streaming = True
+        self._sender = RtpStreamSender(self._welcome.get("codec", "opus"), SAMPLE_RATE,
+                                       self._welcome.get("frame_ms", 20),
+                                       self.cfg.transport.fec, ssrc=self._welcome["ssrc"])
+        for f in list(self._pre_roll):
+            self._send_audio(f)
+
+    def _send_audio(self, frame: np.ndarray) -> None:
+        if self._sender is None:
+            return
+        for pkt in self._sender.push(frame):
+            self._send_packet(pkt)
+
+    def _send_packet(self, pkt: RtpPacket) -> None:
+        raw = pkt.pack()
+        if self._path == "udp" and self._udp is not None:
+            self._udp.sendto(raw, (self.server_host, self._welcome["rtp_port"]))
+        elif self._path == "shm" and self._shm_up is not None:
+            self._shm_up.write(raw)
+        elif self.conn is not None:
+            asyncio.get_running_loop().create_task(self._send_event("audio-chunk", {}, raw))
+
+    async def _send_event(self, etype: str, data: dict, payload: bytes = b"") -> None:
+        if self.conn is not None:
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                await self.conn.send(etype, data, payload)
+
+    # --- connection ---------------------------------------------------------------------
+    async def _link_loop(self) -> None:
+        backoff = 0.25
+        while not self._stop.is_set():
+            try:
+                await self._connect()
+                backoff = 0.25
+                await self._control_loop()
+            except (ConnectionError, OSError, asyncio.TimeoutError, ProtocolError) as exc:
+                log.info("server %s:%d unreachable (%s); retrying in %.1f s", self.server_host,
+                         self.server_port, exc, backoff)
+            await self._disconnect()
+            if self._stop.is_set():
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _connect(self) -> None:
+        conn = await Connection.open(self.server_host, self.server_port)
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _SatUdp(self), local_addr=("0.0.0.0" if self.server_host not in
+                                               ("127.0.0.1", "localhost") else "127.0.0.1", 0))
+        udp_port = self._udp.get_extra_info("sockname")[1]
+        caps = ["audio-udp", "audio-tcp", "opus", "pcm", "barge-in"]
+        if self.cfg.transport.shm != "never":
+            caps.append("audio-shm")
+        await conn.send("hello", {"version": PROTOCOL_VERSION, "name": self.cfg.satellite.name,
+                                  "token": self.cfg.satellite.token, "capabilities": caps,
+                                  "codecs": ["opus", "pcm"], "udp_port": udp_port,
+                                  "host_id": host_id()})
+        ev = await asyncio.wait_for(conn.recv(), 10.0)
+        if ev is None:
+            raise ConnectionError("server closed the connection")
+        if ev.type == "error":
+            await conn.close()
+            if ev.data.get("code") == "auth":
+                raise HarkError(f"server refused this satellite: {ev.data.get('message')}",
+                                fix="set satellite.token to the token in the server's "
+                                "server.tokens for satellite.name")
+            raise ConnectionError(ev.data.get("message", "refused"))
+        if ev.type != "welcome":
+            raise ProtocolError(f"expected welcome, got {ev.type}")
+        self._welcome = ev.data
+        self.conn = conn
+        self.session = ev.data["session"]
+        self._receiver = self._new_receiver()
+        self._path = await self._choose_path(conn, ev.data)
+        await conn.send("transport", {"audio": self._path})
+        self.stats.connects += 1
+        log.info("connected to %s:%d as %s, audio over %s", self.server_host,
+                 self.server_port, self.session, self._path)
+        self.connected.set()
+
+    async def _choose_path(self, conn: Connection, welcome: dict) -> str:
+        mode = self.cfg.transport.tcp_audio_fallback
+        if welcome.get("shm") and self.cfg.transport.shm != "never":
+            try:
+                self._shm_up = ShmRing(welcome["shm"]["up"], create=False)
+                self._shm_down = ShmRing(welcome["shm"]["down"], create=False)
+                return "shm"
+            except ProtocolError as exc:
+                log.info("shared memory unavailable (%s)", exc)
+        if mode == "always":
+            return "tcp"
+        self._probe_ok.clear()
+        for i in range(5):  # does UDP get through, both ways?
+            probe = RtpPacket(i, 0, welcome["ssrc"], b"", PT_PROBE).pack()
+            assert self._udp is not None
+            self._udp.sendto(probe, (self.server_host, welcome["rtp_port"]))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._probe_ok.wait(), 0.2)
+                return "udp"
+        if mode == "never":
+            log.warning("no UDP reply from the server; sending UDP anyway (fallback 'never')")
+            return "udp"
+        log.info("UDP does not get through: audio over the TCP control connection")
+        return "tcp"
+
+    def _new_receiver(self) -> RtpStreamReceiver:
+        w = self._welcome
+        return RtpStreamReceiver(w.get("codec", "opus"), w.get("down_rate", 24000),
+                                 w.get("frame_ms", 20), w.get("jitter_min_ms", 10),
+                                 w.get("jitter_max_ms", 120))
+
+    async def _disconnect(self) -> None:
+        conn, self.conn = self.conn, None
+        self.connected.clear()
+        self._streaming = False
+        self._turn_open = False
+        if conn is not None:
+            await conn.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        for ring in (self._shm_up, self._shm_down):
+            if ring is not None:
+                ring.close()
+        self._shm_up = self._shm_down = None
+
+    async def _control_loop(self) -> None:
+        assert self.conn is not None
+        while not self._stop.is_set():
+            ev = await self.conn.recv()
+            if ev is None:
+                raise ConnectionError("server closed the connection")
+            self.stats.events.append(ev.type)
+            if ev.type == "audio-chunk":
+                self.datagram(ev.payload)
+            elif ev.type in ("speech-end", "busy"):
+                self._stop_streaming()
+            elif ev.type == "transcript" and ev.data.get("final", True):
+                self.stats.transcripts.append(ev.data.get("text", ""))
+            elif ev.type == "reply-text":
+                log.info("reply: %s", ev.data.get("text"))
+                self.stats.replies.append(ev.data.get("text", ""))
+            elif ev.type == "turn-end":
+                self._stop_streaming()
+                self._turn_open = False
+                self.stats.turns_done += 1
+                self._followup_until = time.monotonic() + 1.0 + self.cfg.wake.followup_s \
+                    if not ev.data.get("error") else 0.0
+            elif ev.type == "error":
+                log.warning("server: %s", ev.data.get("message"))
+            elif ev.type == "ping":
+                await self.conn.send("pong", ev.data)
+
+    def _stop_streaming(self) -> None:
+        if self._streaming and self._sender is not None:
+            for pkt in self._sender.flush():
+                self._send_packet(pkt)
+            asyncio.get_running_loop().create_task(self._send_event("audio-stop", {}))
+        self._streaming = False
+
+    # --- reply audio --------------------------------------------------------------------
+    def datagram(self, data: bytes) -> None:
+        """A reply packet (UDP, TCP fallback or shared memory)."""
+        try:
+            pkt = RtpPacket.parse(data)
+        except ProtocolError:
+            return
+        if pkt.ssrc != self._welcome.get("server_ssrc"):
+            return
+        if pkt.pt == PT_PROBE:
+            self._probe_ok.set()
+            return
+        if self._receiver is not None:
+            self._receiver.push(pkt)
+
+    async def _play_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            if self._shm_down is not None:
+                try:
+                    while (raw := self._shm_down.read()) is not None:
+                        self.datagram(raw)
+                except ProtocolError as exc:
+                    log.warning("reply audio ring: %s", exc)
+            rx = self._receiver
+            if rx is None:
+                continue
+            for _frame, pcm in rx.pop():
+                self.sink.write(pcm, rx.rate)
+                self.stats.frames_played += 1
+                self._last_audio = time.monotonic()
+                if self._followup_until:
+                    self._followup_until = max(self._followup_until,
+                                               self._last_audio + self.cfg.wake.followup_s)
+
+
+class _SatUdp(asyncio.DatagramProtocol):
+    def __init__(self, sat: Satellite):
+        self.sat = sat
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.sat.datagram(data)

@@ -1,0 +1,369 @@
+"""Server + satellite on loopback with real sockets, codecs and wake word, and a small
+fake Assistant (the real one is exercised in test_server_e2e.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import numpy as np
+import pytest
+
+from hark.audio import AudioChunk, read_audio, write_wav
+from hark.config import Config
+from hark.pipeline.events import ReplyAudio, ReplyText, SpeechEnded, SpeechStarted, TurnEnd
+from hark.satellite.audio import FileSource, WavSink
+from hark.satellite.satellite import FRAME, Satellite
+from hark.server.server import Server
+from hark.trace import Trace
+from hark.transport.control import PROTOCOL_VERSION, Connection
+from hark.transport.rtp import RtpPacket
+
+TTS_RATE = 22050
+pytestmark = pytest.mark.timeout(120)
+
+
+class FakeAssistant:
+    """The Assistant's shape: ends the turn after 300 ms of quiet following speech and
+    answers with a 440 Hz tone of ``reply_s`` seconds."""
+
+    tts_rate = TTS_RATE
+
+    def __init__(self, reply_s: float = 0.6, hold: asyncio.Event | None = None):
+        self.reply_s = reply_s
+        self.heard: dict[str, int] = {}  # session -> samples of speech received
+        self.closed = 0
+        self.hold = hold
+        self._notify = []
+
+    def on_notify(self, cb) -> None:
+        self._notify.append(cb)
+
+    async def notify(self, session: str, text: str) -> None:
+        for cb in self._notify:
+            await cb(session, text)
+
+    def tone(self, seconds: float) -> np.ndarray:
+        t = np.arange(int(seconds * TTS_RATE)) / TTS_RATE
+        return (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+
+    async def speak(self, text: str):
+        yield AudioChunk(self.tone(0.3), TTS_RATE)
+
+    async def run_turn(self, audio, *, session: str = "default", mode: str = "streaming"):
+        trace = Trace(info={"session": session})
+        speech = quiet = 0
+        try:
+            async for chunk in audio:
+                loud = np.abs(chunk.samples).mean() > 300
+                if loud and not speech:
+                    yield SpeechStarted(chunk.t)
+                speech += len(chunk.samples) if loud else 0
+                quiet = 0 if loud else quiet + len(chunk.samples)
+                if speech and quiet > 0.3 * 16000:
+                    break
+            self.heard[session] = self.heard.get(session, 0) + speech
+            if not speech:
+                yield TurnEnd(trace, "", "", error="no speech")
+                return
+            trace.mark("speech_end")
+            yield SpeechEnded(time.monotonic())
+            if self.hold is not None:
+                await self.hold.wait()
+            yield ReplyText("It is noon.", "intent")
+            tone = self.tone(self.reply_s)
+            for i in range(0, len(tone), 4410):
+                yield ReplyAudio(AudioChunk(tone[i:i + 4410], TTS_RATE))
+            yield TurnEnd(trace, "what time is it", "It is noon.")
+        finally:
+            self.closed += 1
+
+
+@pytest.fixture(scope="module")
+def wake_wav(tmp_path_factory, speak):
+    """Piper saying "Alexa, what time is it?" with silence around it."""
+    path = tmp_path_factory.mktemp("audio") / "ask.wav"
+    pad = np.zeros(8000, np.int16)
+    write_wav(path, np.concatenate([pad, speak("Alexa, what time is it?"), pad]), 16000)
+    return path
+
+
+def _cfg(**transport) -> Config:
+    c = Config()
+    c.server.control_port = 0
+    c.server.rtp_port = 0
+    for k, v in transport.items():
+        setattr(c.transport, k, v)
+    return c
+
+
+async def _start(cfg: Config, assistant=None) -> tuple[Server, FakeAssistant]:
+    assistant = assistant or FakeAssistant()
+    server = Server(cfg, assistant)
+    await server.start()
+    cfg.satellite.server = f"127.0.0.1:{server.control_port}"
+    return server, assistant
+
+
+def _satellite(cfg: Config, wav, out, name: str = "kitchen") -> Satellite:
+    c = Config()
+    c.transport = cfg.transport
+    c.satellite.server = cfg.satellite.server
+    c.satellite.name = name
+    c.sched.realtime = False
+    return Satellite(c, FileSource(wav, FRAME), WavSink(out), exit_when_done=True,
+                     realtime_thread=False)
+
+
+def _tone_energy(path) -> tuple[float, float]:
+    """(seconds of audio, fraction of its energy near 440 Hz)."""
+    x = read_audio(path, 22050).astype(np.float64)
+    if len(x) == 0:
+        return 0.0, 0.0
+    spec = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / 22050)
+    return len(x) / 22050, float(spec[(freqs > 420) & (freqs < 460)].sum() / spec.sum())
+
+
+@pytest.mark.parametrize("path, settings", [
+    ("udp", {"shm": "never", "tcp_audio_fallback": "never"}),
+    ("tcp", {"shm": "never", "tcp_audio_fallback": "always"}),
+    ("shm", {"shm": "auto", "codec": "pcm"}),
+])
+def test_satellite_turn_over_each_audio_path(wake_wav, tmp_path, path, settings):
+    async def go():
+        cfg = _cfg(**settings)
+        server, fake = await _start(cfg)
+        traces = []
+        server.turn_listeners.append(traces.append)
+        sat = _satellite(cfg, wake_wav, tmp_path / "out.wav")
+        try:
+            await asyncio.wait_for(sat.run(), 30)
+        finally:
+            await server.stop()
+        return sat, fake, traces
+
+    sat, fake, traces = asyncio.run(go())
+    assert sat.stats.wakes == 1 and sat.stats.turns_done == 1
+    assert sat._path == path or sat.stats.connects == 1
+    # the server heard the question (about 1 s of speech after the wake word)
+    assert sum(fake.heard.values()) > 0.4 * 16000
+    seconds, tonal = _tone_energy(tmp_path / "out.wav")
+    assert seconds >= 0.6 and tonal > 0.8  # the reply tone came back through the codec
+    assert len(traces) == 1 and traces[0].info["audio_path"] == path
+    assert "reply-text" in sat.stats.events
+
+
+def test_two_satellites_at_once(wake_wav, tmp_path):
+    async def go():
+        cfg = _cfg(shm="never")
+        server, fake = await _start(cfg)
+        a = _satellite(cfg, wake_wav, tmp_path / "a.wav", "kitchen")
+        b = _satellite(cfg, wake_wav, tmp_path / "b.wav", "office")
+        try:
+            await asyncio.wait_for(asyncio.gather(a.run(), b.run()), 30)
+        finally:
+            await server.stop()
+        return a, b, fake
+
+    a, b, fake = asyncio.run(go())
+    assert a.stats.turns_done == b.stats.turns_done == 1
+    assert len(fake.heard) == 2 and a.session != b.session
+    for name in ("a.wav", "b.wav"):
+        assert _tone_energy(tmp_path / name)[1] > 0.8
+
+
+async def _raw_client(server: Server, name: str = "probe", token: str = "") -> tuple[Connection, dict]:
+    conn = await Connection.open("127.0.0.1", server.control_port)
+    await conn.send("hello", {"version": PROTOCOL_VERSION, "name": name, "token": token,
+                              "capabilities": [], "udp_port": 9})
+    ev = await conn.recv()
+    return conn, {"type": ev.type, **ev.data}
+
+
+def test_wrong_token_and_bad_version_refused():
+    async def go():
+        cfg = _cfg()
+        cfg.server.tokens = {"kitchen": "s3cret"}
+        server, _ = await _start(cfg)
+        try:
+            _, bad = await _raw_client(server, "kitchen", "guess")
+            _, missing = await _raw_client(server, "kitchen")
+            _, good = await _raw_client(server, "kitchen", "s3cret")
+            conn = await Connection.open("127.0.0.1", server.control_port)
+            await conn.send("hello", {"version": 99, "name": "x"})
+            version = await conn.recv()
+            return bad, missing, good, version, server.stats.sessions_refused
+        finally:
+            await server.stop()
+
+    bad, missing, good, version, refused = asyncio.run(go())
+    assert bad["type"] == "error" and bad["code"] == "auth"
+    assert missing["type"] == "error" and missing["code"] == "auth"
+    assert good["type"] == "welcome"
+    assert version.type == "error" and "version" in version.data["message"]
+    assert refused == 3
+
+
+def test_bad_events_get_errors_and_server_keeps_serving():
+    async def go():
+        server, _ = await _start(_cfg())
+        try:
+            conn, welcome = await _raw_client(server)
+            await conn.send("frobnicate", {"x": 1})
+            unknown = await conn.recv()
+            await conn.send("transport", {"audio": "carrier-pigeon"})
+            bad = await conn.recv()
+            await conn.send("ping", {"n": 1})
+            pong = await conn.recv()
+            # a half-sent event, then the connection drops
+            c2, _ = await _raw_client(server, "half")
+            c2.writer.write(b'{"type":"audio-chunk","payload_length":1000}\n' + b"x" * 10)
+            await c2.writer.drain()
+            await c2.close()
+            # an oversized header
+            c3, _ = await _raw_client(server, "big")
+            c3.writer.write(b"{" + b" " * 70000)
+            await c3.writer.drain()
+            too_big = await asyncio.wait_for(c3.recv(), 5)
+            await asyncio.sleep(0.2)
+            await conn.send("ping", {"n": 2})
+            pong2 = await conn.recv()
+            return unknown, bad, pong, too_big, pong2, len(server.sessions)
+        finally:
+            await server.stop()
+
+    unknown, bad, pong, too_big, pong2, n_sessions = asyncio.run(go())
+    assert unknown.type == "error" and "unknown event type" in unknown.data["message"]
+    assert bad.type == "error" and "carrier-pigeon" in bad.data["message"]
+    assert pong.type == "pong" and pong.data == {"n": 1}
+    assert too_big.type == "error" and "longer than" in too_big.data["message"]
+    assert pong2.type == "pong"
+    assert n_sessions == 1  # the half-sent and oversized clients were cleaned up
+
+
+def test_unknown_session_audio_dropped_and_flood_survived():
+    async def go():
+        server, fake = await _start(_cfg())
+        try:
+            conn, welcome = await _raw_client(server)
+            await conn.send("wake", {})
+            loop = asyncio.get_running_loop()
+            tx, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                        remote_addr=("127.0.0.1",
+                                                                     server.rtp_port))
+            rng = np.random.default_rng(0)
+            loud = (rng.normal(0, 5000, 320)).astype("<i2").tobytes()
+            for i in range(300):  # someone else's SSRC: never reaches the session
+                tx.sendto(RtpPacket(i, i * 320, welcome["ssrc"] ^ 1, loud, 97).pack())
+                if i % 20 == 0:
+                    await asyncio.sleep(0.001)
+            for i in range(3000):  # garbage flood
+                tx.sendto(rng.bytes(int(rng.integers(0, 1400))))
+                if i % 20 == 0:
+                    await asyncio.sleep(0.001)
+            await asyncio.sleep(0.3)
+            await conn.send("ping", {})
+            alive = await conn.recv()
+            tx.close()
+            return alive, server.stats, fake.heard
+        finally:
+            await server.stop()
+
+    alive, stats, heard = asyncio.run(go())
+    assert alive.type == "pong"
+    # (the kernel may drop some of a flood before the server sees it)
+    assert stats.packets_dropped_unknown >= 200
+    assert stats.packets_malformed >= 1500
+    assert sum(heard.values()) == 0
+
+
+def test_satellite_killed_mid_turn_is_cleaned_up(speak):
+    async def go():
+        server, fake = await _start(_cfg())
+        try:
+            conn, welcome = await _raw_client(server)
+            await conn.send("transport", {"audio": "tcp"})
+            await conn.send("wake", {})
+            from hark.transport.stream import RtpStreamSender
+            tx = RtpStreamSender("opus", 16000, ssrc=welcome["ssrc"])
+            for pkt in tx.push(speak("What time")[:8000]):
+                await conn.send("audio-chunk", {}, pkt.pack())
+            await asyncio.sleep(0.3)
+            during = len(server.sessions)
+            conn.writer.transport.abort()  # the satellite vanishes
+            await asyncio.sleep(0.5)
+            return during, len(server.sessions), fake.closed, server._turn_slots._value
+        finally:
+            await server.stop()
+
+    during, after, closed, free_slots = asyncio.run(go())
+    assert during == 1 and after == 0
+    assert closed == 1  # the turn generator was closed
+    assert free_slots == Config().server.max_concurrent_turns
+
+
+def test_busy_when_over_capacity_and_timer_notification(wake_wav, tmp_path):
+    async def go():
+        cfg = _cfg(shm="never")
+        cfg.server.max_concurrent_turns = 1
+        hold = asyncio.Event()
+        server, fake = await _start(cfg, FakeAssistant(hold=hold))
+        try:
+            first, _ = await _raw_client(server, "first")
+            await first.send("transport", {"audio": "tcp"})
+            await first.send("wake", {})
+            from hark.transport.stream import RtpStreamSender
+            tx = RtpStreamSender("opus", 16000, ssrc=_["ssrc"])
+            audio = read_audio(wake_wav)
+            for pkt in tx.push(np.concatenate([audio, np.zeros(8000, np.int16)])):
+                await first.send("audio-chunk", {}, pkt.pack())
+            await asyncio.sleep(0.5)  # the first turn now waits on `hold`
+            sat = _satellite(cfg, wake_wav, tmp_path / "busy.wav", "second")
+            await asyncio.wait_for(sat.run(), 30)
+            busy_events = sat.stats.events
+            # a timer fires for the first satellite's session
+            sid = next(s for s in server.sessions if s.startswith("first"))
+            await fake.notify(sid, "Your timer is done.")
+            got = []
+            while "timer" not in got:
+                ev = await asyncio.wait_for(first.recv(), 5)
+                got.append(ev.type)
+            hold.set()
+            return busy_events, server.stats.turns_busy
+        finally:
+            await server.stop()
+
+    events, busy = asyncio.run(go())
+    assert "busy" in events and busy == 1
+    assert _tone_energy(tmp_path / "busy.wav")[0] >= 0.25  # the spoken "busy" came back
+
+
+def test_satellite_reconnects_after_server_restart(wake_wav, tmp_path):
+    async def go():
+        cfg = _cfg(shm="never")
+        server, _ = await _start(cfg)
+        port = server.control_port
+        sat = _satellite(cfg, wake_wav, tmp_path / "r.wav")
+        sat.exit_when_done = False
+        task = asyncio.create_task(sat.run())
+        await asyncio.wait_for(sat.connected.wait(), 10)
+        await server.stop()
+        await asyncio.sleep(0.3)
+        cfg2 = _cfg(shm="never")
+        cfg2.server.control_port = port
+        server2, _ = await _start(cfg2)
+        try:
+            deadline = time.monotonic() + 15
+            while sat.stats.connects < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return sat.stats.connects, len(server2.sessions)
+        finally:
+            sat.stop()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 5)
+            await server2.stop()
+
+    connects, sessions = asyncio.run(go())
+    assert connects == 2 and sessions == 1
