@@ -291,6 +291,11 @@ class Server:
             await self._cancel_turn(s)
             await s.conn.send("barge-in", {})
         s.inbox = asyncio.Queue(maxsize=500)
+        # a turn is a new talk spurt, usually from a new RTP sender (new sequence numbers):
+        # a fresh jitter buffer, or the old clock would drop most of it as "late"
+        tc = self.cfg.transport
+        s.receiver = RtpStreamReceiver(s.codec, SAMPLE_RATE, s.frame_ms, tc.jitter_min_ms,
+                                       tc.jitter_max_ms)
         s.turn = self._spawn(self._turn(s, s.inbox, follow_up=bool(ev.data.get("followup"))))
 
     async def _on_audio_stop(self, s: Session, ev: Event) -> None:
