@@ -139,10 +139,13 @@ class LlamaCppEngine:
             self._llm.reset()
             self._prefix_state = None
 
-    def stream(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[str]:
-        """Yield text pieces as the model writes them; stops at ``max_tokens`` tokens."""
+    def stream(self, messages: list[ChatMessage], max_tokens: int,
+               ignore_eos: bool = False) -> Iterator[str]:
+        """Yield text pieces as the model writes them; stops at ``max_tokens`` tokens.
+        ``ignore_eos`` bans the end-of-turn tokens (fixed-length runs for benchmarks, and
+        a model that never stops, for tests)."""
         with self._lock:
-            yield from self._stream_locked(messages, max_tokens)
+            yield from self._stream_locked(messages, max_tokens, ignore_eos)
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
@@ -197,7 +200,16 @@ class LlamaCppEngine:
             n += 1
         return n
 
-    def _stream_locked(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[str]:
+    def _end_tokens(self) -> list[int]:
+        ends = {self._llm.token_eos()}
+        for text in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+            toks = self._llm.tokenize(text.encode(), add_bos=False, special=True)
+            if len(toks) == 1:
+                ends.add(toks[0])
+        return [t for t in ends if t >= 0]
+
+    def _stream_locked(self, messages: list[ChatMessage], max_tokens: int,
+                       ignore_eos: bool = False) -> Iterator[str]:
         t0 = time.monotonic()
         stats = self.last_stats = GenerationStats()
         tokens = self.render(messages)
@@ -216,6 +228,7 @@ class LlamaCppEngine:
             chunks = self._llm.create_completion(
                 prompt=tokens, max_tokens=max_tokens, temperature=self.temperature,
                 top_k=40, top_p=0.95, repeat_penalty=1.1, stream=True,
+                logit_bias={t: -1e9 for t in self._end_tokens()} if ignore_eos else None,
             )
             for chunk in chunks:
                 if stats.evaluated_tokens == 0 and self._eval_sizes:
