@@ -103,6 +103,8 @@ class JitterBuffer:
             return "duplicate"
         if self._next is not None and ext < self._next:
             self.stats.late += 1
+            self._transits.append(now - ext * self.frame_s)  # late ones teach the most
+            self._adapt()
             return "late"
         if self._next is not None and not self._idle and ext - self._next > self.max_ahead:
             self.stats.dropped += 1  # absurdly far ahead: a broken or hostile sender
@@ -127,7 +129,7 @@ class JitterBuffer:
     def _adapt(self) -> None:
         xs = sorted(self._transits)
         base = xs[0]
-        jitter = xs[min(len(xs) - 1, int(self.quantile * (len(xs) - 1) + 0.5))] - base
+        jitter = xs[int(self.quantile * (len(xs) - 1))] - base
         target = min(max(jitter * 1000 + self.margin_ms, self.jitter_min_ms), self.jitter_max_ms)
         self.stats.target_ms = target
         want = base + target / 1000.0

@@ -1,0 +1,173 @@
+"""``hark bench transport``: speech through the real network path under impairment.
+
+A sender paces 16 kHz speech frame by frame at real time (as a microphone delivers
+it), encodes it, wraps it in RTP and sends it over loopback UDP, impairing the stream
+on the way out: packets lost, delayed by a random 0..jitter ms, held back behind the
+next packet (reordering) or sent twice. The receiver runs the same jitter buffer and
+decoder as the satellite and plays each frame out at its due time.
+
+Measured: *one-way added latency*, from the moment a frame's last sample was captured
+to the moment that frame is played out (so it excludes the frame's own duration, which
+any 20 ms framing costs), per played frame; lost, late, concealed and FEC-recovered
+frames; and the word error rate of a Whisper transcription of the received audio
+against the transcription of the sent audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hark.audio import SAMPLE_RATE
+from hark.trace import percentile
+from hark.transport.rtp import RtpPacket
+from hark.transport.stream import RtpStreamReceiver, RtpStreamSender
+
+
+@dataclass
+class Impairment:
+    loss: float = 0.0
+    jitter_ms: float = 0.0
+    reorder: float = 0.0
+    duplicate: float = 0.0
+    seed: int = 1
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level Levenshtein distance / reference length (lower case, no punctuation)."""
+    norm = lambda s: re.sub(r"[^\w' ]+", " ", s.lower()).split()  # noqa: E731
+    ref, hyp = norm(reference), norm(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+    return d[len(hyp)] / len(ref)
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self, rx: RtpStreamReceiver):
+        self.rx = rx
+        self.arrived = 0
+        self.wake = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.arrived += 1
+        self.rx.push(RtpPacket.parse(data))
+        self.wake.set()
+
+
+async def run_transport(samples: np.ndarray, imp: Impairment, codec: str = "opus",
+                        frame_ms: int = 20, jitter_min_ms: float = 10,
+                        jitter_max_ms: float = 120, fec: bool = True) -> dict:
+    """Stream ``samples`` (16 kHz int16) sender -> receiver over loopback UDP."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(imp.seed)
+    tx = RtpStreamSender(codec, SAMPLE_RATE, frame_ms, fec)
+    rx = RtpStreamReceiver(codec, tx.wire_rate, frame_ms, jitter_min_ms, jitter_max_ms)
+    proto = _Receiver(rx)
+    recv_t, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", 0))
+    port = recv_t.get_extra_info("sockname")[1]
+    send_t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                    remote_addr=("127.0.0.1", port))
+    n = tx.frame_samples
+    frames = [samples[i:i + n] for i in range(0, len(samples) - n + 1, n)]
+    captured: dict[int, float] = {}  # ext-seq offset -> capture time of the frame's end
+    first_ts = tx.timestamp
+    counts = {"sent": 0, "dropped": 0, "duplicated": 0, "reordered": 0}
+    held: list[bytes] = []
+
+    def emit(raw: bytes) -> None:
+        delay = rng.uniform(0, imp.jitter_ms) / 1000.0
+        if delay > 0:
+            loop.call_later(delay, send_t.sendto, raw)
+        else:
+            send_t.sendto(raw)
+
+    async def sender() -> None:
+        t0 = time.monotonic()
+        for k, frame in enumerate(frames):
+            end = t0 + (k + 1) * frame_ms / 1000.0  # the frame is complete at this moment
+            wait = end - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            captured[k] = end
+            for pkt in tx.push(frame):
+                raw = pkt.pack()
+                counts["sent"] += 1
+                if rng.random() < imp.loss:
+                    counts["dropped"] += 1
+                    continue
+                if rng.random() < imp.reorder:
+                    counts["reordered"] += 1
+                    held.append(raw)  # goes out after the next packet
+                    continue
+                emit(raw)
+                while held:
+                    emit(held.pop())
+                if rng.random() < imp.duplicate:
+                    counts["duplicated"] += 1
+                    emit(raw)
+        while held:
+            emit(held.pop())
+
+    latencies: list[float] = []
+    out: list[np.ndarray] = []
+    done = asyncio.Event()
+
+    async def player() -> None:
+        while not done.is_set() or rx.jitter.next_due() is not None:
+            due = rx.jitter.next_due()
+            if due is None:
+                proto.wake.clear()
+                try:
+                    await asyncio.wait_for(proto.wake.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            now = time.monotonic()
+            for frame, pcm in rx.pop(now):
+                k = ((frame.timestamp - first_ts) & 0xFFFFFFFF) // tx.frame_samples
+                if frame.payload is not None and k in captured:
+                    latencies.append((now - captured[k]) * 1000.0)
+                out.append(pcm)
+
+    play = asyncio.create_task(player())
+    await sender()
+    await asyncio.sleep(imp.jitter_ms / 1000.0 + 0.3)
+    done.set()
+    await play
+    send_t.close()
+    recv_t.close()
+    st = rx.jitter.stats
+    received = np.concatenate(out) if out else np.zeros(0, np.int16)
+    return {
+        "one_way_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                       "max": max(latencies) if latencies else None},
+        "frames": len(frames),
+        "packets_sent": counts["sent"],
+        "impairment": {"dropped": counts["dropped"], "duplicated": counts["duplicated"],
+                       "reordered": counts["reordered"]},
+        "lost_frames": st.lost,
+        "late_frames": st.late,
+        "concealed_frames": rx.concealed + rx.fec_recovered,
+        "plc_frames": rx.concealed,
+        "fec_recovered_frames": rx.fec_recovered,
+        "duplicates_dropped": st.duplicates,
+        "reordered_in_time": st.reordered,
+        "jitter_target_ms": st.target_ms,
+        "codec": codec,
+        "frame_ms": frame_ms,
+        "_received": received,
+        "_rate": rx.rate,
+    }
