@@ -13,6 +13,11 @@ Policy: audio-path stages (capture, VAD, wake word, transport, the event loop) g
 ``SCHED_RR`` one step lower, so audio always pre-empts inference while inference threads
 of equal priority share the CPU in time slices rather than starving one another.
 Memory locking (``mlockall``) is process-wide and applied once.
+
+Wiring: the event loop thread calls :func:`apply_loop_sched` (real-time inference threads
+would otherwise starve it), each stage executor is created with
+``on_start=stage_initializer(name, cfg, results)``, and ``results`` goes to the server's
+``sched_results`` so ``/api/state`` shows what took effect.
 """
 
 from __future__ import annotations
@@ -225,6 +230,14 @@ def apply_stage_sched(stage: str, cfg: Any) -> list[SchedResult]:
         else:
             log.warning("%s", r)
     return results
+
+
+def apply_loop_sched(cfg: Any) -> list[SchedResult]:
+    """Apply the settings to the calling thread as the ``loop`` stage: call it on the
+    event loop's thread at the start of ``hark serve`` / ``hark satellite``. The event
+    loop carries every satellite's audio, so when inference threads run real-time it must
+    too (at the audio priority, above them), or SCHED_RR inference would starve it."""
+    return apply_stage_sched("loop", cfg)
 
 
 def stage_initializer(stage: str, cfg: Any, sink: list[SchedResult] | None = None):

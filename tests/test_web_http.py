@@ -190,3 +190,30 @@ def test_port_in_use_is_a_clear_config_error(tmp_path):
         assert str(port) in str(err.value) and "server.http_port" in err.value.fix
     finally:
         blocker.close()
+
+
+def test_loading_placeholder_then_the_real_server(tmp_path):
+    from hark.server.http import Loading
+
+    live = LiveHttp(Loading(), Config(home_dir=str(tmp_path)))
+    try:
+        assert get(live.url + "/health")[0] == 503
+        assert json.loads(get(live.url + "/api/state")[2])["ready"] is False
+        real = FakeServer()
+        real.ready.set()
+        real.stats = _Stats(turns=1)
+        real.sessions["office"] = FakeSession("office")
+        live.http.set_server(real)
+        assert get(live.url + "/health")[0] == 200
+        trace = make_trace(500)
+        live.in_loop(real.finish_turn, trace)
+        st = json.loads(get(live.url + "/api/state")[2])
+        assert st["satellites"][0]["name"] == "office"
+        assert st["turns"][0]["turn_id"] == trace.turn_id
+        body = get(live.url + "/metrics")[2]
+        assert "hark_server_turns 1.0" in body and "hark_ready 1.0" in body
+        live.http.set_server(real)  # attaching twice registers nothing twice
+        assert real.turn_listeners.count(live.obs.on_turn) == 1
+        assert get(live.url + "/metrics")[0] == 200
+    finally:
+        live.close()

@@ -61,6 +61,8 @@ class Observability:
         self.trace_log = trace_log if trace_log is not None else TraceLog.from_config(cfg)
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self.turns_seen = 0
+        self.stats_server: Any = None  # whose ``stats`` /metrics exports
+        self.metrics.registry.register(_StatsCollector(self))
 
     def attach(self, server: Any) -> Observability:
         """Register :meth:`on_turn` with ``server.turn_listeners``."""
@@ -69,8 +71,8 @@ class Observability:
             raise TypeError(f"{type(server).__name__} has no turn_listeners list")
         if self.on_turn not in listeners:
             listeners.append(self.on_turn)
-            if getattr(server, "stats", None) is not None:
-                self.metrics.registry.register(_StatsCollector(server))
+        if getattr(server, "stats", None) is not None:
+            self.stats_server = server
         return self
 
     def on_turn(self, trace: Trace) -> None:
@@ -184,13 +186,16 @@ def server_stats(server: Any) -> dict[str, int | float]:
 
 
 class _StatsCollector:
-    """Exports ``server.stats`` at scrape time as ``hark_server_<field>``."""
+    """Exports the attached server's ``stats`` at scrape time as ``hark_server_<field>``."""
 
-    def __init__(self, server: Any):
-        self.server = server
+    def __init__(self, obs: Observability):
+        self.obs = obs
+
+    def describe(self):
+        return []  # names depend on the server attached later
 
     def collect(self):
-        for name, value in server_stats(self.server).items():
+        for name, value in server_stats(self.obs.stats_server).items():
             yield GaugeMetricFamily(f"hark_server_{name}",
                                     f"Server counter '{name}' (hark.server.ServerStats)",
                                     value=value)
@@ -227,20 +232,35 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def make_app(server: Any, obs: Observability) -> web.Application:
+class Loading:
+    """Stands in for the server while models load: ``/health`` answers 503 and the page
+    says "starting" until :meth:`HttpServer.set_server` hands over the real one."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.turn_listeners: list = []
+        self.sessions: dict = {}
+
+
+def make_app(target: dict[str, Any], obs: Observability) -> web.Application:
+    """The routes; ``target["server"]`` is read on every request, so it can be swapped."""
+
+    def server() -> Any:
+        return target["server"]
+
     async def health(request: web.Request) -> web.Response:
-        ok = is_ready(server)
+        ok = is_ready(server())
         return web.json_response({"status": "ready" if ok else "starting"},
                                  status=200 if ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        obs.metrics.satellites.set(len(satellites(server)))
-        obs.metrics.ready.set(1 if is_ready(server) else 0)
+        obs.metrics.satellites.set(len(satellites(server())))
+        obs.metrics.ready.set(1 if is_ready(server()) else 0)
         body = obs.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def api_state(request: web.Request) -> web.Response:
-        return web.json_response(_finite(state(server, obs)),
+        return web.json_response(_finite(state(server(), obs)),
                                  dumps=lambda o: json.dumps(o, default=str, allow_nan=False))
 
     async def index(request: web.Request) -> web.FileResponse:
@@ -263,11 +283,22 @@ class HttpServer:
     host: str
     port: int
     obs: Observability
+    target: dict[str, Any]
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def server(self) -> Any:
+        return self.target["server"]
+
+    def set_server(self, server: Any) -> None:
+        """Serve ``server`` from now on (e.g. the real Server once models are loaded,
+        replacing :class:`Loading`); its finished turns feed the same metrics and log."""
+        self.obs.attach(server)
+        self.target["server"] = server
 
     async def close(self) -> None:
         await self.runner.cleanup()
@@ -277,11 +308,15 @@ async def start_http(server: Any, cfg: Any, obs: Observability | None = None,
                      port: int | None = None, host: str | None = None) -> HttpServer:
     """Attach :class:`Observability` to ``server`` and serve the routes above on
     ``cfg.server.host``:``cfg.server.http_port`` (``port``/``host`` override; port 0
-    picks a free one). Raises :class:`ConfigError` when the port is taken."""
+    picks a free one). Raises :class:`ConfigError` when the port is taken.
+
+    In ``hark serve``: start it with :class:`Loading` before the models load, so
+    ``/health`` says "starting", then :meth:`HttpServer.set_server` the real Server."""
     obs = (obs or Observability(cfg)).attach(server)
     host = cfg.server.host if host is None else host
     port = cfg.server.http_port if port is None else port
-    runner = web.AppRunner(make_app(server, obs), access_log=None)
+    target = {"server": server}
+    runner = web.AppRunner(make_app(target, obs), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
@@ -297,5 +332,5 @@ async def start_http(server: Any, cfg: Any, obs: Observability | None = None,
         if srv is not None and srv.sockets:
             bound = srv.sockets[0].getsockname()[1]
     log.info("web page and metrics on http://%s:%d", host, bound)
-    return HttpServer(runner, host, bound, obs)
+    return HttpServer(runner, host, bound, obs, target)
 
