@@ -164,3 +164,30 @@ def test_json_output_on_this_machine(tmp_path):
     assert proc.returncode == (1 if any(c["status"] == FAIL for c in checks) else 0)
     llama = next(c for c in checks if c["name"] == "llama.cpp")
     assert "llama-cpp-python" in llama["detail"] and "GPU offload" in llama["detail"]
+
+
+SMI = "NVIDIA H100 80GB HBM3, 81559 MiB, 550.54.15\n"
+
+
+def test_gpu_check_from_nvidia_smi_output():
+    cfg = Config()
+    assert doctor.nvidia_gpus(SMI) == [{"name": "NVIDIA H100 80GB HBM3",
+                                        "memory": "81559 MiB", "driver": "550.54.15"}]
+    assert doctor.check_gpu(cfg, smi_output="")[0].status == OK
+    cpu_builds = {"llama.cpp": False, "whisper": True, "onnxruntime": None}
+    checks = doctor.check_gpu(cfg, smi_output=SMI, support=cpu_builds)
+    assert checks[0].status == OK and "H100" in checks[0].detail
+    llama = next(c for c in checks if "llama.cpp" in c.detail)
+    assert llama.status == WARN and "GGML_CUDA=on" in llama.fix
+    idle = next(c for c in checks if "idle" in c.detail)
+    assert "asr.device=cuda" in idle.fix and "n_gpu_layers" not in idle.fix
+    cfg.asr.device = "cuda"
+    assert not any("idle" in c.detail for c in doctor.check_gpu(cfg, SMI, cpu_builds))
+
+
+def test_gpu_check_on_this_machine():
+    checks = doctor.check_gpu(Config())
+    if shutil.which("nvidia-smi") is None:
+        assert [c.status for c in checks] == [OK] and "CPU" in checks[0].detail
+    else:
+        assert checks[0].status == OK

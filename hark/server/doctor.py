@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -366,6 +367,90 @@ def check_ctranslate2(cfg: Any) -> list[Check]:
     return [Check("whisper", OK, detail)]
 
 
+# --- GPU -------------------------------------------------------------------------------
+
+
+def nvidia_gpus(smi_output: str | None = None) -> list[dict[str, str]]:
+    """NVIDIA GPUs from ``nvidia-smi`` (name, memory, driver); [] when there is none."""
+    if smi_output is None:
+        exe = shutil.which("nvidia-smi")
+        if exe is None:
+            return []
+        try:
+            proc = subprocess.run([exe, "--query-gpu=name,memory.total,driver_version",
+                                   "--format=csv,noheader"], capture_output=True, text=True,
+                                  timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return []
+        if proc.returncode != 0:
+            return []
+        smi_output = proc.stdout
+    gpus = []
+    for line in smi_output.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and parts[0]:
+            gpus.append({"name": parts[0], "memory": parts[1], "driver": parts[2]})
+    return gpus
+
+
+def _runtime_gpu_support() -> dict[str, bool | None]:
+    """Whether each inference runtime here can use an NVIDIA GPU (None: not installed)."""
+    out: dict[str, bool | None] = {}
+    try:
+        import llama_cpp
+
+        out["llama.cpp"] = bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:  # noqa: BLE001
+        out["llama.cpp"] = None
+    try:
+        import ctranslate2
+
+        out["whisper"] = ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # noqa: BLE001
+        out["whisper"] = None
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except Exception:  # noqa: BLE001
+        out["onnxruntime"] = None
+    return out
+
+
+_GPU_FIX = {
+    "llama.cpp": "CMAKE_ARGS='-DGGML_CUDA=on' .venv/bin/pip install --force-reinstall "
+                 "--no-cache-dir llama-cpp-python",
+    "whisper": "install the CUDA 12 cuBLAS/cuDNN libraries ctranslate2 needs "
+               "(pip install nvidia-cublas-cu12 nvidia-cudnn-cu12)",
+    "onnxruntime": ".venv/bin/pip install onnxruntime-gpu (in place of onnxruntime)",
+}
+
+
+def check_gpu(cfg: Any, smi_output: str | None = None,
+              support: dict[str, bool | None] | None = None) -> list[Check]:
+    gpus = nvidia_gpus(smi_output)
+    if not gpus:
+        return [Check("gpu", OK, "no NVIDIA GPU: every stage runs on the CPU")]
+    desc = "; ".join(f"{g['name']} ({g['memory']}, driver {g['driver']})" for g in gpus)
+    support = _runtime_gpu_support() if support is None else support
+    out = [Check("gpu", OK, desc)]
+    for runtime, ok in support.items():
+        if ok is False:
+            out.append(Check("gpu", WARN, f"{runtime} cannot use the GPU (CPU-only build)",
+                             fix=_GPU_FIX[runtime]))
+    unused = []
+    if support.get("llama.cpp") and cfg.llm.n_gpu_layers == 0:
+        unused.append("llm.n_gpu_layers=-1")
+    if support.get("whisper") and cfg.asr.device == "cpu":
+        unused.append("asr.device=cuda --set asr.compute_type=int8_float16")
+    if support.get("onnxruntime") and not cfg.tts.use_cuda:
+        unused.append("tts.use_cuda=true")
+    if unused:
+        out.append(Check("gpu", WARN, "the GPU is idle: the config runs these stages on "
+                         "the CPU", fix="--set " + " --set ".join(unused)))
+    return out
+
+
 # --- files -------------------------------------------------------------------------------
 
 
@@ -403,6 +488,7 @@ CHECKS: list[tuple[str, Callable[..., list[Check]]]] = [
     ("llama", lambda cfg, h: check_llama(cfg)),
     ("onnxruntime", lambda cfg, h: check_onnxruntime(cfg)),
     ("whisper", lambda cfg, h: check_ctranslate2(cfg)),
+    ("gpu", lambda cfg, h: check_gpu(cfg)),
     ("home", lambda cfg, h: check_home(cfg)),
 ]
 
