@@ -265,9 +265,6 @@ def build_jsgf(intents: Intents, *, slot_lists: dict[str, SlotList] | None = Non
             continue
         sentences: list[str] = []
         for data in intent.data:
-            if data.wildcard_list_names:  # free text cannot be heard by a closed grammar
-                skipped.extend(data.sentence_texts)
-                continue
             builder.local_rules = data.expansion_rules
             builder.local_lists = data.slot_lists
             for sentence in data.sentences:

@@ -274,9 +274,9 @@ def _ood(path: SpeechPath, folder: Path, noise_audio, conditions, progress) -> d
     """Share of non-command recordings the fast path (grammar) and the whole path reject."""
     from hark.audio import read_audio
 
-    files = sorted(folder.rglob("*.wav"))
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
     if not files:
-        raise ConfigError(f"no WAV file in {folder}")
+        raise ConfigError(f"no WAV or FLAC file in {folder}")
     out: dict[str, Any] = {}
     for snr in conditions:
         fast = full = 0
