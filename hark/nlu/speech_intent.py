@@ -172,6 +172,15 @@ class SpeechIntentRecognizer:
         self._phone_dec.process_raw(data, False, False)
         self._fed += len(data) // 2
 
+    def partial(self) -> str:
+        """The best grammar path so far ("" before any); cheap, for endpointing hints.
+
+        Not yet checked against the phone loop: only :meth:`finish` decides."""
+        if not self._started:
+            return ""
+        hyp = self._grammar_dec.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
     def finish(self) -> IntentResult | None:
         """End of speech: the intent if the audio was a template sentence, else None."""
         t0 = time.perf_counter()
