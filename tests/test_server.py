@@ -12,7 +12,13 @@ import pytest
 
 from hark.audio import AudioChunk, read_audio, write_wav
 from hark.config import Config
-from hark.pipeline.events import ReplyAudio, ReplyText, SpeechEnded, SpeechStarted, TurnEnd
+from hark.pipeline.events import (
+    ReplyAudio,
+    ReplyText,
+    SpeechEnded,
+    SpeechStarted,
+    TurnEnd,
+)
 from hark.satellite.audio import FileSource, WavSink
 from hark.satellite.satellite import FRAME, Satellite
 from hark.server.server import Server
@@ -210,7 +216,7 @@ def test_bad_events_get_errors_and_server_keeps_serving():
     async def go():
         server, _ = await _start(_cfg())
         try:
-            conn, welcome = await _raw_client(server)
+            conn, _ = await _raw_client(server)
             await conn.send("frobnicate", {"x": 1})
             unknown = await conn.recv()
             await conn.send("transport", {"audio": "carrier-pigeon"})

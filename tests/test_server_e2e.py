@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rapidfuzz import fuzz
 
 from hark.audio import read_audio, write_wav
 from hark.config import Config
-from hark.transport.bench import word_error_rate
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -79,4 +80,6 @@ def test_satellite_gets_spoken_answer(cfg, assistant, speak, tmp_path, path):
     answer = read_audio(tmp_path / "answer.wav")
     assert len(answer) / 16000 > 0.8
     heard = assistant.asr.transcribe(answer)
-    assert word_error_rate(reply, heard) < 0.5, (reply, heard)
+    # compare letters and digits only: "2:42 PM" and "2.42pm" are the same answer
+    squash = lambda s: re.sub(r"[^a-z0-9]", "", s.lower())
+    assert fuzz.ratio(squash(reply), squash(heard)) > 75, (reply, heard)

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from hark.errors import ProtocolError
-from hark.transport.codec import OpusDecoder, OpusEncoder, PcmDecoder, PcmEncoder, opus_rate
+from hark.transport.codec import (
+    OpusDecoder,
+    OpusEncoder,
+    PcmDecoder,
+    PcmEncoder,
+    opus_rate,
+)
 from hark.transport.control import MAX_HEADER, MAX_PAYLOAD, Event, read_event
 from hark.transport.jitter import JitterBuffer
 from hark.transport.rtp import PT_OPUS, PT_PCM, RtpPacket, seq_delta
@@ -54,7 +60,7 @@ def test_seq_delta_wraps():
 
 
 def _aligned_corr(x: np.ndarray, y: np.ndarray) -> float:
-    best = max(range(0, 400), key=lambda lag: float(np.dot(x[:len(x) - lag].astype(float),
+    best = max(range(400), key=lambda lag: float(np.dot(x[:len(x) - lag].astype(float),
                                                            y[lag:len(x)].astype(float))))
     return float(np.corrcoef(x[:len(x) - best], y[best:len(x)])[0, 1])
 

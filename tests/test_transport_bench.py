@@ -29,13 +29,15 @@ def test_impaired_stream_is_reordered_deduplicated_and_concealed(speak):
     assert res["one_way_ms"]["p50"] is not None
     # the speech survives: level and length of the received audio match the sent audio
     assert len(got) >= len(speech) * 0.95
-    rms = lambda x: float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))  # noqa: E731
+    rms = lambda x: float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
     assert 0.6 < rms(got) / rms(speech) < 1.4
 
 
 def test_clean_pcm_stream_is_bit_exact(speak):
     speech = speak("Hello there.")
-    res = asyncio.run(run_transport(speech, Impairment(), codec="pcm", frame_ms=10))
+    # a generous buffer, so a busy test machine cannot make a frame late
+    res = asyncio.run(run_transport(speech, Impairment(), codec="pcm", frame_ms=10,
+                                    jitter_min_ms=100, jitter_max_ms=200))
     n = len(speech) // 160 * 160
     assert res["lost_frames"] == 0 and res["late_frames"] == 0
     assert np.array_equal(res["_received"][:n], speech[:n])

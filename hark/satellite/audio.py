@@ -124,7 +124,7 @@ class WavSink:
 
     def write(self, samples: np.ndarray, rate: int) -> None:
         if self._w is None:
-            self._w = wave.open(str(self.path), "wb")
+            self._w = wave.open(str(self.path), "wb")  # noqa: SIM115 - closed in close()
             self._w.setnchannels(1)
             self._w.setsampwidth(2)
             self._w.setframerate(rate)

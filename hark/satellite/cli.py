@@ -10,7 +10,13 @@ def _satellite(args: argparse.Namespace) -> int:
     import asyncio
 
     from hark.cli import load_cfg
-    from hark.satellite.audio import FileSource, MicSource, SpeakerSink, StdinSource, WavSink
+    from hark.satellite.audio import (
+        FileSource,
+        MicSource,
+        SpeakerSink,
+        StdinSource,
+        WavSink,
+    )
     from hark.satellite.satellite import FRAME, Satellite
 
     cfg = load_cfg(args)

@@ -243,7 +243,7 @@ class Satellite:
                 await self._connect()
                 backoff = 0.25
                 await self._control_loop()
-            except (ConnectionError, OSError, asyncio.TimeoutError, ProtocolError) as exc:
+            except (TimeoutError, ConnectionError, OSError, ProtocolError) as exc:
                 log.info("server %s:%d unreachable (%s); retrying in %.1f s", self.server_host,
                          self.server_port, exc, backoff)
             await self._disconnect()

@@ -30,13 +30,18 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from hark.audio import AudioChunk, SAMPLE_RATE
+from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
-from hark.pipeline.events import (IntentEvent, ReplyAudio, ReplyText, SpeechEnded, SpeechStarted,
-                                  TranscriptEvent, TurnEnd)
+from hark.pipeline.events import (
+    IntentEvent,
+    ReplyAudio,
+    ReplyText,
+    SpeechEnded,
+    SpeechStarted,
+    TranscriptEvent,
+    TurnEnd,
+)
 from hark.trace import Trace
 from hark.transport.control import MAX_HEADER, PROTOCOL_VERSION, Connection, Event
 from hark.transport.rtp import PT_PROBE, RtpPacket
@@ -176,7 +181,7 @@ class Server:
                 await conn.send("error", {"code": "protocol", "message": str(exc)})
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - one satellite must never take the server down
+        except Exception:
             log.exception("session with %s failed", peer)
         finally:
             if session is not None:
@@ -187,7 +192,7 @@ class Server:
         sc = self.cfg.server
         try:
             hello = await asyncio.wait_for(conn.recv(), HELLO_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await conn.send("error", {"code": "timeout", "message": "no hello"})
             return None
         if hello is None:
@@ -457,14 +462,14 @@ class Server:
                     for cb in self.turn_listeners:
                         try:
                             cb(trace)
-                        except Exception:  # noqa: BLE001 - observers never break a turn
+                        except Exception:
                             log.exception("turn listener failed")
 
     def _notify_listeners(self, s: Session, ev: Any) -> None:
         for cb in self.event_listeners:
             try:
                 cb(s, ev)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("event listener failed")
 
     async def _cancel_turn(self, s: Session) -> None:
@@ -544,7 +549,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         try:
             self.server.datagram(data, addr)
-        except Exception:  # noqa: BLE001 - a packet never takes the server down
+        except Exception:
             log.exception("dropping a datagram from %s", addr)
 
     def error_received(self, exc: Exception) -> None:

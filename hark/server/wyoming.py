@@ -33,16 +33,28 @@ from wyoming.audio import AudioChunkConverter, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.handle import Handled, NotHandled
-from wyoming.info import (AsrModel, AsrProgram, Attribution, Describe, HandleModel,
-                          HandleProgram, Info, IntentModel, IntentProgram, TtsProgram, TtsVoice,
-                          WakeModel, WakeProgram)
+from wyoming.info import (
+    AsrModel,
+    AsrProgram,
+    Attribution,
+    Describe,
+    HandleModel,
+    HandleProgram,
+    Info,
+    IntentModel,
+    IntentProgram,
+    TtsProgram,
+    TtsVoice,
+    WakeModel,
+    WakeProgram,
+)
 from wyoming.intent import Entity, Intent, NotRecognized, Recognize
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 from wyoming.tts import Synthesize
 from wyoming.wake import Detect, Detection, NotDetected
 
-from hark.audio import AudioChunk, SAMPLE_RATE
+from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.pipeline.events import ReplyAudio, ReplyText, TranscriptEvent, TurnEnd
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ class Impairment:
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Word-level Levenshtein distance / reference length (lower case, no punctuation)."""
-    norm = lambda s: re.sub(r"[^\w' ]+", " ", s.lower()).split()  # noqa: E731
+    norm = lambda s: re.sub(r"[^\w' ]+", " ", s.lower()).split()
     ref, hyp = norm(reference), norm(hypothesis)
     if not ref:
         return 0.0 if not hyp else 1.0
@@ -129,7 +129,7 @@ async def run_transport(samples: np.ndarray, imp: Impairment, codec: str = "opus
                 proto.wake.clear()
                 try:
                     await asyncio.wait_for(proto.wake.wait(), 0.05)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             wait = due - time.monotonic()

@@ -10,6 +10,7 @@ A full ring drops the frame (real-time audio: a late frame is worth nothing).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
@@ -18,6 +19,8 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from hark.errors import ProtocolError
+
+log = logging.getLogger(__name__)
 
 HEADER = 64
 _CREATED_HERE: set[str] = set()
@@ -116,5 +119,5 @@ def _unregister(shm: shared_memory.SharedMemory) -> None:
         from multiprocessing import resource_tracker
 
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - best effort
-        pass
+    except Exception as exc:  # noqa: BLE001 - best effort
+        log.debug("could not unregister %s from the resource tracker: %s", shm.name, exc)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hark.audio import AudioChunk, SAMPLE_RATE
+from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.errors import AudioError, ConfigError, ModelError
 
 log = logging.getLogger(__name__)
