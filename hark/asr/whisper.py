@@ -1,0 +1,176 @@
+"""Whisper speech-to-text on faster-whisper (CTranslate2), tuned for short spoken commands.
+
+Decode options chosen for latency on 1-5 s utterances (measured, see the ASR report):
+greedy search (``beam_size`` from config, 1 by default), no timestamps, no conditioning
+on earlier text, no temperature fallback, no built-in VAD (hark's endpointer already cut
+the utterance). The audio is always encoded in Whisper's full 30 s window: encoding only
+the utterance's length was 3-5x faster but made tiny.en loop ("Stop. Stop. Stop. ...",
+a sentence written twice) on a third of short commands, so it is not offered.
+
+Silence and noise: faster-whisper drops a segment whose ``no_speech_prob`` is above 0.6
+while its average log-probability is below -1; on top of that, the classic Whisper
+fillers ("you", "Thank you.") are dropped when the decoder was unsure of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hark.config import AsrConfig, Config
+from hark.errors import AudioError, ModelError
+from hark.models.store import resolve
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+MIN_SAMPLES = SAMPLE_RATE // 10  # under 0.1 s nothing can be said
+SILENT_PEAK = 16  # int16 peak at or below this is digital silence (about -66 dBFS)
+
+# What Whisper writes on silence or noise. Dropped only when the decoder was unsure, so a
+# person who really says "thank you" is still heard.
+HALLUCINATIONS = {
+    "you", "thank you", "thanks", "thank you very much", "thanks for watching",
+    "thank you for watching", "bye", "so", "uh", "um", "hmm", "i", "the", "oh",
+}
+UNSURE_NO_SPEECH = 0.3
+UNSURE_LOGPROB = -0.7
+
+
+@dataclass
+class AsrResult:
+    """One decode: the text and the decoder's confidence."""
+
+    text: str
+    no_speech_prob: float = 1.0  # Whisper's probability that the window holds no speech
+    avg_logprob: float = 0.0  # mean log-probability per token of the text
+    audio_s: float = 0.0  # seconds of audio decoded
+    decode_s: float = 0.0  # wall time of the decode
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
+
+
+class WhisperAsr:
+    """Blocking Whisper decoder (implements ``hark.asr.base.AsrEngine``).
+
+    ``model`` is a CTranslate2 model folder, or a hub name (faster-whisper downloads it;
+    needs internet). One instance may be shared by threads; CTranslate2 serialises work.
+    """
+
+    def __init__(self, model: str, device: str = "cpu", compute_type: str = "int8",
+                 beam_size: int = 1, threads: int = 2, language: str = "en",
+                 initial_prompt: str = ""):
+        from faster_whisper import WhisperModel
+
+        is_path = Path(model).expanduser().exists()
+        try:
+            self.model = WhisperModel(model, device=device, compute_type=compute_type,
+                                      cpu_threads=threads, num_workers=1,
+                                      local_files_only=is_path)
+        except Exception as exc:  # CTranslate2 / huggingface_hub raise many kinds
+            where = "folder" if is_path else "hub model"
+            raise ModelError(
+                f"cannot load the Whisper {where} '{model}': {exc}",
+                fix="hark models pull whisper-tiny.en (and set asr.model = \"whisper-tiny.en\"),"
+                " or point asr.model at a CTranslate2 Whisper folder",
+            ) from exc
+        self.model_name = model
+        self.beam_size = max(1, beam_size)
+        self.language = language if self.model.model.is_multilingual else "en"
+        self.initial_prompt = initial_prompt
+
+    # --- decoding --------------------------------------------------------------------------
+
+    def decode(self, samples: np.ndarray, prompt: str = "", prefix: str = "") -> AsrResult:
+        """Decode int16 (or float -1..1) 16 kHz mono audio.
+
+        ``prompt``: text said *before* this audio (vocabulary / context hint);
+        ``prefix``: words this audio is known to start with; the decoder is forced to
+        begin with them (the streaming transcriber passes its committed words).
+        Returns an empty text for empty, very short, silent or noise-only audio.
+        """
+        audio = self._as_float(samples)
+        dur = len(audio) / SAMPLE_RATE
+        if len(audio) < MIN_SAMPLES or float(np.abs(audio).max()) * 32768 <= SILENT_PEAK:
+            return AsrResult("", audio_s=dur)
+        full_prompt = " ".join(p for p in (self.initial_prompt.strip(), prompt.strip()) if p)
+        t0 = time.perf_counter()
+        segments, _info = self.model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            temperature=0.0,  # no fallback re-decodes: they cost seconds on a CPU
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            initial_prompt=full_prompt or None,
+            prefix=prefix.strip() or None,
+        )
+        segments = list(segments)  # the generator does the work
+        elapsed = time.perf_counter() - t0
+        if not segments:
+            return AsrResult("", audio_s=dur, decode_s=elapsed)
+        text = " ".join(s.text.strip() for s in segments).strip()
+        no_speech = max(s.no_speech_prob for s in segments)
+        logprob = float(np.mean([s.avg_logprob for s in segments]))
+        if not prefix and _words(text) in HALLUCINATIONS and (
+                no_speech > UNSURE_NO_SPEECH or logprob < UNSURE_LOGPROB):
+            log.debug("dropped likely hallucination %r (no_speech %.2f, logprob %.2f)",
+                      text, no_speech, logprob)
+            text = ""
+        return AsrResult(text, no_speech, logprob, dur, elapsed)
+
+    def transcribe(self, samples: np.ndarray, prompt: str = "") -> str:
+        """Decode audio to text (blocking); "" when there is no speech."""
+        return self.decode(samples, prompt).text
+
+    def warm_up(self) -> None:
+        """Run one decode so the first real request does not pay for lazy setup."""
+        rng = np.random.default_rng(0)
+        self.decode((rng.normal(0, 300, SAMPLE_RATE)).astype(np.int16))
+
+    @staticmethod
+    def _as_float(samples: np.ndarray) -> np.ndarray:
+        a = np.asarray(samples)
+        if a.ndim != 1:
+            a = a.reshape(-1) if a.ndim == 2 and 1 in a.shape else None
+            if a is None:
+                raise AudioError(f"ASR takes mono audio, got an array of shape "
+                                 f"{np.shape(samples)}")
+        if a.dtype == np.int16:
+            return a.astype(np.float32) / 32768.0
+        if np.issubdtype(a.dtype, np.floating):
+            return np.clip(a.astype(np.float32), -1.0, 1.0)
+        raise AudioError(f"ASR takes int16 or float audio, got {a.dtype}")
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", ".", "~")) or "\\" in ref or ref.endswith((".bin", "/"))
+
+
+def resolve_asr_model(asr: AsrConfig, models_dir: Path) -> str:
+    """Catalogue name -> assembled folder; existing path as is; hub name passed through.
+    A path that does not exist raises :class:`ModelError` saying how to get a model."""
+    ref = asr.model
+    if _looks_like_path(ref) and not Path(ref).expanduser().exists():
+        raise ModelError(
+            f"ASR model path '{ref}' does not exist",
+            fix="hark models pull whisper-tiny.en, then set asr.model = \"whisper-tiny.en\" "
+            "(or point asr.model at a CTranslate2 Whisper folder)",
+        )
+    return resolve(ref, models_dir, kind="asr")
+
+
+def load_asr(cfg: Config) -> WhisperAsr:
+    """The Whisper engine configured by ``cfg.asr``."""
+    a = cfg.asr
+    return WhisperAsr(resolve_asr_model(a, cfg.models_dir), device=a.device,
+                      compute_type=a.compute_type, beam_size=a.beam_size, threads=a.threads,
+                      language=a.language, initial_prompt=a.initial_prompt)
