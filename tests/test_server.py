@@ -373,3 +373,84 @@ def test_satellite_reconnects_after_server_restart(wake_wav, tmp_path):
 
     connects, sessions = asyncio.run(go())
     assert connects == 2 and sessions == 1
+
+
+def test_barge_in_closes_the_playing_turn(speak):
+    async def go():
+        server, fake = await _start(_cfg(), FakeAssistant(reply_s=4.0))
+        try:
+            conn, welcome = await _raw_client(server)
+            await conn.send("transport", {"audio": "tcp"})
+            from hark.transport.stream import RtpStreamSender
+            tx = RtpStreamSender("opus", 16000, ssrc=welcome["ssrc"])
+            await conn.send("wake", {})
+            audio = np.concatenate([speak("What time is it?"), np.zeros(8000, np.int16)])
+            for pkt in tx.push(audio):
+                await conn.send("audio-chunk", {}, pkt.pack())
+            seen = []
+            while "audio-start" not in seen:  # the reply is playing
+                seen.append((await asyncio.wait_for(conn.recv(), 10)).type)
+            await conn.send("wake", {})  # the person says the wake word again
+            while "barge-in" not in seen:
+                seen.append((await asyncio.wait_for(conn.recv(), 10)).type)
+            await asyncio.sleep(0.2)
+            return seen, fake.closed, server.stats.barge_ins, server.stats.turns
+        finally:
+            await server.stop()
+
+    seen, closed, barge_ins, turns = asyncio.run(go())
+    assert "barge-in" in seen and barge_ins == 1
+    assert closed >= 1 and turns == 2  # the old turn was closed, a new one began
+
+
+def test_follow_up_without_wake_word(speak, tmp_path):
+    pad = np.zeros(8000, np.int16)
+    wav = write_wav(tmp_path / "two.wav", np.concatenate([
+        pad, speak("Alexa, what time is it?"), np.zeros(int(2.0 * 16000), np.int16),
+        speak("And in Paris?"), pad]), 16000)
+
+    async def go():
+        cfg = _cfg(shm="never")
+        server, fake = await _start(cfg)
+        sat = _satellite(cfg, wav, tmp_path / "out.wav")
+        sat.cfg.wake.followup_s = 3.0
+        try:
+            await asyncio.wait_for(sat.run(), 40)
+        finally:
+            await server.stop()
+        return sat
+
+    sat = asyncio.run(go())
+    assert sat.stats.wakes == 1 and sat.stats.followups == 1
+    assert sat.stats.turns_done == 2
+
+
+def test_audio_falls_back_to_tcp_when_udp_is_blocked(wake_wav, tmp_path, monkeypatch):
+    monkeypatch.setattr(Server, "datagram", lambda self, data, addr: None)  # a firewall
+
+    async def go():
+        cfg = _cfg(shm="never", tcp_audio_fallback="auto")
+        server, fake = await _start(cfg)
+        sat = _satellite(cfg, wake_wav, tmp_path / "out.wav")
+        try:
+            await asyncio.wait_for(sat.run(), 30)
+        finally:
+            await server.stop()
+        return sat, fake
+
+    sat, fake = asyncio.run(go())
+    assert sat._path == "tcp" and sat.stats.turns_done == 1
+    assert sum(fake.heard.values()) > 0.4 * 16000
+    assert _tone_energy(tmp_path / "out.wav")[1] > 0.8
+
+
+def test_realtime_scheduling_falls_back_quietly():
+    import threading
+
+    from hark.satellite.satellite import set_realtime
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(set_realtime(Config())))
+    t.start()
+    t.join()
+    assert out and ("SCHED_FIFO" in out[0] or "no real-time priority" in out[0])
