@@ -411,7 +411,7 @@ def test_follow_up_without_wake_word(speak, tmp_path):
 
     async def go():
         cfg = _cfg(shm="never")
-        server, fake = await _start(cfg)
+        server, _ = await _start(cfg)
         sat = _satellite(cfg, wav, tmp_path / "out.wav")
         sat.cfg.wake.followup_s = 3.0
         try:

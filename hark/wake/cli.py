@@ -19,8 +19,9 @@ def _eval_wake(args: argparse.Namespace) -> int:
     det = WakeWordDetector(args.keyword or cfg.wake.keyword, threshold=args.threshold,
                            refractory_s=cfg.wake.refractory_s)
     noise = read_audio(args.noise) if args.noise else None
-    res = evaluate(det, audio_files(args.positives), audio_files(args.negatives), noise,
-                   args.snr)
+    positives = [f for d in args.positives for f in audio_files(d)]
+    negatives = [f for d in args.negatives for f in audio_files(d)]
+    res = evaluate(det, positives, negatives, noise, args.snr)
     out = res.to_dict()
     out.update(keyword=det.keyword, threshold=det.threshold,
                noise=args.noise, snr_db=args.snr if args.noise else None)
@@ -46,8 +47,10 @@ def register(cli) -> None:
                 _eval_wake)
     p.add_argument("--keyword", default="", help="alexa | hey_jarvis | hey_mycroft | okay_nabu "
                    "(default: wake.keyword)")
-    p.add_argument("--positives", required=True, help="folder of recordings of the keyword")
-    p.add_argument("--negatives", required=True, help="folder of speech without the keyword")
+    p.add_argument("--positives", required=True, nargs="+",
+                   help="folder(s) of recordings of the keyword")
+    p.add_argument("--negatives", required=True, nargs="+",
+                   help="folder(s) of speech without the keyword")
     p.add_argument("--noise", default="", help="noise recording mixed into every clip")
     p.add_argument("--snr", type=float, default=10.0, help="SNR in dB for --noise")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
