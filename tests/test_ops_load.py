@@ -187,6 +187,48 @@ def test_satellite_killed_mid_turn_disturbs_no_one(stack, utterances):
     assert not any(s.name == "victim" for s in stack.server.sessions.values())
 
 
+def test_past_capacity_turns_are_refused_with_a_spoken_busy(stack, utterances):
+    """A second Server on the same Assistant allowing one turn at a time; three
+    satellites speak at once: the extra turns hear "busy" at once, none is lost."""
+    import copy
+
+    from hark.server.server import Server
+
+    cfg = copy.deepcopy(stack.cfg)
+    cfg.server.max_concurrent_turns = 1
+
+    async def scenario():
+        small = Server(cfg, stack.assistant)
+        await small.start()
+        try:
+            return await run_load("127.0.0.1", small.control_port,
+                                  [utterances["turn on the kitchen light"]], 3, 1, seed=9,
+                                  pause_s=(0.0, 0.05))
+        finally:
+            await small.stop()
+
+    res = stack.call(scenario())
+    assert res["lost"] == 0 and res["errors"] == 0, res["turns"]
+    assert res["refused"] >= 1 and res["completed"] >= 1, res["turns"]
+    assert res["refused_ms"]["n"] == res["refused"]  # each refused turn heard the busy reply
+
+
+def test_summary_counts_each_outcome():
+    from hark.server.loadbench import TurnResult, summarize
+
+    rs = [TurnResult("a", "x", "command", "completed", 500.0),
+          TurnResult("a", "y", "question", "completed", 900.0),
+          TurnResult("b", "x", "command", "refused", 300.0),
+          TurnResult("b", "y", "question", "error", detail="no speech"),
+          TurnResult("c", "x", "command", "lost")]
+    d = summarize(3, 2, rs, [], 2.0)
+    assert (d["completed"], d["refused"], d["errors"], d["lost"]) == (2, 1, 1, 1)
+    assert d["total_ms"] == {"p50": 700.0, "p95": 880.0, "n": 2}
+    assert d["total_ms_by_kind"]["command"]["p50"] == 500.0
+    assert d["refused_ms"]["p50"] == 300.0
+    assert json.dumps(d)
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -262,6 +262,10 @@ def summarize(n: int, turns: int, results: list[TurnResult], traces: list[Trace]
         "errors": count("error"),
         "refused": count("refused"),
         "total_ms": _pcts([r.total_ms for r in done]),
+        # how fast a refused turn hears "busy": capacity is enforced by refusing, not by
+        # everyone waiting longer
+        "refused_ms": _pcts([r.total_ms for r in results
+                             if r.outcome == "refused" and r.total_ms is not None]),
         "total_ms_by_kind": by_kind,
         "server_spans_ms": {k: _pcts(v) for k, v in spans.items()},
         "wall_s": round(wall_s, 1),
@@ -345,6 +349,9 @@ def _print(run: dict[str, Any]) -> None:
     print(f"{run['satellites']:>3} satellite(s) x {run['turns_per_satellite']} turn(s): "
           f"{run['completed']} completed, {run['refused']} refused (busy), "
           f"{run['errors']} errors, {run['lost']} lost in {run['wall_s']} s")
+    if run["refused"]:
+        r = run["refused_ms"]
+        print(f"    'busy' heard after: p50 {r['p50']} ms, p95 {r['p95']} ms")
     print(f"    end of speech -> first audio: p50 {t['p50']} ms, p95 {t['p95']} ms "
           f"(commands p50 {k['command']['p50']} / p95 {k['command']['p95']} ms; questions "
           f"p50 {k['question']['p50']} / p95 {k['question']['p95']} ms)")
