@@ -9,6 +9,7 @@ import tempfile
 import pytest
 from web_helpers import FakeServer, FakeSession, LiveHttp, make_trace
 
+from hark import sched
 from hark.config import Config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -80,6 +81,18 @@ def test_page_loads_shows_a_turn_and_updates(browser, live):
     sync_api.expect(page.locator(".turn")).to_have_count(2)
     sync_api.expect(page.locator("#percentiles tr[data-stage=total] .p50")).to_have_text("660")
     sync_api.expect(page.locator("#turn-count")).to_have_text("2")
+
+    # server counters and what each scheduling setting did
+    live.server.stats = {"turns": 2, "turns_busy": 1}
+    live.server.sched_results = [
+        sched.SchedResult("realtime", "asr", False, "SCHED_RR priority 9 refused (EPERM)",
+                          fix="LimitRTPRIO=95"),
+        sched.SchedResult("affinity", "asr", True, "pinned to cores [1]")]
+    sync_api.expect(page.locator("#server-stats tr[data-stat=turns_busy]")).to_contain_text("1")
+    row = page.locator('#sched tr[data-setting="asr:realtime"]')
+    sync_api.expect(row).to_contain_text("not applied")
+    sync_api.expect(row).to_contain_text("fix: LimitRTPRIO=95")
+    sync_api.expect(page.locator('#sched tr[data-setting="asr:affinity"]')).to_contain_text("ok")
 
     # the satellite leaves
     del live.server.sessions["kitchen"]

@@ -176,11 +176,16 @@ def satellites(server: Any) -> list[dict[str, Any]]:
 
 
 def server_stats(server: Any) -> dict[str, int | float]:
-    """The numeric fields of ``server.stats`` (a dataclass or plain object), if any."""
+    """The numeric fields of ``server.stats`` (a dataclass, dict or object), if any."""
     stats = getattr(server, "stats", None)
     if stats is None:
         return {}
-    fields = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else vars(stats)
+    if isinstance(stats, dict):
+        fields = stats
+    elif dataclasses.is_dataclass(stats):
+        fields = dataclasses.asdict(stats)
+    else:
+        fields = vars(stats)
     return {k: v for k, v in fields.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

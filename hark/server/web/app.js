@@ -136,6 +136,23 @@ function renderTurns(turns) {
   document.getElementById("no-turns").hidden = turns.length > 0;
 }
 
+function renderServer(stats, sched) {
+  document.querySelector("#server-stats tbody").replaceChildren(
+    ...Object.entries(stats).map(([k, v]) => {
+      const tr = el("tr", { "data-stat": k });
+      tr.append(el("td", {}, k.replaceAll("_", " ")), el("td", { class: "num" }, String(v)));
+      return tr;
+    }));
+  document.querySelector("#sched tbody").replaceChildren(...sched.map((r) => {
+    const tr = el("tr", { "data-setting": `${r.stage}:${r.setting}` });
+    const status = el("td", { class: `status-${String(r.status).replace(" ", "-")}` }, r.status);
+    tr.append(el("td", {}, r.stage), el("td", {}, r.setting), status,
+              el("td", {}, r.detail + (r.fix && !r.ok ? ` (fix: ${r.fix})` : "")));
+    return tr;
+  }));
+  document.getElementById("no-sched").hidden = sched.length > 0;
+}
+
 function render(state) {
   const status = document.getElementById("status");
   status.dataset.ready = String(state.ready);
@@ -148,6 +165,7 @@ function render(state) {
     renderTurns(state.turns);
     lastTurnsSeen = state.turns_seen;
   }
+  renderServer(state.server_stats || {}, state.sched || []);
   const tl = state.trace_log;
   document.getElementById("tracelog").textContent =
     `${tl.path}: ${tl.written} written, ${tl.errors} failed` + (tl.last_error ? ` (${tl.last_error})` : "");
