@@ -257,3 +257,13 @@ def test_live_page_shows_a_real_turn(stack, utterances):
         sync_api.expect(page.locator("#percentiles tr[data-stage=asr_final] .p50")) \
             .not_to_have_text("–")
         ctx.close()
+
+
+def test_bench_load_cli_rejects_bad_counts():
+    import subprocess
+    import sys
+
+    for bad in ("2,x", "0"):
+        proc = subprocess.run([sys.executable, "-m", "hark", "bench", "load", "--satellites",
+                               bad], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and "--satellites" in proc.stderr
