@@ -34,10 +34,14 @@ MAX_PACKET = 1500
 @lru_cache(maxsize=1)
 def libopus() -> ctypes.CDLL:
     """Load libopus: the copy bundled with PyAV first, else the system's."""
-    import av
+    candidates: list[str] = []
+    try:
+        import av
 
-    here = os.path.dirname(av.__file__)
-    candidates = sorted(glob.glob(os.path.join(here, os.pardir, "av.libs", "libopus*.so*")))
+        here = os.path.dirname(av.__file__)
+        candidates = sorted(glob.glob(os.path.join(here, os.pardir, "av.libs", "libopus*.so*")))
+    except ImportError:  # a satellite without PyAV: the system's libopus will do
+        pass
     candidates += [c for c in (ctypes.util.find_library("opus"), "libopus.so.0") if c]
     for path in candidates:
         try:
