@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from hark.trace import Trace, percentile
+
+if TYPE_CHECKING:  # numpy is imported where it is used, so `hark --help` stays instant
+    import numpy as np
 
 log = logging.getLogger("hark.loadbench")
 
@@ -52,6 +53,8 @@ class Utterance:
 def speech_end_offset(audio: np.ndarray, rate: int = RATE, frame_ms: int = 10) -> float:
     """Where speech ends: the end of the last 10 ms frame whose RMS is above 5% of the
     loudest frame's (Piper leaves a little silence after the last word)."""
+    import numpy as np
+
     n = rate * frame_ms // 1000
     frames = len(audio) // n
     if frames == 0:
@@ -65,6 +68,8 @@ def speech_end_offset(audio: np.ndarray, rate: int = RATE, frame_ms: int = 10) -
 
 def make_utterances(speak: Callable[[str], np.ndarray]) -> list[Utterance]:
     """Every command and question, spoken by ``speak(text) -> int16 16 kHz``."""
+    import numpy as np
+
     out = []
     for kind, texts in (("command", COMMANDS), ("question", QUESTIONS)):
         for text in texts:
@@ -75,6 +80,8 @@ def make_utterances(speak: Callable[[str], np.ndarray]) -> list[Utterance]:
 
 def piper_speaker(cfg: Any) -> Callable[[str], np.ndarray]:
     """``speak(text)`` with the configured Piper voice, resampled to 16 kHz."""
+    import numpy as np
+
     from hark.audio import resample
     from hark.tts.piper import load_tts
 
@@ -140,6 +147,8 @@ class SimSatellite:
     async def turn(self, utt: Utterance, timeout_s: float = 30.0,
                    tail_s: float = 3.0) -> TurnResult:
         """Speak ``utt`` and wait for the server to finish the turn."""
+        import numpy as np
+
         from hark.transport.stream import RtpStreamSender
 
         res = TurnResult(self.name, utt.text, utt.kind, "lost")
