@@ -137,7 +137,7 @@ def test_two_satellites_two_turns_each(stack, utterances):
                for s in f.samples}
     assert samples[("hark_turns_total", ())] >= len(new)
     assert samples[("hark_stage_latency_seconds_count", (("stage", "asr_final"),))] >= 1
-    assert samples[("hark_server_turns", ())] >= 4
+    assert samples[("hark_server_turns_total", ())] >= 4
     logged = read_traces(stack.cfg.server.trace_log)
     assert {t.turn_id for t in new} <= {r["turn_id"] for r in logged}
     assert json.loads(stack.get("/health")) == {"status": "ready"}

@@ -162,8 +162,8 @@ def test_core_server_shape_sessions_and_stats(tmp_path):
         body = get(live.url + "/metrics")[2]
         samples = {s.name: s.value for f in text_string_to_metric_families(body)
                    for s in f.samples}
-        assert samples["hark_server_turns_busy"] == 7
-        assert samples["hark_server_barge_ins"] == 1
+        assert samples["hark_server_turns_busy_total"] == 7
+        assert samples["hark_server_barge_ins_total"] == 1
     finally:
         live.close()
 
@@ -211,7 +211,7 @@ def test_loading_placeholder_then_the_real_server(tmp_path):
         assert st["satellites"][0]["name"] == "office"
         assert st["turns"][0]["turn_id"] == trace.turn_id
         body = get(live.url + "/metrics")[2]
-        assert "hark_server_turns 1.0" in body and "hark_ready 1.0" in body
+        assert "hark_server_turns_total 1.0" in body and "hark_ready 1.0" in body
         live.http.set_server(real)  # attaching twice registers nothing twice
         assert real.turn_listeners.count(live.obs.on_turn) == 1
         assert get(live.url + "/metrics")[0] == 200

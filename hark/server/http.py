@@ -21,7 +21,7 @@ tested and reused without the rest of the server:
   ``turns``; its state from ``playing``/``turn``);
 - ``ready`` (optional): a bool, a ``threading``/``asyncio`` ``Event``, or a callable;
   without one the server counts as ready;
-- ``stats`` (optional): a dataclass of counters, exported as ``hark_server_<field>``;
+- ``stats`` (optional): a dataclass of counters, exported as ``hark_server_<field>_total``;
 - ``sched_results`` (optional): the :class:`hark.sched.SchedResult` list of the stages.
 """
 
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily
 
 from hark.errors import ConfigError
 from hark.server.metrics import CONTENT_TYPE, Metrics
@@ -191,7 +191,9 @@ def server_stats(server: Any) -> dict[str, int | float]:
 
 
 class _StatsCollector:
-    """Exports the attached server's ``stats`` at scrape time as ``hark_server_<field>``."""
+    """Exports the attached server's ``stats`` at scrape time as counters
+    ``hark_server_<field>_total`` (e.g. ``hark_server_barge_ins_total``: a barged-in turn
+    is cancelled before it has a trace, so the server counts those)."""
 
     def __init__(self, obs: Observability):
         self.obs = obs
@@ -201,9 +203,9 @@ class _StatsCollector:
 
     def collect(self):
         for name, value in server_stats(self.obs.stats_server).items():
-            yield GaugeMetricFamily(f"hark_server_{name}",
-                                    f"Server counter '{name}' (hark.server.ServerStats)",
-                                    value=value)
+            yield CounterMetricFamily(f"hark_server_{name}",
+                                      f"Server counter '{name}' (hark.server.ServerStats)",
+                                      value=value)
 
 
 def state(server: Any, obs: Observability) -> dict[str, Any]:

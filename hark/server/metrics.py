@@ -10,7 +10,9 @@ What a trace contributes (conventions shared with the pipeline):
 - each span in :data:`hark.trace.SPANS` present in the trace -> one observation of
   ``hark_stage_latency_seconds{stage=...}``;
 - ``info["error"]`` set -> ``hark_turn_errors_total{kind="no_speech"|"failure"}``;
-- ``info["barge_in"]`` truthy or a ``barge_in`` mark -> ``hark_barge_ins_total``;
+- ``info["barge_in"]`` truthy or a ``barge_in`` mark -> ``hark_barge_ins_total`` (the
+  server's own count of cancelled, barged-in turns is ``hark_server_barge_ins_total``,
+  see :mod:`hark.server.http`);
 - each truthy ``info["<name>_cache_hit"]`` -> ``hark_cache_hits_total{cache="<name>"}``.
 """
 
