@@ -12,6 +12,20 @@ What makes the first token fast here:
   shares nothing with the last one starts from a ready system prompt.
 - Every call records how many prompt tokens were really evaluated
   (:attr:`LlamaCppEngine.last_stats`), which is how tests prove the reuse.
+
+Settings (``[llm]`` in hark.toml): ``n_threads`` (2 on the 2-core default box: one per
+physical core; more threads than free cores makes llama.cpp slower, not faster),
+``n_batch`` (prompt tokens per evaluation step; a turn's new prompt is usually under 50
+tokens, so 256 covers it in one step), ``n_ctx`` (2048 holds the system prompt, the
+pruned history and the reply with room to spare).
+
+GPU (a machine with an RTX-class card): build llama-cpp-python with CUDA,
+``CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir
+llama-cpp-python==0.3.36``, then set ``n_gpu_layers = -1`` (every layer on the GPU; a
+1.5B Q4 model needs about 1.5 GB of VRAM, a 7B Q4 about 5 GB) and ``flash_attn = true``
+(less memory and faster attention on Ampere or newer). With the whole model on the GPU,
+``n_threads`` only drives sampling: 2 to 4 is plenty. Bigger models than fit one box are
+served by vLLM or llama.cpp's server and reached through ``backend = "openai"``.
 """
 
 from __future__ import annotations

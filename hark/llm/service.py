@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I couldn't answer that right now."
 MAX_SENTENCES = 2
-MAX_REPLY_CHARS = 400  # a spoken reply longer than this is cut whatever the model does
+MAX_REPLY_CHARS = 400
+PRUNE_LOW_WATER = 0.6  # pruning drops history down to this share of the budget  # a spoken reply longer than this is cut whatever the model does
 
 # --- template replies -----------------------------------------------------------------
 
@@ -129,7 +130,9 @@ class LlmService:
         self._sessions: dict[str, _Session] = {}
         self._cache: dict[str, tuple[float, str]] = {}
         self._load: dict[str, _ProfileLoad] = {}
-        self._lock = threading.RLock()
+        # a plain Lock (not RLock): a generator abandoned by its consumer may be closed,
+        # and so release the lock, from another thread
+        self._lock = threading.Lock()
         self.last_source: str = ""
         self.last_profile: str = ""
         self.last_error: str | None = None
@@ -156,9 +159,19 @@ class LlmService:
         """Yield the spoken reply to ``user_text`` in cleaned pieces as they are ready.
 
         ``cacheable=False`` for questions whose answer changes (time, timers, weather).
-        After the generator ends, :attr:`last_source` tells who answered."""
+        After the generator ends, :attr:`last_source` tells who answered. With a
+        ``trace``, marks ``llm_start``, ``llm_first_token`` and ``llm_done``."""
         with self._lock:
-            yield from self._reply(user_text, session, cacheable, trace)
+            if trace:
+                trace.mark("llm_start")
+            try:
+                yield from self._reply(user_text, session, cacheable, trace)
+            finally:
+                if trace:
+                    trace.mark("llm_done")
+                    trace.info["llm_source"] = self.last_source
+                    if self.last_profile:
+                        trace.info["llm_profile"] = self.last_profile
 
     def reply(self, user_text: str, session: str = "default", cacheable: bool = True) -> str:
         """The whole reply as one string (convenience for the CLI and tests)."""
@@ -173,15 +186,13 @@ class LlmService:
 
     def reset(self, session: str | None = None) -> None:
         """Forget one conversation (or all of them)."""
-        with self._lock:
-            if session is None:
-                self._sessions.clear()
-            else:
-                self._sessions.pop(session, None)
+        if session is None:
+            self._sessions.clear()
+        else:
+            self._sessions.pop(session, None)
 
     def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
 
     # --- internals ------------------------------------------------------------------------
 
@@ -206,8 +217,15 @@ class LlmService:
         return len(text) // 4 + 1
 
     def _prune(self, s: _Session, question_tokens: int) -> None:
+        """Drop the oldest turns once history + question pass the token budget. It drops
+        down to ``PRUNE_LOW_WATER`` of the budget, not just under it: every drop changes
+        the prompt's start and costs one full re-read of the history, so dropping several
+        turns at once keeps the following turns on the cached prefix."""
         budget = self.cfg.llm.history_token_budget
-        while s.turns and sum(t.tokens for t in s.turns) + question_tokens > budget:
+        if sum(t.tokens for t in s.turns) + question_tokens <= budget:
+            return
+        while s.turns and sum(t.tokens for t in s.turns) + question_tokens > \
+                budget * PRUNE_LOW_WATER:
             s.turns.pop(0)
 
     def _cache_key(self, text: str, cacheable: bool) -> str | None:
