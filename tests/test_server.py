@@ -454,3 +454,40 @@ def test_realtime_scheduling_falls_back_quietly():
     t.start()
     t.join()
     assert out and ("SCHED_FIFO" in out[0] or "no real-time priority" in out[0])
+
+
+def test_max_sessions_refuses_extra_satellite():
+    async def go():
+        cfg = _cfg()
+        cfg.server.max_sessions = 1
+        server, _ = await _start(cfg)
+        try:
+            _, first = await _raw_client(server, "one")
+            _, second = await _raw_client(server, "two")
+            return first, second
+        finally:
+            await server.stop()
+
+    first, second = asyncio.run(go())
+    assert first["type"] == "welcome"
+    assert second["type"] == "error" and second["code"] == "busy"
+
+
+def test_earcon_plays_on_wake(wake_wav, tmp_path):
+    async def go():
+        cfg = _cfg(shm="never")
+        server, _ = await _start(cfg)
+        sat = _satellite(cfg, wake_wav, tmp_path / "out.wav")
+        sat.cfg.wake.earcon = True
+        try:
+            await asyncio.wait_for(sat.run(), 30)
+        finally:
+            await server.stop()
+        return sat
+
+    sat = asyncio.run(go())
+    assert sat.stats.turns_done == 1
+    x = read_audio(tmp_path / "out.wav", 16000).astype(np.float64)[:1280]  # first 80 ms
+    spec = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / 16000)
+    assert spec[(freqs > 850) & (freqs < 910)].sum() > 0.5 * spec.sum()

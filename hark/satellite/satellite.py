@@ -45,6 +45,13 @@ PRE_ROLL_S = 0.1  # audio before the detection point sent with the turn
 FOLLOWUP_DBFS = -38.0  # speech level that opens a follow-up turn
 
 
+def earcon(freq: float = 880.0, seconds: float = 0.08) -> np.ndarray:
+    """A short soft beep (16 kHz) that says "I'm listening"."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    env = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)  # 10 ms fade in/out
+    return (4000 * env * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
 def set_realtime(cfg: Config, stage: str = "wake") -> str:
     """Real-time priority and core pinning for the calling thread, where permitted.
     Returns what was applied (for the log)."""
@@ -209,6 +216,8 @@ class Satellite:
             return
         self._turn_open = True
         self._streaming = True
+        if self.cfg.wake.earcon and not followup:
+            self.sink.write(earcon(), SAMPLE_RATE)
         self._sender = RtpStreamSender(self._welcome.get("codec", "opus"), SAMPLE_RATE,
                                        self._welcome.get("frame_ms", 20),
                                        self.cfg.transport.fec, ssrc=self._welcome["ssrc"])
@@ -359,6 +368,10 @@ class Satellite:
                     if not ev.data.get("error") else 0.0
             elif ev.type == "error":
                 log.warning("server: %s", ev.data.get("message"))
+            elif ev.type == "timer":
+                log.info("timer: %s", ev.data.get("text"))
+            elif ev.type == "barge-in":
+                log.info("reply interrupted")
             elif ev.type == "ping":
                 await self.conn.send("pong", ev.data)
 
