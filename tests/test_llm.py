@@ -316,3 +316,18 @@ def test_slow_profile_falls_back_to_fast_for_a_turn(engine, tiny_cfg, caplog) ->
 
 def test_normalize() -> None:
     assert normalize("  What's the TIME?! ") == "what's the time"
+
+
+def test_prefill_leaves_only_the_last_words_to_read(engine, tiny_cfg) -> None:
+    svc = service(tiny_cfg, engine, clock=Clock())
+    question = "What is the name of the longest river in South America?"
+    list(engine.stream(msgs(tiny_cfg, "Hello there, how do you do?"), 4))  # other turn
+    svc.prefill("What is the name of the longest river in", session="s")
+    svc.reply(question, session="s")
+    prefilled = engine.last_stats
+    # without prefill the whole question and the turn markup are read at answer time
+    engine.forget()
+    svc.reply(question.replace("South", "North"), session="t")
+    cold = engine.last_stats
+    assert prefilled.evaluated_tokens <= cold.evaluated_tokens - 6
+    assert prefilled.reused_tokens > cold.reused_tokens

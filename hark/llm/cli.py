@@ -80,6 +80,8 @@ class ProfileResult:
     ttft_cold_s: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
     first_chunk_s: list[float] = field(default_factory=list)
+    ttft_prefilled_s: list[float] = field(default_factory=list)
+    first_chunk_prefilled_s: list[float] = field(default_factory=list)
     gen_tokens: int = 0
     gen_s: float = 0.0
     right: int = 0
@@ -103,6 +105,8 @@ class ProfileResult:
             "ttft_cold_ms": stats(self.ttft_cold_s),
             "ttft_ms": stats(self.ttft_s),
             "first_chunk_ms": stats(self.first_chunk_s),
+            "ttft_prefilled_ms": stats(self.ttft_prefilled_s),
+            "first_chunk_prefilled_ms": stats(self.first_chunk_prefilled_s),
             "tokens_per_s": round(self.gen_tokens / self.gen_s, 1) if self.gen_s else None,
             "accuracy": round(self.right / self.asked, 3) if self.asked else None,
             "questions": self.asked,
@@ -167,7 +171,7 @@ def _ask(service, engine, question: str, session: str, cfg) -> tuple[str, float 
 
 
 def bench_profile(cfg, profile: str, backend: str, questions, n_cold: int,
-                  echo=print) -> ProfileResult:
+                  n_prefill: int = 10, echo=print) -> ProfileResult:
     from hark.errors import HarkError
     from hark.llm.service import LlmService
     from hark.models.store import resolve
@@ -233,6 +237,17 @@ def bench_profile(cfg, profile: str, backend: str, questions, n_cold: int,
             res.answers.append({"q": q, "answer": answer, "correct": ok,
                                 "ttft_ms": None if ttft is None else round(ttft * 1000, 1)})
             echo(f"    [{'ok' if ok else '--'}] {q} -> {answer[:90]}")
+        if hasattr(engine, "prefill"):
+            # speculative prefill: the words heard before the person stopped talking are
+            # read while they finish; only the last two words wait for the end of turn
+            for i, (q, _) in enumerate(questions[:n_prefill]):
+                words = q.split()
+                service.prefill(" ".join(words[:-2]), session=f"p{i}")
+                _, ttft, first_chunk, *_ = _ask(service, engine, q, f"p{i}", cfg)
+                if ttft is not None:
+                    res.ttft_prefilled_s.append(ttft)
+                if first_chunk is not None:
+                    res.first_chunk_prefilled_s.append(first_chunk)
         close = getattr(engine, "close", None)
         if close:
             close()
@@ -247,7 +262,8 @@ def bench_profile(cfg, profile: str, backend: str, questions, n_cold: int,
 
 def _table(results: dict[str, dict[str, Any]]) -> str:
     head = (f"{'profile':<10} {'backend':<9} {'load s':>7} {'cold p50':>9} {'ttft p50':>9} "
-            f"{'ttft p95':>9} {'chunk p50':>10} {'tok/s':>6} {'accuracy':>9}")
+            f"{'ttft p95':>9} {'chunk p50':>10} {'pf ttft':>8} {'pf chunk':>9} {'tok/s':>6} "
+            f"{'accuracy':>9}")
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         if r.get("skipped"):
@@ -262,7 +278,10 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
             f"{name:<10} {r['backend']:<9} {r['load_s']:>7.2f} {ms(r['ttft_cold_ms']):>9} "
             f"{ms(r['ttft_ms']):>9} "
             f"{'-' if r['ttft_ms']['p95'] is None else format(r['ttft_ms']['p95'], '.0f'):>9} "
-            f"{ms(r['first_chunk_ms']):>10} {r['tokens_per_s'] or 0:>6.1f} {acc:>9}")
+            f"{ms(r['first_chunk_ms']):>10} {ms(r['ttft_prefilled_ms']):>8} "
+            f"{ms(r['first_chunk_prefilled_ms']):>9} {r['tokens_per_s'] or 0:>6.1f} {acc:>9}")
+    lines.append("(ms, p50 unless noted; cold = empty KV cache; ttft = system prompt cached; "
+                 "pf = speculative prefill of all but the last two words)")
     return "\n".join(lines)
 
 
@@ -318,7 +337,8 @@ def cmd_bench_llm(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     for profile in profiles:
         print(f"benchmarking profile '{profile}' on {backend} ({len(questions)} questions)")
-        res = bench_profile(cfg, profile, backend, questions, n_cold)
+        res = bench_profile(cfg, profile, backend, questions, n_cold,
+                            n_prefill=4 if args.quick else 10)
         if res.skipped:
             print(f"  {profile}: skipped: {res.skipped}")
         results[profile] = res.summary()

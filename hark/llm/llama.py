@@ -142,6 +142,30 @@ class LlamaCppEngine:
             log.info("%s: system prefix of %d tokens evaluated and saved", self.name,
                      len(self._prefix_tokens))
 
+    def prefill(self, messages: list[ChatMessage]) -> int:
+        """Evaluate the prompt of a turn that is not finished yet (the last message is
+        the partial transcript of a user still speaking) so that the final call only
+        reads the words that came after. Returns the number of tokens evaluated."""
+        if not messages or messages[-1].role != "user":
+            return 0
+        *head, last = messages
+        rendered = self._template([{"role": m.role, "content": m.content} for m in head]
+                                  + [{"role": "user", "content": last.content + _SENTINEL}])
+        text = rendered.split(_SENTINEL, 1)[0]
+        tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        tokens = tokens[:-2]  # the last word may still grow and tokenize differently
+        with self._lock:
+            prefix = self._prefix_tokens
+            if (self._prefix_state is not None and tokens[: len(prefix)] == prefix
+                    and self._cached_prefix_len(tokens) < len(prefix)):
+                self._llm.load_state(self._prefix_state)
+            common = self._cached_prefix_len(tokens)
+            todo = tokens[common:]
+            if todo and len(tokens) < self.n_ctx // 2:
+                self._llm.n_tokens = common
+                self._orig_eval(todo)
+            return len(todo)
+
     def forget(self) -> None:
         """Drop the KV cache (the next call starts cold, apart from the saved prefix)."""
         with self._lock:

@@ -173,6 +173,32 @@ class LlmService:
                     if self.last_profile:
                         trace.info["llm_profile"] = self.last_profile
 
+    def prefill(self, partial_text: str, session: str = "default") -> None:
+        """Speculative work while the person is still talking: read the conversation and
+        the words heard so far into the model's cache, so the reply's first token only
+        waits for the last few words. Safe to call repeatedly and to skip; a no-op for
+        templates and engines without ``prefill`` (HTTP servers cache prefixes themselves).
+        """
+        prefill = getattr(self.engine, "prefill", None)
+        text = partial_text.strip()
+        if prefill is None or not text or template_reply(text) is not None:
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # a reply is being generated: never delay it
+        try:
+            s = self._sessions.get(session)
+            if s is not None and s.turns and \
+                    self.clock() - s.last_active > self.cfg.llm.idle_reset_s:
+                return  # the conversation will restart: the history is not needed
+            messages = [ChatMessage("system", self.system_prompt), *self.history(session),
+                        ChatMessage("user", text)]
+            try:
+                prefill(messages)
+            except Exception as exc:  # noqa: BLE001 - speculative: never fails a turn
+                log.debug("LLM prefill failed: %s", exc)
+        finally:
+            self._lock.release()
+
     def reply(self, user_text: str, session: str = "default", cacheable: bool = True) -> str:
         """The whole reply as one string (convenience for the CLI and tests)."""
         return "".join(self.reply_stream(user_text, session, cacheable)).strip()
