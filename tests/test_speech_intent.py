@@ -233,3 +233,19 @@ def test_paraphrase_fallback_accepts_orders_and_rejects_questions(paraphrase):
                             "milkAmount": "almond milk"}
     for question in ("why is the sky blue", "tell me a joke about cats", ""):
         assert paraphrase.recognize(question) is None
+
+
+def test_a_broken_domain_file_leaves_the_others_working(tmp_path, speak):
+    from hark.nlu.domain_files import DomainFileError
+    from hark.nlu.speech_intent import SpeechIntentRecognizer, load_domains
+
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("language: en\nintents:\n  Foo:\n    data:\n      - sentences:\n"
+                   "          - \"open the {missing_list}\"\n")
+    with pytest.raises(DomainFileError) as err:
+        load_domains(Config(), [bad], strict=True)
+    assert "broken.yaml" in str(err.value)
+    domains = load_domains(Config(), ["coffee", bad])
+    assert [d.name for d in domains] == ["coffee"]
+    result = SpeechIntentRecognizer(domains).recognize(padded(speak("brew a large mocha")))
+    assert result is not None and result.slots == {"size": "large", "coffeeDrink": "mocha"}

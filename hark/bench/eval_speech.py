@@ -219,7 +219,7 @@ def evaluate(cfg, domain_ref: str, data: Path, labels_path: Path, noise: Path | 
              progress=lambda line: None, reject_data: Path | None = None) -> dict[str, Any]:
     """Run every labelled file through the speech path; the JSON-able report."""
     from hark.audio import read_audio
-    from hark.nlu.speech_intent import _domains
+    from hark.nlu.speech_intent import load_domains
 
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
@@ -236,7 +236,7 @@ def evaluate(cfg, domain_ref: str, data: Path, labels_path: Path, noise: Path | 
         files = files[:limit]
     if noise is not None and not snrs:
         raise ConfigError("--noise needs at least one --snr DB")
-    domain = _domains(cfg, [domain_ref])[0]
+    domain = load_domains(cfg, [domain_ref], strict=True)[0]
     path = SpeechPath(cfg, domain, mode, threshold).load()
     noise_audio = read_audio(noise) if noise is not None else None
     conditions: list[float | None] = [None] + list(snrs or [])

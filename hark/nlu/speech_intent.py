@@ -60,9 +60,13 @@ class GrammarHypothesis:
     reason: str = ""  # why it was rejected
 
 
-def _domains(cfg: Config, domains: list | None) -> list:
-    """Domain objects from names/paths/Domain objects (default: the config's domains)."""
-    from hark.nlu.domain_files import BUILTIN_DOMAINS_DIR, Domain, domain_paths, load_domain
+def load_domains(cfg: Config, domains: list | None = None, strict: bool = False) -> list:
+    """Domain objects from names/paths/Domain objects (default: the config's domains).
+
+    A file that fails to load is logged and skipped so the other domains keep working;
+    with ``strict`` its :class:`DomainFileError` is raised instead."""
+    from hark.nlu.domain_files import (BUILTIN_DOMAINS_DIR, Domain, DomainFileError,
+                                       domain_paths, load_domain)
 
     if domains is None:
         domains = domain_paths(cfg.nlu.domains_dir, cfg.nlu.builtin_domains)
@@ -74,7 +78,12 @@ def _domains(cfg: Config, domains: list | None) -> list:
         path = Path(d)
         if not path.exists() and (BUILTIN_DOMAINS_DIR / f"{d}.yaml").exists():
             path = BUILTIN_DOMAINS_DIR / f"{d}.yaml"
-        out.append(load_domain(path))
+        try:
+            out.append(load_domain(path))
+        except DomainFileError as exc:
+            if strict:
+                raise
+            log.error("speech grammar: skipping domain %s:\n%s", path, exc)
     return out
 
 
@@ -140,7 +149,7 @@ class SpeechIntentRecognizer:
              threshold: float = DEFAULT_THRESHOLD) -> SpeechIntentRecognizer:
         """Build from config: ``domains`` are Domain objects, file paths or built-in names
         (default: ``nlu.builtin_domains`` and the files in ``nlu.domains_dir``)."""
-        return cls(_domains(cfg, domains), threshold=threshold)
+        return cls(load_domains(cfg, domains), threshold=threshold)
 
     def _add_pronunciations(self) -> None:
         dec = self._grammar_dec
