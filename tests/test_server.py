@@ -39,6 +39,7 @@ class FakeAssistant:
     def __init__(self, reply_s: float = 0.6, hold: asyncio.Event | None = None):
         self.reply_s = reply_s
         self.heard: dict[str, int] = {}  # session -> samples of speech received
+        self.turn_speech: list[int] = []  # samples of speech received, per turn
         self.closed = 0
         self.hold = hold
         self._notify = []
@@ -70,6 +71,7 @@ class FakeAssistant:
                 if speech and quiet > 0.3 * 16000:
                     break
             self.heard[session] = self.heard.get(session, 0) + speech
+            self.turn_speech.append(speech)
             if not speech:
                 yield TurnEnd(trace, "", "", error="no speech")
                 return
@@ -411,18 +413,20 @@ def test_follow_up_without_wake_word(speak, tmp_path):
 
     async def go():
         cfg = _cfg(shm="never")
-        server, _ = await _start(cfg)
+        server, fake = await _start(cfg)
         sat = _satellite(cfg, wav, tmp_path / "out.wav")
         sat.cfg.wake.followup_s = 3.0
         try:
             await asyncio.wait_for(sat.run(), 40)
         finally:
             await server.stop()
-        return sat
+        return sat, fake
 
-    sat = asyncio.run(go())
+    sat, fake = asyncio.run(go())
     assert sat.stats.wakes == 1 and sat.stats.followups == 1
     assert sat.stats.turns_done == 2
+    # both turns reached the server with their speech (one RTP stream, two talk spurts)
+    assert fake.turn_speech[0] > 0.5 * 16000 and fake.turn_speech[1] > 0.3 * 16000
 
 
 def test_audio_falls_back_to_tcp_when_udp_is_blocked(wake_wav, tmp_path, monkeypatch):

@@ -192,6 +192,25 @@ def test_jitter_idle_then_new_talk_spurt_and_seq_wrap():
     assert not out[0].lost
 
 
+@pytest.mark.parametrize("second_start", [100, 40000, 65500])
+def test_jitter_new_stream_after_pause_plays_whatever_its_numbers(second_start):
+    jb = JitterBuffer(frame_ms=20, jitter_min_ms=20)
+    for k in range(10):
+        jb.push(_pkt(1000 + k), k * 0.02)
+    assert not any(fr.lost for fr in jb.pop(0.3)[:10])
+    assert jb.next_due() is None  # idle
+    # a new sender (random sequence numbers, marker on the first packet), 2 s later
+    results = []
+    for k in range(10):
+        p = RtpPacket((second_start + k) & 0xFFFF, k * 320, 42, bytes([k]) * 4, PT_OPUS, k == 0)
+        results.append(jb.push(p, 2.0 + k * 0.02))
+    assert results == ["ok"] * 10
+    out = jb.pop(3.0)[:10]
+    assert [fr.payload[0] for fr in out] == list(range(10))
+    # the pause did not count as loss, and the jitter estimate stayed sane
+    assert jb.stats.lost == 0 and jb.target_ms < 25
+
+
 def test_jitter_refuses_packets_absurdly_far_ahead():
     jb = JitterBuffer(frame_ms=20)
     jb.push(_pkt(0), 0.0)

@@ -218,9 +218,10 @@ class Satellite:
         self._streaming = True
         if self.cfg.wake.earcon and not followup:
             self.sink.write(earcon(), SAMPLE_RATE)
-        self._sender = RtpStreamSender(self._welcome.get("codec", "opus"), SAMPLE_RATE,
-                                       self._welcome.get("frame_ms", 20),
-                                       self.cfg.transport.fec, ssrc=self._welcome["ssrc"])
+        if self._sender is None:  # one RTP stream per connection; each turn a talk spurt
+            self._sender = RtpStreamSender(self._welcome.get("codec", "opus"), SAMPLE_RATE,
+                                           self._welcome.get("frame_ms", 20),
+                                           self.cfg.transport.fec, ssrc=self._welcome["ssrc"])
         for f in list(self._pre_roll):
             self._send_audio(f)
 
@@ -288,6 +289,7 @@ class Satellite:
         if ev.type != "welcome":
             raise ProtocolError(f"expected welcome, got {ev.type}")
         self._welcome = ev.data
+        self._sender = None
         self.conn = conn
         self.session = ev.data["session"]
         self._receiver = self._new_receiver()

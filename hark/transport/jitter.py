@@ -81,6 +81,7 @@ class JitterBuffer:
         self._offset: float | None = None
         self._played: deque[int] = deque(maxlen=256)
         self._tail_concealed = 0  # concealed frames newer than any packet received
+        self._last_ext, self._last_arrival = 0, 0.0
         self._idle = True
         self.stats.target_ms = float(self.jitter_min_ms)
 
@@ -98,6 +99,9 @@ class JitterBuffer:
         """Add an arrived packet: "ok", or why it was dropped: "duplicate", "late",
         "dropped" (too far ahead)."""
         ext = self._extend(pkt.seq)
+        if self._idle and self._next is not None and (
+                pkt.marker or not -64 <= ext - self._next <= self.max_ahead):
+            ext = self._reanchor(pkt.seq, now)  # a new stream after a pause
         if ext in self._packets or ext in self._played:
             self.stats.duplicates += 1
             return "duplicate"
@@ -120,11 +124,21 @@ class JitterBuffer:
             self._tail_concealed = 0
         self._highest = max(self._highest, ext)
         self._packets[ext] = pkt
+        self._last_ext, self._last_arrival = ext, now
         if self._idle:  # first packet, or a new talk spurt: start the clock here
             self._next = ext
             self._idle = False
             self._tail_concealed = 0
         return "ok"
+
+    def _reanchor(self, seq: int, now: float) -> int:
+        """Number a new stream (new talk spurt, or a sender that restarted with other
+        sequence numbers) so that it continues the old one's clock: the pause in real
+        time becomes a gap in extended numbers, and the measured transits stay valid."""
+        gap = max(1, round((now - self._last_arrival) / self.frame_s))
+        ext = max(self._last_ext + gap, self._next or 0)
+        self._ref_seq, self._ref_ext = seq, ext
+        return ext
 
     def _adapt(self) -> None:
         xs = sorted(self._transits)
