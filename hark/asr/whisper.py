@@ -3,9 +3,16 @@
 Decode options chosen for latency on 1-5 s utterances (measured, see the ASR report):
 greedy search (``beam_size`` from config, 1 by default), no timestamps, no conditioning
 on earlier text, no temperature fallback, no built-in VAD (hark's endpointer already cut
-the utterance). The audio is always encoded in Whisper's full 30 s window: encoding only
-the utterance's length was 3-5x faster but made tiny.en loop ("Stop. Stop. Stop. ...",
-a sentence written twice) on a third of short commands, so it is not offered.
+the utterance), and a cap on new tokens proportional to the audio length.
+
+The audio is always encoded in Whisper's full 30 s window. Encoding only the utterance
+(plus 0.5-2 s, or at least 10 s) was 3-5x faster (~60-150 ms instead of ~400 ms) but
+tiny.en then looped ("Stop. Stop. Stop. ...", a sentence written twice) on a third of
+20 short Piper commands and on real coffee orders; with timestamps, a token cap, or a
+fallback to the full window whenever a repeat was seen, it still dropped or changed
+words on short commands ("Turn on the kitchen light" -> "on the kitchen light",
+"Stop." -> "dot"; word error 11-16% against 4% for the full window), so it is not
+offered.
 
 Silence and noise: faster-whisper drops a segment whose ``no_speech_prob`` is above 0.6
 while its average log-probability is below -1; on top of that, the classic Whisper
@@ -30,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 10  # under 0.1 s nothing can be said
+MAX_TOKENS_PER_S = 10
 SILENT_PEAK = 16  # int16 peak at or below this is digital silence (about -66 dBFS)
 
 # What Whisper writes on silence or noise. Dropped only when the decoder was unsure, so a
@@ -112,6 +120,8 @@ class WhisperAsr:
             vad_filter=False,
             initial_prompt=full_prompt or None,
             prefix=prefix.strip() or None,
+            # a bound on runaway loops: even fast speech is under ~6 tokens a second
+            max_new_tokens=min(int(dur * MAX_TOKENS_PER_S) + 16, 200),
         )
         segments = list(segments)  # the generator does the work
         elapsed = time.perf_counter() - t0
