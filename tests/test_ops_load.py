@@ -211,6 +211,7 @@ def test_past_capacity_turns_are_refused_with_a_spoken_busy(stack, utterances):
     assert res["lost"] == 0 and res["errors"] == 0, res["turns"]
     assert res["refused"] >= 1 and res["completed"] >= 1, res["turns"]
     assert res["refused_ms"]["n"] == res["refused"]  # each refused turn heard the busy reply
+    assert all(t["total_ms"] > 0 for t in res["turns"] if t["outcome"] == "refused")
 
 
 def test_summary_counts_each_outcome():

@@ -100,7 +100,8 @@ class TurnResult:
     text: str
     kind: str
     outcome: str  # completed | refused | error | lost
-    total_ms: float | None = None  # end of speech -> first reply audio (client clock)
+    total_ms: float | None = None  # end of speech -> first reply audio (client clock);
+    # for a refused turn: wake -> first audio of the spoken "busy"
     detail: str = ""
     transcript: str = ""
     reply: str = ""
@@ -227,8 +228,11 @@ class SimSatellite:
             except Exception as exc:  # noqa: BLE001 - a dead connection is reported above
                 if res.outcome == "completed":
                     res.detail = f"send failed: {exc!r}"
-        if first_audio is not None and res.outcome in ("completed", "refused"):
+        if first_audio is not None and res.outcome == "completed":
             res.total_ms = round((first_audio - t_eos) * 1000, 1)
+        elif first_audio is not None and res.outcome == "refused":
+            # refused at once (on wake): time from wake to the spoken "busy"
+            res.total_ms = round((first_audio - t0) * 1000, 1)
         return res
 
     async def close(self) -> None:
@@ -271,8 +275,8 @@ def summarize(n: int, turns: int, results: list[TurnResult], traces: list[Trace]
         "errors": count("error"),
         "refused": count("refused"),
         "total_ms": _pcts([r.total_ms for r in done]),
-        # how fast a refused turn hears "busy": capacity is enforced by refusing, not by
-        # everyone waiting longer
+        # wake -> spoken "busy" of refused turns: capacity is enforced by refusing at
+        # once, not by everyone waiting longer
         "refused_ms": _pcts([r.total_ms for r in results
                              if r.outcome == "refused" and r.total_ms is not None]),
         "total_ms_by_kind": by_kind,
@@ -360,7 +364,7 @@ def _print(run: dict[str, Any]) -> None:
           f"{run['errors']} errors, {run['lost']} lost in {run['wall_s']} s")
     if run["refused"]:
         r = run["refused_ms"]
-        print(f"    'busy' heard after: p50 {r['p50']} ms, p95 {r['p95']} ms")
+        print(f"    'busy' heard {r['p50']} ms (p50) / {r['p95']} ms (p95) after wake")
     print(f"    end of speech -> first audio: p50 {t['p50']} ms, p95 {t['p95']} ms "
           f"(commands p50 {k['command']['p50']} / p95 {k['command']['p95']} ms; questions "
           f"p50 {k['question']['p50']} / p95 {k['question']['p95']} ms)")
