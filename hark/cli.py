@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "hark.server.loadbench",
     "hark.satellite.cli",
     "hark.wake.cli",
+    "hark.vad.cli",
+    "hark.asr.cli",
 ]
 
 

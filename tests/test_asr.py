@@ -214,3 +214,13 @@ def test_a_revised_committed_word_does_not_shift_the_rest():
 def test_word_helpers():
     assert norm_word("Light.") == "light" and norm_word("what's") == "what's"
     assert common_prefix(["Turn", "on", "the"], ["turn", "on,", "a"]) == 2
+
+
+def test_cli_asr_transcribe(speak, tmp_path, capsys):
+    from hark.audio import write_wav
+    from hark.cli import main
+
+    wav = write_wav(tmp_path / "cmd.wav", padded(speak("What time is it?")), RATE)
+    assert main(["asr", "transcribe", str(wav)]) == 0
+    out = capsys.readouterr().out
+    assert "what time is it" in out.lower() and "decode median" in out

@@ -285,3 +285,13 @@ def test_pre_roll_is_bounded_while_idle(cfg):
     pre = int(np.ceil(cfg.vad.pre_roll_ms / frame_ms))
     tail = int(np.ceil(cfg.vad.eot_silence_ms / frame_ms))  # listened until speech_end
     assert len(ep.utterance()) == (pre + 5 + tail) * FRAME_SAMPLES
+
+
+def test_cli_vad_events(speak, tmp_path, capsys):
+    from hark.audio import write_wav
+    from hark.cli import main
+
+    wav = write_wav(tmp_path / "cmd.wav", np.concatenate([silence(0.5), speak("Stop.")]), RATE)
+    assert main(["vad", "events", str(wav)]) == 0
+    out = capsys.readouterr().out
+    assert "speech_start" in out and "speech_end" in out and "ms per 32 ms frame" in out
