@@ -224,3 +224,19 @@ def test_cli_asr_transcribe(speak, tmp_path, capsys):
     assert main(["asr", "transcribe", str(wav)]) == 0
     out = capsys.readouterr().out
     assert "what time is it" in out.lower() and "decode median" in out
+
+
+@pytest.mark.parametrize(("text", "no_speech", "logprob", "kept"), [
+    ("Thank you.", 0.45, -0.3, False),  # classic filler on near-silence: dropped
+    (" you", 0.05, -0.9, False),
+    ("Thank you.", 0.02, -0.15, True),  # said clearly: kept
+    ("Turn on the light.", 0.45, -0.3, True),  # not a filler: kept
+])
+def test_filler_hallucinations_dropped_only_when_unsure(asr, monkeypatch, text, no_speech,
+                                                        logprob, kept):
+    from types import SimpleNamespace
+
+    seg = SimpleNamespace(text=text, no_speech_prob=no_speech, avg_logprob=logprob)
+    monkeypatch.setattr(asr.model, "transcribe", lambda audio, **kw: ([seg], None))
+    audio = np.random.default_rng(0).normal(0, 1000, RATE).astype(np.int16)
+    assert asr.transcribe(audio) == (text.strip() if kept else "")
