@@ -96,8 +96,11 @@ class SpeechIntentRecognizer:
     """
 
     def __init__(self, domains: list, threshold: float = DEFAULT_THRESHOLD,
-                 slot_lists: dict | None = None, model_dir: str | None = None):
-        """``domains``: :class:`hark.nlu.domain_files.Domain` objects to listen for."""
+                 slot_lists: dict | None = None, model_dir: str | None = None,
+                 search: dict | None = None):
+        """``domains``: :class:`hark.nlu.domain_files.Domain` objects to listen for;
+        ``slot_lists``: extra hassil lists (the home's ``name``/``area`` for Home
+        Assistant's sentences); ``search``: pocketsphinx settings over :data:`BEAMS`."""
         try:
             import pocketsphinx
             from pocketsphinx import Decoder
@@ -109,7 +112,7 @@ class SpeechIntentRecognizer:
                              fix="set nlu.builtin_domains or nlu.domains_dir")
         model = Path(model_dir or os.path.join(pocketsphinx.get_model_path(), "en-us"))
         common = dict(hmm=str(model / "en-us"), dict=str(model / "cmudict-en-us.dict"),
-                      bestpath=False, loglevel="FATAL", **BEAMS)
+                      bestpath=False, loglevel="FATAL", **{**BEAMS, **(search or {})})
         self.threshold = threshold
         self.domains = list(domains)
         self._grammar_dec = Decoder(lm=None, **common)
