@@ -150,6 +150,25 @@ def test_streaming_commits_a_stable_prefix_and_finalizes(asr, cfg, speak):
     assert st.text == "" and st.update(audio[:1000]).text == ""  # too short to decode
 
 
+def test_final_reuses_a_partial_pass_that_heard_all_the_speech(asr, cfg, speak):
+    said = speak("What time is it?")
+    audio = padded(said, before=0.3, after=0.6)
+    speech_end = int(0.3 * RATE) + len(said)
+    st = StreamingTranscriber(asr, cfg.asr)
+    stream(st, audio)  # the last pass covers the speech plus >= 0.1 s of silence
+    passes = st.passes
+    final = st.finalize(audio, speech_samples=speech_end)
+    assert st.reused_final and st.passes == passes  # no second decode
+    assert words(final.text) == words("what time is it")
+    # a pass that stopped before the end of speech is not reused
+    st.reset()
+    stream(st, audio[: speech_end - RATE // 4])
+    passes = st.passes
+    final = st.finalize(audio, speech_samples=speech_end)
+    assert not st.reused_final and st.passes == passes + 1
+    assert words(final.text) == words("what time is it")
+
+
 def test_streaming_silence_gives_empty_final(asr, cfg):
     st = StreamingTranscriber(asr, cfg.asr)
     quiet = np.zeros(2 * RATE, np.int16)

@@ -131,6 +131,9 @@ def test_utterance_holds_pre_roll_and_speech(vad, cfg, speak):
     assert len(utt) >= len(fed) - lead
     np.testing.assert_array_equal(utt[: len(fed) - lead], fed[lead:])
     assert len(utt) - (len(fed) - lead) <= (cfg.vad.eot_silence_ms / 1000 + FRAME_S) * RATE
+    # where the speech ends inside the utterance
+    _, end = speech_edges(said)
+    assert abs(ep.speech_samples - ((LEAD_S + end) * RATE - lead)) <= 2 * FRAME_SAMPLES
 
 
 def test_silence_and_noise_give_no_speech(vad, cfg):

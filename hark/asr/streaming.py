@@ -31,6 +31,7 @@ from hark.config import AsrConfig
 SAMPLE_RATE = 16000
 MIN_UPDATE_S = 0.3  # shorter audio is not worth a decode (Whisper guesses)
 SENTENCE_END = (".", "?", "!")
+REUSE_MARGIN_S = 0.1  # a partial pass this far past the end of speech can be the final
 
 
 def norm_word(word: str) -> str:
@@ -65,6 +66,9 @@ class StreamingTranscriber:
         self._prev: list[str] | None = None  # previous hypothesis' uncommitted words
         self.passes = 0
         self.last_decode_s = 0.0
+        self.reused_final = False  # the final came from the last partial pass
+        self._last_len = 0  # samples of audio the last pass decoded
+        self._last_words: list[str] = []  # that pass's words, as decoded
 
     @property
     def stable(self) -> str:
@@ -79,7 +83,9 @@ class StreamingTranscriber:
         text = self.engine.transcribe(audio)
         self.last_decode_s = time.perf_counter() - t0
         self.passes += 1
-        return text.split()
+        self._last_len = len(audio)
+        self._last_words = text.split()
+        return self._last_words
 
     def _after_committed(self, words: list[str]) -> list[str]:
         """The words of a hypothesis that come after the committed ones."""
@@ -113,14 +119,27 @@ class StreamingTranscriber:
             self.tentative = hyp
         return Transcript(self.text, self.stable, is_final=False, t=time.monotonic())
 
-    def finalize(self, audio: np.ndarray) -> Transcript:
-        """The final transcript: one fresh decode of the complete utterance.
+    def finalize(self, audio: np.ndarray, speech_samples: int | None = None) -> Transcript:
+        """The final transcript: a whole-utterance decode; every word becomes final.
 
-        It is decoded without the partial passes' help because a whole-utterance pass is
-        the most accurate; on rare occasions it therefore revises a committed partial word
-        (the pipeline re-checks speculative work against the final text).
+        ``speech_samples``: where the speech ends in ``audio`` (``Endpointer.
+        speech_samples``). When the last partial pass already decoded audio reaching
+        ``REUSE_MARGIN_S`` past that point, it heard the whole utterance and its words are
+        the final transcript, with no second decode (this is most of the final ASR
+        latency). Otherwise ``audio`` is decoded once more.
+
+        The final text is a fresh whole-utterance hypothesis, not the partial passes'
+        merge, because it is the most accurate; on rare occasions it therefore revises a
+        committed partial word (the pipeline re-checks speculative work against it).
         """
-        text = " ".join(self._decode(audio)) if len(audio) else ""
+        reuse = (speech_samples is not None and self.passes > 0 and
+                 self._last_len >= speech_samples + REUSE_MARGIN_S * SAMPLE_RATE)
+        if reuse:
+            final = list(self._last_words)
+        else:
+            final = self._decode(audio) if len(audio) else []
+        self.reused_final = reuse
+        text = " ".join(final)
         self.committed = text.split()
         self.tentative = []
         self._prev = None

@@ -68,6 +68,7 @@ class Endpointer:
         self.speech_start_t: float | None = None
         self.speech_end_t: float | None = None  # end of the last speech frame
         self._start_frame = 0
+        self._end_frame = 0  # index of the frame after the last speech frame
         self.last_probability = 0.0
 
     def set_eot_ms(self, ms: float) -> None:
@@ -142,6 +143,7 @@ class Endpointer:
                     self.state = SPEAKING
                     self.speech_start_t = self._run_t
                     self.speech_end_t = t0 + self.frame_s
+                    self._end_frame = idx + 1
                     self._start_frame = self._run_first
                     self._utt_first = max(self._frames_first,
                                           self._run_first - self._pre_roll_frames)
@@ -159,6 +161,7 @@ class Endpointer:
         # speaking or paused
         if self._speaking:
             self.speech_end_t = t0 + self.frame_s
+            self._end_frame = idx + 1
             if self.state == PAUSED:
                 self.state = SPEAKING
                 events.append(VadEvent("speech_resume", t0))
@@ -177,6 +180,15 @@ class Endpointer:
             self.state = ENDED
             events.append(VadEvent("speech_end", self.speech_end_t, self.silence_ms))
         return events
+
+    @property
+    def speech_samples(self) -> int:
+        """How many samples of :meth:`utterance` lead up to the end of the last speech
+        frame (0 before speech started). The streaming transcriber uses it to tell
+        whether its last partial pass already heard all the speech."""
+        if self._utt_first < 0:
+            return 0
+        return (self._end_frame - self._utt_first) * self.frame_samples
 
     def utterance(self) -> np.ndarray:
         """int16 audio from ``pre_roll_ms`` before speech start up to now (empty before
