@@ -332,6 +332,8 @@ def cmd_bench_llm(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"unknown backend '{backend}'", fix="use llama_cpp or openai")
     questions = QUESTIONS[:8] if args.quick else QUESTIONS
+    if args.limit:
+        questions = questions[: args.limit]
     n_cold = 2 if args.quick else 5
     logging.getLogger("hark.llm").setLevel(logging.WARNING)
     results: dict[str, dict[str, Any]] = {}
@@ -405,5 +407,7 @@ def register(cli) -> None:
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG chart")
     p.add_argument("--quick", action="store_true", help="8 questions, 2 cold starts")
+    p.add_argument("--limit", type=int, default=0, metavar="N",
+                   help="ask only the first N questions")
     p = cli.add("llm ask", "ask the LLM stage questions (a conversation, streamed)", cmd_ask)
     p.add_argument("question", nargs="+", help="one or more questions, asked in turn")

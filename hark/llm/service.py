@@ -190,6 +190,8 @@ class LlmService:
             if s is not None and s.turns and \
                     self.clock() - s.last_active > self.cfg.llm.idle_reset_s:
                 return  # the conversation will restart: the history is not needed
+            if s is not None:  # prune now as the turn will, so the prefix stays valid
+                self._prune(s, self._count(self.engine, text) + 4)
             messages = [ChatMessage("system", self.system_prompt), *self.history(session),
                         ChatMessage("user", text)]
             try:
@@ -409,7 +411,10 @@ def load_llm(cfg: Config, warm: bool = True) -> LlmService:
 
         raise ConfigError(f"unknown llm.backend '{c.backend}'",
                           fix='use "llama_cpp" (local GGUF) or "openai" (HTTP server)')
-    service = LlmService(cfg, engine, fallback)
+    # first-token budget of the chosen profile before a turn falls back to ``fast``;
+    # ``llm.ttft_budget_ms`` when the config has it, else 600 ms
+    budget_ms = float(getattr(c, "ttft_budget_ms", 600.0))
+    service = LlmService(cfg, engine, fallback, ttft_budget_s=budget_ms / 1000.0)
     if warm:
         service.warm_up()
     return service
