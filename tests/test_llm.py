@@ -198,6 +198,10 @@ def test_not_cacheable_bypasses_the_cache(engine, tiny_cfg) -> None:
     svc.reply("When was he born?")
     svc.reply("When was he born?")
     assert len(spy.calls) == 4
+    # nor those about the moment
+    svc.reply("What is the weather today?")
+    svc.reply("What is the weather today?")
+    assert len(spy.calls) == 6
 
 
 def test_followup_sees_the_earlier_turn(engine, tiny_cfg) -> None:

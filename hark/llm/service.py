@@ -6,8 +6,9 @@ profile as a load-aware fallback) and adds what a voice assistant needs around t
 - template replies for greetings, thanks, "how are you", "what can you do", "who are
   you": answered at once, without the model;
 - a response cache: the same normalized question within ``llm.cache_ttl_s`` returns the
-  earlier answer; the caller says when a question must not be cached (time, timers), and
-  questions that lean on the conversation ("when was he born") are never cached;
+  earlier answer; the caller says when a question must not be cached (time, timers);
+  questions that lean on the conversation ("when was he born") or on the moment ("what's
+  the weather today") are never cached;
 - conversation memory per session, pruned oldest-first to ``llm.history_token_budget``
   tokens and reset after ``llm.idle_reset_s`` of silence;
 - spoken style: the stream goes through :class:`hark.tts.cleaner.SpeechCleaner` and stops
@@ -65,6 +66,13 @@ TEMPLATES: list[tuple[re.Pattern[str], str]] = [
 _CONTEXT_WORDS = re.compile(
     r"\b(?:he|she|it|they|him|her|his|hers|its|them|their|theirs|that|those|this|these|"
     r"there|then|again|more|another|else|also|too|previous|last|same)\b")
+
+
+# Words of questions whose answer changes with time: never cached either.
+_VOLATILE_WORDS = re.compile(
+    r"\b(?:now|today|tonight|tomorrow|yesterday|current|currently|latest|recent|news|"
+    r"time|date|day|weather|forecast|temperature|timer|timers|alarm|reminder|score|"
+    r"price|stock|left|remaining|random|joke)\b")
 
 
 def normalize(text: str) -> str:
@@ -258,7 +266,8 @@ class LlmService:
 
     def _cache_key(self, text: str, cacheable: bool) -> str | None:
         key = normalize(text)
-        if not cacheable or not key or _CONTEXT_WORDS.search(key):
+        if not cacheable or not key or _CONTEXT_WORDS.search(key) or \
+                _VOLATILE_WORDS.search(key):
             return None
         return key
 
