@@ -448,6 +448,31 @@ def test_audio_falls_back_to_tcp_when_udp_is_blocked(wake_wav, tmp_path, monkeyp
     assert _tone_energy(tmp_path / "out.wav")[1] > 0.8
 
 
+def test_audio_moves_to_tcp_when_udp_audio_stops_arriving(wake_wav, tmp_path, monkeypatch):
+    real = Server.datagram
+
+    def only_probes(self, data, addr):  # probes pass, audio packets are dropped
+        if len(data) <= 12:
+            real(self, data, addr)
+
+    monkeypatch.setattr(Server, "datagram", only_probes)
+
+    async def go():
+        cfg = _cfg(shm="never", tcp_audio_fallback="auto")
+        server, fake = await _start(cfg)
+        sat = _satellite(cfg, wake_wav, tmp_path / "out.wav")
+        try:
+            await asyncio.wait_for(sat.run(), 30)
+        finally:
+            await server.stop()
+        return sat, fake
+
+    sat, fake = asyncio.run(go())
+    assert "transport" in sat.stats.events and sat._path == "tcp"
+    assert sat.stats.turns_done == 1
+    assert sum(fake.heard.values()) > 0  # the rest of the question came over TCP
+
+
 def test_realtime_scheduling_falls_back_quietly():
     import threading
 

@@ -370,6 +370,9 @@ class Satellite:
                     if not ev.data.get("error") else 0.0
             elif ev.type == "error":
                 log.warning("server: %s", ev.data.get("message"))
+            elif ev.type == "transport" and ev.data.get("audio") in ("udp", "tcp"):
+                log.warning("server asks for audio over %s", ev.data["audio"])
+                self._path = ev.data["audio"]
             elif ev.type == "timer":
                 log.info("timer: %s", ev.data.get("text"))
             elif ev.type == "barge-in":

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 BUSY_TEXT = "Sorry, I'm busy right now. Please try again in a moment."
 HELLO_TIMEOUT_S = 5.0
+UDP_SILENCE_S = 0.6  # no uplink audio this long after a wake: UDP is broken, use TCP
 CAPABILITIES = ["wake", "asr", "tts", "intent", "pipeline", "barge-in", "timer",
                 "audio-udp", "audio-tcp", "audio-shm", "opus", "pcm"]
 
@@ -99,6 +100,7 @@ class Session:
     playing: bool = False
     connected_at: float = field(default_factory=time.monotonic)
     turns: int = 0
+    packets_up: int = 0  # audio packets accepted from this satellite
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -302,6 +304,19 @@ class Server:
         s.receiver = RtpStreamReceiver(s.codec, SAMPLE_RATE, s.frame_ms, tc.jitter_min_ms,
                                        tc.jitter_max_ms)
         s.turn = self._spawn(self._turn(s, s.inbox, follow_up=bool(ev.data.get("followup"))))
+        if s.audio_path == "udp" and tc.tcp_audio_fallback == "auto":
+            self._spawn(self._udp_watchdog(s, s.packets_up))
+
+    async def _udp_watchdog(self, s: Session, before: int) -> None:
+        """UDP worked for the probe but no audio arrives (a middlebox that drops larger
+        datagrams, a NAT timeout): move this satellite's audio to the TCP connection."""
+        await asyncio.sleep(UDP_SILENCE_S)
+        if s.id in self.sessions and s.audio_path == "udp" and s.inbox is not None \
+                and s.packets_up == before:
+            log.warning("session %s: no UDP audio for %.1f s after wake; switching to TCP",
+                        s.id, UDP_SILENCE_S)
+            s.audio_path = "tcp"
+            await _safe_send(s.conn, "transport", {"audio": "tcp"}, b"")
 
     async def _on_audio_stop(self, s: Session, ev: Event) -> None:
         if s.inbox is not None:
@@ -344,6 +359,7 @@ class Server:
             return
         if s.inbox is None:  # no turn: audio is not wanted
             return
+        s.packets_up += 1
         s.receiver.push(pkt)
 
     async def _pump_audio(self) -> None:
