@@ -32,7 +32,13 @@ from hassil.expression import (
     Sequence,
     TextChunk,
 )
-from hassil.intents import Intents, RangeSlotList, SlotList, TextSlotList, WildcardSlotList
+from hassil.intents import (
+    Intents,
+    RangeSlotList,
+    SlotList,
+    TextSlotList,
+    WildcardSlotList,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,8 @@ NULL = "<NULL>"
 VOID = "<VOID>"
 MAX_PERMUTATION_ITEMS = 5  # 5! = 120 orders; more would blow up the grammar
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 
 def spell_number(n: int) -> str:

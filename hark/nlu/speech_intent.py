@@ -65,8 +65,13 @@ def load_domains(cfg: Config, domains: list | None = None, strict: bool = False)
 
     A file that fails to load is logged and skipped so the other domains keep working;
     with ``strict`` its :class:`DomainFileError` is raised instead."""
-    from hark.nlu.domain_files import (BUILTIN_DOMAINS_DIR, Domain, DomainFileError,
-                                       domain_paths, load_domain)
+    from hark.nlu.domain_files import (
+        BUILTIN_DOMAINS_DIR,
+        Domain,
+        DomainFileError,
+        domain_paths,
+        load_domain,
+    )
 
     if domains is None:
         domains = domain_paths(cfg.nlu.domains_dir, cfg.nlu.builtin_domains)
