@@ -13,6 +13,15 @@ almost as well as the phone loop (ratio near 0); other speech fits it much worse
 ``threshold`` the recognizer answers ``None`` ("not one of my sentences"), and the turn
 goes on to open transcription and the LLM. An accepted hypothesis is parsed by hassil
 to get the intent and its slot values.
+
+Measured with ``hark eval speech-intents`` on the 42 real coffee orders (2 shared CPU
+cores, VAD cut + 200 ms): 97.6% commands exactly right clean, 90.5% with kitchen noise
+at 12 dB; 4-13 ms from the last audio chunk to the intent (p50); decoding while the
+person speaks costs ~0.1-0.4 x real time. Whisper tiny.en + hassil + fuzzy on the same
+files: 73.8% (92.9% with a domain initial_prompt) at ~0.9-1.5 s. 98-99% of 104
+non-commands (real people saying "alexa"/"jarvis", Piper-spoken questions) rejected.
+Home Assistant's full English sentence set also works as a grammar, but decodes at
+~3x real time: not fast enough yet to enable by default.
 """
 
 from __future__ import annotations
