@@ -520,3 +520,27 @@ def test_earcon_plays_on_wake(wake_wav, tmp_path):
     spec = np.abs(np.fft.rfft(x)) ** 2
     freqs = np.fft.rfftfreq(len(x), 1 / 16000)
     assert spec[(freqs > 850) & (freqs < 910)].sum() > 0.5 * spec.sum()
+
+
+@pytest.mark.parametrize("hello", [
+    {"version": PROTOCOL_VERSION, "name": ["x"], "udp_port": "abc"},
+    {"version": PROTOCOL_VERSION, "capabilities": 5, "codecs": None, "host_id": 7},
+    {"version": "1"},
+    {},
+])
+def test_malformed_hello_never_hurts_the_server(hello):
+    async def go():
+        server, _ = await _start(_cfg())
+        try:
+            bad = await Connection.open("127.0.0.1", server.control_port)
+            await bad.send("hello", hello)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(bad.recv(), 2)
+            await bad.close()
+            conn, welcome = await _raw_client(server, "good")
+            await conn.send("ping", {})
+            return welcome["type"], (await conn.recv()).type
+        finally:
+            await server.stop()
+
+    assert asyncio.run(go()) == ("welcome", "pong")

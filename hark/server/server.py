@@ -220,12 +220,21 @@ class Server:
             await self._refuse(conn, "busy", f"server at max_sessions ({sc.max_sessions})")
             return None
         tc = self.cfg.transport
-        codec = tc.codec if tc.codec in d.get("codecs", ["opus", "pcm"]) else "pcm"
+        codecs = d.get("codecs") if isinstance(d.get("codecs"), list) else ["opus", "pcm"]
+        caps = d.get("capabilities") if isinstance(d.get("capabilities"), list) else []
+        try:
+            udp_port = int(d.get("udp_port") or 0)
+            if not 0 <= udp_port < 65536:
+                raise ValueError(udp_port)
+        except (TypeError, ValueError):
+            await self._refuse(conn, "protocol", f"bad udp_port {d.get('udp_port')!r}")
+            return None
+        codec = tc.codec if tc.codec in codecs else "pcm"
         s = Session(id=f"{name}-{uuid.uuid4().hex[:8]}", name=name, conn=conn,
                     peer_host=peer or "", ssrc_up=self._new_ssrc(), ssrc_down=self._new_ssrc(),
                     codec=codec, frame_ms=tc.frame_ms,
                     down_rate=wire_rate(codec, self.assistant.tts_rate))
-        s.udp_port = int(d.get("udp_port") or 0)
+        s.udp_port = udp_port
         welcome: dict[str, Any] = {
             "version": PROTOCOL_VERSION, "session": s.id, "capabilities": CAPABILITIES,
             "codec": codec, "frame_ms": s.frame_ms, "up_rate": SAMPLE_RATE,
@@ -234,7 +243,7 @@ class Server:
             "jitter_min_ms": tc.jitter_min_ms, "jitter_max_ms": tc.jitter_max_ms,
         }
         if tc.shm != "never" and is_loopback(peer) and d.get("host_id") == self._host_id \
-                and "audio-shm" in d.get("capabilities", []):
+                and "audio-shm" in caps:
             s.shm_up, s.shm_down = ShmRing(), ShmRing()
             welcome["shm"] = {"up": s.shm_up.name, "down": s.shm_down.name}
         s.receiver = RtpStreamReceiver(codec, SAMPLE_RATE, s.frame_ms, tc.jitter_min_ms,
