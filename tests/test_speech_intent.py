@@ -249,3 +249,43 @@ def test_a_broken_domain_file_leaves_the_others_working(tmp_path, speak):
     assert [d.name for d in domains] == ["coffee"]
     result = SpeechIntentRecognizer(domains).recognize(padded(speak("brew a large mocha")))
     assert result is not None and result.slots == {"size": "large", "coffeeDrink": "mocha"}
+
+
+def test_eval_command_writes_json(tmp_path, speak):
+    """``hark eval speech-intents`` end to end on Piper-spoken orders plus noise."""
+    from hark.audio import write_wav
+    from hark.cli import main
+
+    orders = {
+        "a.wav": ("brew a large mocha", {"size": "large", "coffeeDrink": "mocha"}),
+        "b.wav": ("may I have an espresso with some sugar",
+                  {"coffeeDrink": "espresso", "sugarAmount": "some sugar"}),
+    }
+    for name, (text, _) in orders.items():
+        write_wav(tmp_path / name, padded(speak(text)), 16000)
+    labels = {n: {"intent": "orderDrink", "slots": s} for n, (_, s) in orders.items()}
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    rng = np.random.default_rng(1)
+    write_wav(tmp_path / "noise.wav", (rng.standard_normal(16000) * 1000).astype(np.int16),
+              16000)
+    out = tmp_path / "report.json"
+    rc = main(["eval", "speech-intents", "--domain", str(COFFEE), "--data", str(tmp_path),
+               "--labels", str(tmp_path / "labels.json"), "--mode", "grammar",
+               "--noise", str(tmp_path / "noise.wav"), "--snr", "20", "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["files"] == 2 and report["command_acceptance"] == 1.0
+    assert report["latency_ms"]["p50"] is not None
+    assert set(report["by_snr"]) == {"20"}
+    assert 0.0 <= report["by_snr"]["20"]["command_acceptance"] <= 1.0
+
+
+def test_eval_bad_input_is_a_clear_error(tmp_path):
+    from hark.bench.eval_speech import evaluate
+    from hark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read labels"):
+        evaluate(Config(), "coffee", tmp_path, tmp_path / "missing.json")
+    (tmp_path / "labels.json").write_text(json.dumps({"x.wav": {"intent": "orderDrink"}}))
+    with pytest.raises(ConfigError, match="no labelled WAV"):
+        evaluate(Config(), "coffee", tmp_path, tmp_path / "labels.json")
