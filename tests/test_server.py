@@ -544,3 +544,38 @@ def test_malformed_hello_never_hurts_the_server(hello):
             await server.stop()
 
     assert asyncio.run(go()) == ("welcome", "pong")
+
+
+def test_satellite_from_raw_pcm_on_stdin(wake_wav, tmp_path):
+    import io
+
+    from hark.satellite.audio import StdinSource
+
+    pcm = read_audio(wake_wav)
+    stream = io.BytesIO(np.concatenate([pcm, np.zeros(16000 * 3, np.int16)]).astype("<i2")
+                        .tobytes())
+
+    class Paced(StdinSource):  # stdin from a pipe delivers audio as it is recorded
+        def __iter__(self):
+            for frame in super().__iter__():
+                time.sleep(FRAME / 16000)
+                yield frame
+
+    async def go():
+        cfg = _cfg(shm="never")
+        server, fake = await _start(cfg)
+        c = Config()
+        c.transport = cfg.transport
+        c.satellite.server = cfg.satellite.server
+        sat = Satellite(c, Paced(FRAME, stream), WavSink(tmp_path / "o.wav"),
+                        exit_when_done=True, realtime_thread=False)
+        try:
+            await asyncio.wait_for(sat.run(), 30)
+        finally:
+            await server.stop()
+        return sat, fake
+
+    sat, fake = asyncio.run(go())
+    assert sat.stats.wakes == 1 and sat.stats.turns_done == 1
+    assert sum(fake.heard.values()) > 0.4 * 16000
+    assert _tone_energy(tmp_path / "o.wav")[1] > 0.8
