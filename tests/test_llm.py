@@ -335,3 +335,27 @@ def test_prefill_leaves_only_the_last_words_to_read(engine, tiny_cfg) -> None:
     cold = engine.last_stats
     assert prefilled.evaluated_tokens <= cold.evaluated_tokens - 6
     assert prefilled.reused_tokens > cold.reused_tokens
+
+
+def test_missing_model_not_strict_apologises_until_fixed(tmp_path, caplog) -> None:
+    """With strict=False a broken model file does not stop hark: LLM turns apologise and
+    log why, and once a good file is in place the next turn works without a restart."""
+    from hark.models.store import resolve
+
+    broken = tmp_path / "model.gguf"
+    broken.write_bytes(b"GGUF" + b"\x07" * 2000)
+    cfg = Config()
+    cfg.llm.profiles = {"fast": str(broken)}
+    cfg.llm.max_tokens = 8
+    cfg.llm.n_threads = 1
+    with caplog.at_level(logging.ERROR):
+        svc = load_llm(cfg, strict=False)
+        assert svc.reply("Why is the sky blue?") == APOLOGY
+    assert svc.last_source == "error" and "hark models pull" in svc.last_error
+    assert any("could not be loaded" in r.getMessage() for r in caplog.records)
+    assert svc.reply("hello") != APOLOGY  # templates still answer
+    # the user fixes the model; the next LLM turn loads it and answers
+    broken.write_bytes(open(resolve("smollm2-135m-instruct-q4_1", cfg.models_dir), "rb").read())
+    svc.engine.retry_s = 0.0
+    reply = svc.reply("What is the capital of France?")
+    assert reply and reply != APOLOGY and svc.last_source == "llm"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from hark.config import Config
 from hark.errors import HarkError, ModelError
-from hark.llm.base import ChatMessage, LlmEngine
+from hark.llm.base import ChatMessage, LlmEngine, LlmError
 from hark.trace import Trace
 from hark.tts.chunker import sentence_ends
 from hark.tts.cleaner import SpeechCleaner
@@ -336,6 +336,12 @@ class LlmService:
             self.last_source = "error"
             self.last_error = str(exc)
             log.error("LLM (%s) failed: %s", profile, exc)
+            forget = getattr(engine, "forget", None)  # a crashed eval may leave bad KV
+            if forget is not None:
+                try:
+                    forget()
+                except Exception:  # noqa: BLE001
+                    pass
             yield (" " if spoken else "") + APOLOGY
             return
         answer = "".join(spoken).strip()
@@ -396,10 +402,63 @@ class LlmService:
         s.last_active = self.clock()
 
 
-def load_llm(cfg: Config, warm: bool = True) -> LlmService:
+class RetryingEngine:
+    """Stands in for a model that could not be loaded: every turn tries to load it again
+    (at most every ``retry_s`` seconds) and, while it still fails, raises the load error
+    so the service apologises. Once the file is fixed (``hark models pull``) the next
+    turn works without a restart."""
+
+    def __init__(self, factory: Callable[[], LlmEngine], error: Exception, name: str,
+                 retry_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.factory = factory
+        self.error = error
+        self.name = name
+        self.retry_s = retry_s
+        self.clock = clock
+        self.engine: LlmEngine | None = None
+        self._last_try = clock()
+
+    def _get(self) -> LlmEngine:
+        if self.engine is None and self.clock() - self._last_try >= self.retry_s:
+            self._last_try = self.clock()
+            try:
+                self.engine = self.factory()
+                warm = getattr(self.engine, "warm_up", None)
+                if warm is not None:
+                    warm()
+                log.info("LLM %s loaded on retry", self.name)
+            except HarkError as exc:
+                self.error = exc
+        if self.engine is None:
+            raise LlmError(f"the language model is not available: {self.error}")
+        return self.engine
+
+    def __getattr__(self, attr: str):
+        # count_tokens, prefill, last_stats ... of the real engine once it is loaded
+        if attr in ("factory", "error", "name", "retry_s", "clock", "engine", "_last_try"):
+            raise AttributeError(attr)
+        if self.engine is None:
+            raise AttributeError(attr)
+        return getattr(self.engine, attr)
+
+    def warm_up(self, system_prompt: str | None = None) -> None:
+        if self.engine is not None:
+            warm = getattr(self.engine, "warm_up", None)
+            if warm is not None:
+                warm(system_prompt)
+
+    def stream(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[str]:
+        yield from self._get().stream(messages, max_tokens)
+
+
+def load_llm(cfg: Config, warm: bool = True, strict: bool = True) -> LlmService:
     """Build the LLM stage from ``cfg.llm``: the configured backend and profile, plus the
     ``fast`` profile as load-aware fallback when another local profile is chosen.
-    Raises :class:`ModelError` (with a fix) when the configured model cannot be loaded."""
+
+    ``strict`` (the default): a model that cannot be loaded raises :class:`ModelError`
+    naming the fix, so start-up fails clearly. ``strict=False``: the error is logged and
+    the stage answers LLM turns with a spoken apology, retrying the load each turn, while
+    everything else (intents, timers) keeps working."""
     c = cfg.llm
     fallback = None
     if c.backend == "openai":
@@ -409,7 +468,14 @@ def load_llm(cfg: Config, warm: bool = True) -> LlmService:
     elif c.backend == "llama_cpp":
         from hark.llm.llama import engine_for_profile
 
-        engine = engine_for_profile(cfg, c.profile)
+        try:
+            engine = engine_for_profile(cfg, c.profile)
+        except ModelError as exc:
+            if strict:
+                raise
+            log.error("LLM profile %s could not be loaded: %s", c.profile, exc)
+            engine = RetryingEngine(lambda: engine_for_profile(cfg, c.profile), exc,
+                                    c.profile)
         if c.profile != "fast" and "fast" in c.profiles and c.profile != "tiny":
             try:
                 fallback = engine_for_profile(cfg, "fast")
