@@ -80,10 +80,11 @@ def test_dockerfile_copies_existing_paths_and_runs_real_commands(name):
     # the final stage copies the venv the build stage made where setup.sh puts it
     copies = [a for i, a in ins if i == "COPY" and "--from=build" in a]
     assert any(a.split()[-2] == "/opt/hark" for a in copies)
-    # ENTRYPOINT/CMD name a hark command (registered once the server core lands)
+    # ENTRYPOINT/CMD name a registered hark command
     cmd = next(a for i, a in reversed(ins) if i == "CMD")
     sub = shlex.split(cmd.strip("[]").replace(",", " "))[0]
     assert sub in ("serve", "satellite")
+    assert callable(build_parser().parse_args([sub]).func)
     # setup.sh (the README's script) exists and installs from pyproject.toml
     setup = (REPO / "scripts" / "setup.sh").read_text()
     assert 'pip" install' in setup and "models pull" in setup
@@ -121,6 +122,7 @@ def test_systemd_units_restart_and_allow_realtime(name):
     exe, *args = shlex.split(svc["ExecStart"])
     assert exe == "/opt/hark/.venv/bin/hark"
     assert args[0] in ("serve", "satellite")
+    assert callable(build_parser().parse_args(args).func)  # a registered hark command
     assert u["Install"]["WantedBy"] == "multi-user.target"
 
 
