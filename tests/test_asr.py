@@ -216,6 +216,9 @@ def test_local_agreement_commits_the_common_prefix():
 def test_sentence_end_commits_the_last_word():
     _, stables = run_scripted(["what time is it?", "What time is it?"])
     assert stables == ["", "What time is it?"]
+    # trailing off is not an end
+    _, stables = run_scripted(["a lot of...", "a lot of..."])
+    assert stables == ["", "a lot"]
 
 
 def test_a_revised_committed_word_does_not_shift_the_rest():

@@ -39,6 +39,12 @@ def norm_word(word: str) -> str:
     return re.sub(r"[^\w']", "", word.lower()).strip("'")
 
 
+def ends_sentence(word: str) -> bool:
+    """Whisper closed a sentence after ``word`` ("it?", "minutes."), as opposed to
+    trailing off ("of...") or a cut-off word ("l-")."""
+    return word.endswith(SENTENCE_END) and not word.endswith("..")
+
+
 def common_prefix(a: list[str], b: list[str]) -> int:
     """Number of leading words ``a`` and ``b`` share (normalised comparison)."""
     n = 0
@@ -109,7 +115,7 @@ class StreamingTranscriber:
             hyp = self._after_committed(self._decode(audio))
             if self._prev is not None:
                 k = common_prefix(self._prev, hyp)
-                if k == len(hyp) and k and not hyp[-1].endswith(SENTENCE_END):
+                if k == len(hyp) and k and not ends_sentence(hyp[-1]):
                     # the newest pass's last word may be cut off mid-word by the end of
                     # the audio ("cap" for "cappuccino"): it waits for one more pass
                     k -= 1
