@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -355,7 +356,8 @@ def test_missing_model_not_strict_apologises_until_fixed(tmp_path, caplog) -> No
     assert any("could not be loaded" in r.getMessage() for r in caplog.records)
     assert svc.reply("hello") != APOLOGY  # templates still answer
     # the user fixes the model; the next LLM turn loads it and answers
-    broken.write_bytes(open(resolve("smollm2-135m-instruct-q4_1", cfg.models_dir), "rb").read())
+    good = Path(resolve("smollm2-135m-instruct-q4_1", cfg.models_dir))
+    broken.write_bytes(good.read_bytes())
     svc.engine.retry_s = 0.0
     reply = svc.reply("What is the capital of France?")
     assert reply and reply != APOLOGY and svc.last_source == "llm"

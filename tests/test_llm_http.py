@@ -121,7 +121,7 @@ class _Garbage(http.server.BaseHTTPRequestHandler):
     ctype = "text/event-stream"
     status = 200
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.send_response(self.status)
         self.send_header("Content-Type", self.ctype)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -52,7 +51,7 @@ class OpenAiEngine:
         self.last_stats = HttpStats()
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "OpenAiEngine":
+    def from_config(cls, cfg: Config) -> OpenAiEngine:
         c = cfg.llm
         return cls(c.openai_url, c.openai_model, c.openai_api_key, c.timeout_s,
                    c.temperature, name=f"openai:{c.openai_model}")
@@ -103,7 +102,7 @@ class OpenAiEngine:
                     yield from self._read_events(resp, url, stats, t0)
                 else:  # a server that ignored "stream": one JSON answer
                     yield from self._read_whole(resp, url, stats, t0)
-            except (socket.timeout, TimeoutError) as exc:
+            except TimeoutError as exc:
                 raise LlmError(f"LLM server {url} stopped answering for {self.timeout_s:.0f} s",
                                fix="check the server's load, or raise llm.timeout_s") from exc
             except (OSError, ValueError) as exc:

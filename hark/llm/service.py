@@ -54,8 +54,8 @@ TEMPLATES: list[tuple[re.Pattern[str], str]] = [
      "I'm doing well, thanks for asking. How can I help?"),
     (re.compile(r"^(?:what can you do|what do you do|what are you able to do|"
                 r"how can you help(?: me)?|help|what can i ask you)$"),
-     "I can answer questions, tell you the time and date, set timers, and control "
-     "your lights and devices. Just ask."),
+     ("I can answer questions, tell you the time and date, set timers, and control "
+      "your lights and devices. Just ask.")),
     (re.compile(r"^(?:who are you|what are you|what is your name|what's your name|"
                 r"who am i talking to)$"),
      "I'm hark, a voice assistant that runs entirely on this machine."),
@@ -248,8 +248,8 @@ class LlmService:
         if counter is not None:
             try:
                 return int(counter(text))
-            except Exception:  # noqa: BLE001 - fall back to an estimate
-                pass
+            except Exception as exc:  # noqa: BLE001 - fall back to an estimate
+                log.debug("token count failed (%s); estimating", exc)
         return len(text) // 4 + 1
 
     def _prune(self, s: _Session, question_tokens: int) -> None:
@@ -340,8 +340,8 @@ class LlmService:
             if forget is not None:
                 try:
                     forget()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception as forget_exc:  # noqa: BLE001
+                    log.debug("could not reset the KV cache: %s", forget_exc)
             yield (" " if spoken else "") + APOLOGY
             return
         answer = "".join(spoken).strip()

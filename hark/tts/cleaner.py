@@ -22,7 +22,7 @@ _EMOJI = re.compile(
     "\U00002B00-\U00002BFF\U0000FE0F\U0000200D\U000020E3\U00002300-\U000023FF]+"
 )
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]*)\)")
-_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>()\"']+", re.I)
+_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>()\"']+", re.IGNORECASE)
 _EMAIL = re.compile(r"\b[\w.+-]+@([\w-]+\.)+[A-Za-z]{2,}\b")
 _EMPHASIS = re.compile(r"(\*{1,3}|_{2,3}|~~|`+)")
 _LONE_UNDERSCORE_EMPH = re.compile(r"(?<![A-Za-z0-9])_([^_\s][^_]*?)_(?![A-Za-z0-9])")
@@ -84,8 +84,8 @@ _CURRENCY = {"$": "dollars", "€": "euros", "£": "pounds", "¥": "yen"}
 _MONEY_RE = re.compile(r"([$€£¥])\s?" + _NUM + r"(\s(?:thousand|million|billion|trillion))?")
 _RANGE_RE = re.compile(r"(?<![\d/-])(\d+)\s?[-–]\s?(\d+)(?![\d/-])")
 _ABBREV = [
-    (re.compile(r"\be\.\s?g\.(?=\s|,|$)", re.I), "for example"),
-    (re.compile(r"\bi\.\s?e\.(?=\s|,|$)", re.I), "that is"),
+    (re.compile(r"\be\.\s?g\.(?=\s|,|$)", re.IGNORECASE), "for example"),
+    (re.compile(r"\bi\.\s?e\.(?=\s|,|$)", re.IGNORECASE), "that is"),
     (re.compile(r"\betc\."), "et cetera."),
     (re.compile(r"\bvs\.?(?=\s)"), "versus"),
     (re.compile(r"\bapprox\.(?=\s)"), "approximately"),
@@ -105,7 +105,7 @@ _ABBREV = [
 
 
 def _url_to_words(url: str) -> str:
-    m = re.match(r"(?:https?://)?(?:www\.)?([^/:?#]+)", url, re.I)
+    m = re.match(r"(?:https?://)?(?:www\.)?([^/:?#]+)", url, re.IGNORECASE)
     domain = m.group(1).rstrip(".") if m else ""
     return domain if domain and "." in domain else "a link"
 
