@@ -70,6 +70,9 @@ class NluConfig:
     builtin_domains: list[str] = field(default_factory=lambda: ["coffee"])
     cache_size: int = 1024
     fuzzy: bool = True
+    # speech straight to intent: a recognizer constrained to the user domains' sentences
+    # runs beside Whisper and answers a command without waiting for open transcription
+    speech_intent: bool = True
     timer_tick_s: float = 0.25
 
 

@@ -278,3 +278,46 @@ def test_no_threads_leak_after_close():
 ])
 def test_looks_unfinished(text, unfinished):
     assert looks_unfinished(text) is unfinished
+
+
+class FakeGrammar:
+    """A constrained recognizer that knows one sentence."""
+
+    def __init__(self, log: Log, hears: bool):
+        self.log, self.hears, self.fed = log, hears, 0
+        self.last = None
+
+    def start(self):
+        self.fed = 0
+
+    def feed(self, samples):
+        self.fed += len(samples)
+
+    def finish(self):
+        self.log.add(f"grammar:{self.fed}")
+        if not self.hears:
+            return None
+        self.last = type("H", (), {"text": "turn on the kitchen light"})()
+        return IntentResult("HassTurnOn", {"name": "kitchen light"}, "turn on the kitchen light",
+                            source="grammar")
+
+
+@pytest.mark.parametrize("hears", [True, False])
+def test_speech_intent_answers_without_open_transcription(hears):
+    log = Log()
+    a, _ = make(log, FakeLlm(log, ["It is sunny."]), {1: "speech_start", 9: "speech_end"})
+    a._grammar_factory = lambda: FakeGrammar(log, hears)
+    a.cfg.vad.speculative_ms = 10_000  # no speculative decode in this test
+    a.cfg.asr.streaming = False
+    events = asyncio.run(collect(a.run_turn(mic(12))))
+    a.close()
+    end = events[-1]
+    grammar_calls = [s for s in log.items if s.startswith("grammar:")]
+    assert len(grammar_calls) == 1 and int(grammar_calls[0].split(":")[1]) >= 8 * 512
+    if hears:
+        assert end.trace.info.get("speech_intent") is True
+        assert not any(s.startswith("asr:") for s in log.items)  # Whisper never ran
+        assert end.reply == "Turning on the kitchen light."
+    else:  # outside the templates: open transcription decides
+        assert any(s.startswith("asr:") for s in log.items)
+        assert "speech_intent" not in end.trace.info

@@ -107,9 +107,62 @@ class _Response:
 _END = object()
 
 
+class _GrammarFeed:
+    """One turn's use of the constrained recognizer: audio is fed on the grammar thread
+    as it arrives, so at the end of speech only the last frames remain to be decoded."""
+
+    def __init__(self, assistant: Assistant):
+        self.a = assistant
+        self.rec = None
+        self.failed = False
+
+    async def begin(self, audio: np.ndarray) -> None:
+        pool = self.a._grammar_pool
+        self.rec = pool.pop() if pool else await self.a.grammar_exec.run(self.a._grammar_factory)
+        self._submit(self.rec.start)
+        self.feed(audio)
+
+    def _submit(self, fn, *args) -> None:
+        fut = asyncio.ensure_future(self.a.grammar_exec.run(fn, *args))
+        fut.add_done_callback(self._check)
+
+    def _check(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            if not self.failed:
+                log.warning("speech-intent recognizer failed: %s", fut.exception())
+            self.failed = True
+
+    def feed(self, samples: np.ndarray) -> None:
+        if self.rec is not None and not self.failed:
+            self._submit(self.rec.feed, samples)
+
+    async def finish(self) -> tuple[str, IntentResult] | None:
+        if self.rec is None or self.failed:
+            return None
+        try:
+            result = await self.a.grammar_exec.run(self.rec.finish)
+        except Exception as exc:  # fall back to open transcription
+            log.warning("speech-intent recognizer failed: %s", exc)
+            return None
+        if result is None:
+            return None
+        last = getattr(self.rec, "last", None)
+        return (getattr(last, "text", "") or result.text), result
+
+    def release(self) -> None:
+        if self.rec is not None and not self.failed:
+            self.a._grammar_pool.append(self.rec)
+        self.rec = None
+
+
 class Assistant:
-    def __init__(self, cfg: Config, *, vad_factory, asr, nlu, handlers, llm, tts):
+    def __init__(self, cfg: Config, *, vad_factory, asr, nlu, handlers, llm, tts,
+                 grammar_factory=None):
         self.cfg = cfg
+        # speech straight to intent: () -> SpeechIntentRecognizer, one per concurrent turn
+        self._grammar_factory = grammar_factory
+        self._grammar_pool: list = []
+        self.grammar_exec = StageExecutor("grammar")
         self._vad_factory = vad_factory  # () -> Endpointer (one per turn; VAD has state)
         self.asr = asr
         self.nlu = nlu
@@ -153,8 +206,19 @@ class Assistant:
         def vad_factory():
             return Endpointer(load_vad(cfg), cfg.vad)
 
+        grammar_factory = None
+        if cfg.nlu.speech_intent:
+            from hark.nlu.speech_intent import SpeechIntentRecognizer, load_domains
+
+            domains = load_domains(cfg)
+            if domains:
+                def grammar_factory():
+                    return SpeechIntentRecognizer(domains)
+
         self = cls(cfg, vad_factory=vad_factory, asr=asr, nlu=nlu, handlers=handlers,
-                   llm=llm, tts=tts)
+                   llm=llm, tts=tts, grammar_factory=grammar_factory)
+        if grammar_factory is not None:
+            self._grammar_pool.append(grammar_factory())
         log.info("models loaded in %.1f s", time.monotonic() - t0)
         if warm:
             self.warm_up()
@@ -190,7 +254,8 @@ class Assistant:
                 await res
 
     def close(self) -> None:
-        for ex in (self.asr_exec, self.nlu_exec, self.llm_exec, self.tts_exec):
+        for ex in (self.asr_exec, self.nlu_exec, self.llm_exec, self.tts_exec,
+                   self.grammar_exec):
             ex.shutdown()
         closer = getattr(self.handlers, "close", None)
         if closer:
@@ -231,7 +296,7 @@ class Assistant:
 
     async def _respond(self, resp: _Response, session: str, *,
                        audio: np.ndarray | None = None, text: str | None = None,
-                       streaming: bool = True) -> None:
+                       intent: IntentResult | None = None, streaming: bool = True) -> None:
         """Fill ``resp.queue`` with events. Acting on the world (intent handlers) waits
         for ``resp.commit``; everything else runs ahead (speculatively)."""
         q = resp.queue
@@ -248,7 +313,8 @@ class Assistant:
                 await q.put(TurnEnd(trace, "", "", error=NO_SPEECH))
                 return
             trace.mark("intent_start")
-            intent: IntentResult | None = await self.nlu_exec.run(self.nlu.recognize, text)
+            if intent is None:
+                intent = await self.nlu_exec.run(self.nlu.recognize, text)
             trace.mark("intent_done")
             trace.info["intent"] = intent.name if intent else "LLM"
             if intent is not None:
@@ -389,12 +455,15 @@ class Assistant:
         partial_every = int(self.cfg.asr.partial_interval_ms * 16)
         speech_end_t: float | None = None
         started = False
+        grammar = _GrammarFeed(self) if streaming and self._grammar_factory else None
         try:
             async for chunk in audio:
                 for ev in ep.process(chunk):
                     if ev.kind == "speech_start":
                         started = True
                         trace.mark("speech_start", ev.t)
+                        if grammar:
+                            await grammar.begin(ep.utterance())
                         yield SpeechStarted(ev.t)
                     elif ev.kind == "pause" and streaming:
                         # speculative response on the utterance so far
@@ -409,6 +478,8 @@ class Assistant:
                         speech_end_t = ev.t
                 if speech_end_t is not None:
                     break
+                if grammar and started:
+                    grammar.feed(chunk.samples)
                 if resp is not None and resp.intent_matched:
                     ep.set_eot_ms(vcfg.eot_short_ms)  # the speculative answer is a command
                 # partial transcripts while speaking
@@ -435,7 +506,18 @@ class Assistant:
             trace.mark("turn_end")
             yield SpeechEnded(speech_end_t)
             await _cancel(partial_task)
-            if resp is None:
+            heard = await grammar.finish() if grammar else None
+            if heard is not None:  # a known command, heard straight from the speech
+                text, intent = heard
+                trace.info["speech_intent"] = True
+                trace.mark("asr_final")  # the constrained recognizer's transcript
+                if resp is not None:
+                    await _cancel(resp.task)
+                resp = _Response()
+                resp.task = asyncio.create_task(
+                    self._respond(resp, session, text=text, intent=intent))
+                yield TranscriptEvent(Transcript(text, text, True, time.monotonic()))
+            elif resp is None:
                 resp = self._start_response(session, ep.utterance(), streaming=streaming)
             else:
                 trace.info["speculative_used"] = True
@@ -446,6 +528,8 @@ class Assistant:
             await _cancel(partial_task)
             if resp is not None:
                 await _cancel(resp.task)
+            if grammar:
+                grammar.release()
 
     def _start_response(self, session: str, audio: np.ndarray,
                         streaming: bool = True) -> _Response:
