@@ -157,12 +157,14 @@ class _GrammarFeed:
 
 class Assistant:
     def __init__(self, cfg: Config, *, vad_factory, asr, nlu, handlers, llm, tts,
-                 grammar_factory=None):
+                 grammar_factory=None, sched: bool = False):
         self.cfg = cfg
         # speech straight to intent: () -> SpeechIntentRecognizer, one per concurrent turn
         self._grammar_factory = grammar_factory
         self._grammar_pool: list = []
-        self.grammar_exec = StageExecutor("grammar")
+        # real-time class and pinned cores per stage thread (hark serve turns this on)
+        self.sched_results: list = []
+        self.grammar_exec = self._executor("grammar", sched)
         self._vad_factory = vad_factory  # () -> Endpointer (one per turn; VAD has state)
         self.asr = asr
         self.nlu = nlu
@@ -170,10 +172,10 @@ class Assistant:
         self.llm = llm
         self.tts = tts
         self.tts_rate: int = tts.sample_rate
-        self.asr_exec = StageExecutor("asr")
-        self.nlu_exec = StageExecutor("nlu")
-        self.llm_exec = StageExecutor("llm")
-        self.tts_exec = StageExecutor("tts")
+        self.asr_exec = self._executor("asr", sched)
+        self.nlu_exec = self._executor("nlu", sched)
+        self.llm_exec = self._executor("llm", sched)
+        self.tts_exec = self._executor("tts", sched)
         self.tts_cache = _TtsCache()
         self._notify: list[Notify] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -183,8 +185,16 @@ class Assistant:
 
     # --- construction -------------------------------------------------------------------
 
+    def _executor(self, stage: str, sched: bool) -> StageExecutor:
+        if not sched:
+            return StageExecutor(stage)
+        from hark.sched import stage_initializer
+
+        return StageExecutor(stage, on_start=stage_initializer(stage, self.cfg,
+                                                               self.sched_results))
+
     @classmethod
-    def load(cls, cfg: Config, warm: bool = True) -> Assistant:
+    def load(cls, cfg: Config, warm: bool = True, sched: bool = False) -> Assistant:
         """Load every model once (and warm each up, so the first turn is as fast as the
         tenth). Raises :class:`hark.errors.ModelError` naming the fix when one is missing."""
         from hark.asr.whisper import load_asr
@@ -216,7 +226,7 @@ class Assistant:
                     return SpeechIntentRecognizer(domains)
 
         self = cls(cfg, vad_factory=vad_factory, asr=asr, nlu=nlu, handlers=handlers,
-                   llm=llm, tts=tts, grammar_factory=grammar_factory)
+                   llm=llm, tts=tts, grammar_factory=grammar_factory, sched=sched)
         if grammar_factory is not None:
             self._grammar_pool.append(grammar_factory())
         log.info("models loaded in %.1f s", time.monotonic() - t0)
@@ -271,9 +281,15 @@ class Assistant:
         return hit
 
     async def speak(self, text: str) -> AsyncIterator[AudioChunk]:
-        """Synthesize arbitrary text, chunk by chunk."""
-        async for chunk in self.tts_exec.iterate(lambda: self.tts.synthesize(text)):
+        """Synthesize arbitrary text, chunk by chunk (phrases said before come from the
+        phrase cache: "busy", timer messages, apologies)."""
+        async for chunk in self._tts_stream(text, Trace(), cache=True):
             yield chunk
+
+    def prepare_phrases(self, phrases: list[str]) -> None:
+        """Synthesize ahead what will be said often, so it costs nothing when needed."""
+        for phrase in phrases:
+            self._synthesize_cached(phrase)
 
     async def _tts_stream(self, text: str, trace: Trace, cache: bool) -> AsyncIterator[AudioChunk]:
         trace.mark("tts_start")

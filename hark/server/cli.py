@@ -8,37 +8,62 @@ import argparse
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import signal
 
     from hark.cli import load_cfg
     from hark.pipeline.assistant import Assistant
     from hark.server.server import Server
 
+    from hark.sched import apply_loop_sched
+    from hark.server.http import Loading, start_http
+    from hark.server.server import BUSY_TEXT
+
     cfg = load_cfg(args)
     if args.host:
         cfg.server.host = args.host
     log = logging.getLogger("hark.serve")
-    log.info("loading models...")
-    assistant = Assistant.load(cfg)
+    holder: dict = {}
 
     async def main() -> None:
+        loop_sched = apply_loop_sched(cfg) if cfg.sched.realtime else []
+        # health and the page answer ("starting") while the models load and warm up
+        http = await start_http(Loading(), cfg)
+        log.info("http on %s (health, metrics, live page)", http.url)
+        log.info("loading models...")
+        loop = asyncio.get_running_loop()
+        assistant = holder["a"] = await loop.run_in_executor(
+            None, lambda: Assistant.load(cfg, sched=cfg.sched.realtime))
+        await loop.run_in_executor(None, assistant.prepare_phrases, [BUSY_TEXT])
         server = Server(cfg, assistant)
+        server.sched_results = loop_sched + assistant.sched_results
         await server.start()
+        http.set_server(server)
         wyoming = None
         if not args.no_wyoming:
             from hark.server.wyoming import start_wyoming
 
             wyoming = await start_wyoming(cfg, assistant)
+        log.info("hark ready: control %s:%s, http %s", cfg.server.host, server.control_port,
+                 http.url)
+        serving = asyncio.create_task(server.serve_forever())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # a clean stop: turns in flight are cancelled, satellites told, sockets closed
+            loop.add_signal_handler(sig, serving.cancel)
         try:
-            await server.serve_forever()
+            await serving
+        except asyncio.CancelledError:
+            log.info("stopping (signal)")
         finally:
             await server.stop()
             if wyoming is not None:
                 await wyoming.stop()
+            await http.close()
 
     try:
         asyncio.run(main())
     finally:
-        assistant.close()
+        if "a" in holder:
+            holder["a"].close()
     return 0
 
 
