@@ -321,3 +321,23 @@ def test_speech_intent_answers_without_open_transcription(hears):
     else:  # outside the templates: open transcription decides
         assert any(s.startswith("asr:") for s in log.items)
         assert "speech_intent" not in end.trace.info
+
+
+def test_partial_covering_the_speech_is_reused_as_final():
+    """When a partial decode already heard all the speech, no second decode runs."""
+    log = Log()
+
+    class CoveringEndpointer(ScriptedEndpointer):
+        speech_samples = 4 * 512  # the speech ends early in the utterance
+
+    cfg_script = {1: "speech_start", 10: "pause", 12: "speech_end"}
+    a, made = make(log, FakeLlm(log, ["ok."]), cfg_script)
+    a._vad_factory = lambda: made.append(CoveringEndpointer(cfg_script)) or made[-1]
+    events = asyncio.run(collect(a.run_turn(mic(16, pace=0.03))))
+    a.close()
+    end = events[-1]
+    assert end.trace.info.get("partial_reused") is True
+    asr_calls = [s for s in log.items if s.startswith("asr:")]
+    # every decode was a partial launched during speech: none was started at the pause
+    assert all(int(c.split(":")[1]) < 10 for c in asr_calls)
+    assert end.transcript == "turn on the kitchen light"

@@ -312,15 +312,19 @@ class Assistant:
 
     async def _respond(self, resp: _Response, session: str, *,
                        audio: np.ndarray | None = None, text: str | None = None,
-                       intent: IntentResult | None = None, streaming: bool = True) -> None:
+                       intent: IntentResult | None = None, streaming: bool = True,
+                       pending: asyncio.Task | None = None) -> None:
         """Fill ``resp.queue`` with events. Acting on the world (intent handlers) waits
         for ``resp.commit``; everything else runs ahead (speculatively)."""
         q = resp.queue
         trace = resp.trace
         try:
             if text is None:
-                assert audio is not None
-                text = (await self.asr_exec.run(self.asr.transcribe, audio)).strip()
+                if pending is not None:  # a partial decode that already covers the speech
+                    text = (await pending).strip()
+                else:
+                    assert audio is not None
+                    text = (await self.asr_exec.run(self.asr.transcribe, audio)).strip()
                 trace.mark("asr_final")
                 await q.put(TranscriptEvent(Transcript(text, text, True, time.monotonic())))
             trace.info["transcript"] = text
@@ -470,6 +474,7 @@ class Assistant:
         last_partial_len = 0
         partial_every = int(self.cfg.asr.partial_interval_ms * 16)
         speech_end_t: float | None = None
+        partial_len, partial_text = 0, ""  # the latest partial decode: its audio, its words
         started = False
         grammar = _GrammarFeed(self) if streaming and self._grammar_factory else None
         try:
@@ -482,9 +487,22 @@ class Assistant:
                             await grammar.begin(ep.utterance())
                         yield SpeechStarted(ev.t)
                     elif ev.kind == "pause" and streaming:
-                        # speculative response on the utterance so far
+                        # speculative response on the utterance so far; a partial decode
+                        # whose audio already covers all the speech is its transcript
                         await _cancel(resp.task if resp else None)
-                        resp = self._start_response(session, ep.utterance())
+                        covers = getattr(ep, "speech_samples", None)
+                        covered = covers is not None and partial_len >= covers + 1600
+                        if covered and partial_task is not None:
+                            resp = self._start_response(session, None, pending=partial_task)
+                            partial_task = None
+                            trace.info["partial_reused"] = True
+                        elif covered and partial_text:
+                            done = asyncio.get_running_loop().create_future()
+                            done.set_result(partial_text)
+                            resp = self._start_response(session, None, pending=done)
+                            trace.info["partial_reused"] = True
+                        else:
+                            resp = self._start_response(session, ep.utterance())
                     elif ev.kind == "speech_resume" and streaming:
                         if resp is not None:
                             await _cancel(resp.task)
@@ -503,6 +521,7 @@ class Assistant:
                     if partial_task is not None and partial_task.done():
                         text = "" if partial_task.exception() else partial_task.result()
                         partial_task = None
+                        partial_text = text
                         if text:
                             yield TranscriptEvent(Transcript(text, "", False, time.monotonic()))
                             ep.set_eot_ms(await self._eot_for(text))
@@ -510,6 +529,7 @@ class Assistant:
                     if partial_task is None and n - last_partial_len >= partial_every:
                         last_partial_len = n
                         snapshot = ep.utterance()
+                        partial_len, partial_text = len(snapshot), ""
                         partial_task = asyncio.create_task(
                             self.asr_exec.run(self.asr.transcribe, snapshot))
             if not started:
@@ -547,11 +567,11 @@ class Assistant:
             if grammar:
                 grammar.release()
 
-    def _start_response(self, session: str, audio: np.ndarray,
-                        streaming: bool = True) -> _Response:
+    def _start_response(self, session: str, audio: np.ndarray | None, streaming: bool = True,
+                        **given) -> _Response:
         resp = _Response()
         resp.task = asyncio.create_task(
-            self._respond(resp, session, audio=audio, streaming=streaming))
+            self._respond(resp, session, audio=audio, streaming=streaming, **given))
         return resp
 
     def _eot_default(self) -> int:
