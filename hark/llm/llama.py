@@ -14,7 +14,10 @@ What makes the first token fast here:
   (:attr:`LlamaCppEngine.last_stats`), which is how tests prove the reuse.
 
 Settings (``[llm]`` in hark.toml): ``n_threads`` (2 on the 2-core default box: one per
-physical core; more threads than free cores makes llama.cpp slower, not faster),
+core; llama.cpp's threads spin-wait for each other, so more threads than *free* cores
+makes it many times slower, not faster: on a box busy with other work, or to leave a
+core to Piper while the reply streams, use 1 for generation and keep 2 for the prompt
+via ``n_threads_batch`` when the config offers it),
 ``n_batch`` (prompt tokens per evaluation step; a turn's new prompt is usually under 50
 tokens, so 256 covers it in one step), ``n_ctx`` (2048 holds the system prompt, the
 pruned history and the reply with room to spare).
@@ -75,7 +78,8 @@ class LlamaCppEngine:
 
     def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int = 2,
                  n_batch: int = 256, n_gpu_layers: int = 0, flash_attn: bool = False,
-                 temperature: float = 0.2, system_prompt: str = "", name: str = ""):
+                 temperature: float = 0.2, system_prompt: str = "", name: str = "",
+                 n_threads_batch: int | None = None):
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f"LLM model file {path} does not exist",
@@ -95,8 +99,8 @@ class LlamaCppEngine:
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
-                n_threads_batch=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers,
-                flash_attn=flash_attn, verbose=False,
+                n_threads_batch=n_threads_batch or n_threads, n_batch=n_batch,
+                n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, verbose=False,
             )
         except Exception as exc:  # llama.cpp says ValueError("Failed to load model ...")
             raise ModelError(f"could not load LLM model {path}: {exc}",
@@ -309,4 +313,6 @@ def engine_for_profile(cfg: Config, profile: str) -> LlamaCppEngine:
     return LlamaCppEngine(path, n_ctx=c.n_ctx, n_threads=c.n_threads, n_batch=c.n_batch,
                           n_gpu_layers=c.n_gpu_layers, flash_attn=c.flash_attn,
                           temperature=c.temperature, system_prompt=c.system_prompt,
-                          name=profile)
+                          name=profile,
+                          # prompt threads apart from generation threads, when configured
+                          n_threads_batch=int(getattr(c, "n_threads_batch", 0)) or None)
