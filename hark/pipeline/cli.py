@@ -54,7 +54,8 @@ def timing_rows(trace) -> list[tuple[str, float | None]]:
     ]
 
 
-def print_timing(trace, out=sys.stdout) -> None:
+def print_timing(trace, out=None) -> None:
+    out = out or sys.stdout
     print(f"\n{'stage':38} {'ms':>8}", file=out)
     print("-" * 47, file=out)
     for name, ms in timing_rows(trace):
