@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -88,6 +89,7 @@ class ProfileResult:
     asked: int = 0
     answers: list[dict[str, Any]] = field(default_factory=list)
     skipped: str | None = None
+    load_avg: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
 
     def summary(self) -> dict[str, Any]:
         def stats(xs: list[float]) -> dict[str, float | None]:
@@ -110,6 +112,9 @@ class ProfileResult:
             "tokens_per_s": round(self.gen_tokens / self.gen_s, 1) if self.gen_s else None,
             "accuracy": round(self.right / self.asked, 3) if self.asked else None,
             "questions": self.asked,
+            # other work on the machine skews every figure: the 1-minute load average
+            # before and after this profile's run (2 = both cores busy on a 2-core box)
+            "load_avg_1m": [round(x, 2) for x in self.load_avg],
             "answers": self.answers,
         }
 
@@ -339,8 +344,10 @@ def cmd_bench_llm(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     for profile in profiles:
         print(f"benchmarking profile '{profile}' on {backend} ({len(questions)} questions)")
+        load_before = os.getloadavg()[0]
         res = bench_profile(cfg, profile, backend, questions, n_cold,
                             n_prefill=4 if args.quick else 10)
+        res.load_avg = (load_before, os.getloadavg()[0])
         if res.skipped:
             print(f"  {profile}: skipped: {res.skipped}")
         results[profile] = res.summary()
@@ -362,7 +369,11 @@ def cmd_bench_llm(args: argparse.Namespace) -> int:
                           f"(target >= {goals['accuracy'] * 100:.0f}%)")
         if checks:
             print(f"{name}: " + "; ".join(checks))
+    print("(load average while measuring: " + ", ".join(
+        f"{n} {r['load_avg_1m'][0]:.1f}->{r['load_avg_1m'][1]:.1f}"
+        for n, r in results.items() if not r.get("skipped")) + f" on {os.cpu_count()} CPUs)")
     out = {"backend": backend, "n_threads": cfg.llm.n_threads, "n_batch": cfg.llm.n_batch,
+           "cpus": os.cpu_count(),
            "max_tokens": cfg.llm.max_tokens, "quick": bool(args.quick),
            "profiles": results}
     if args.json:
