@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 _SENTINEL = "\x00HARK-USER\x00"
 
 
+def _defuse(text: str) -> str:
+    """Keep message text from forming control tokens ("<|im_end|>") when the prompt is
+    tokenized with special tokens on: what a person says cannot end their turn early."""
+    return text.replace("<|", "<\u200b|").replace("|>", "|\u200b>")
+
+
 @dataclass
 class GenerationStats:
     """What one :meth:`LlamaCppEngine.stream` call did (filled in as it runs)."""
@@ -129,7 +135,8 @@ class LlamaCppEngine:
 
     def render(self, messages: list[ChatMessage]) -> list[int]:
         """The chat as the token list the model sees (generation prompt appended)."""
-        text = self._template([{"role": m.role, "content": m.content} for m in messages])
+        text = self._template([{"role": m.role, "content": _defuse(m.content)}
+                               for m in messages])
         return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def warm_up(self, system_prompt: str | None = None) -> None:
@@ -153,8 +160,9 @@ class LlamaCppEngine:
         if not messages or messages[-1].role != "user":
             return 0
         *head, last = messages
-        rendered = self._template([{"role": m.role, "content": m.content} for m in head]
-                                  + [{"role": "user", "content": last.content + _SENTINEL}])
+        rendered = self._template(
+            [{"role": m.role, "content": _defuse(m.content)} for m in head]
+            + [{"role": "user", "content": _defuse(last.content) + _SENTINEL}])
         text = rendered.split(_SENTINEL, 1)[0]
         tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         tokens = tokens[:-2]  # the last word may still grow and tokenize differently
