@@ -369,3 +369,27 @@ def test_user_text_cannot_inject_control_tokens(engine, tiny_cfg) -> None:
     im_end = engine._llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
     assert len(im_end) == 1
     assert injected.count(im_end[0]) == plain.count(im_end[0])
+
+
+def test_slow_endless_generation_cut_by_timeout(tiny_cfg) -> None:
+    """A model that keeps going slowly is cut after llm.timeout_s, keeping its words."""
+    import copy
+    import time
+
+    class Slow:
+        name = "slow"
+
+        def stream(self, messages, max_tokens) -> Iterator[str]:
+            i = 0
+            while True:
+                i += 1
+                time.sleep(0.02)
+                yield f"word{i} "
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.llm.timeout_s = 0.3
+    svc = service(cfg, Slow())
+    reply = svc.reply("Talk slowly", cacheable=False)
+    words = reply.split()
+    assert svc.last_source == "llm" and words
+    assert words == [f"word{i}" for i in range(1, len(words) + 1)]  # nothing lost or held

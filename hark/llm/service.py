@@ -382,9 +382,11 @@ class LlmService:
                 yield raw, clean
                 if len(said) > MAX_REPLY_CHARS:
                     log.warning("LLM reply passed %d characters: cut", MAX_REPLY_CHARS)
+                    yield "", cleaner.flush()  # the words held back so far
                     return
                 if time.monotonic() - t0 > self.cfg.llm.timeout_s:
                     log.warning("LLM reply took over %.0f s: cut", self.cfg.llm.timeout_s)
+                    yield "", cleaner.flush()
                     return
             rest = cleaner.flush()
             ends = sentence_ends(said + rest + " ")
