@@ -138,7 +138,8 @@ class _Builder:
         if isinstance(e, Permutation):
             return self.permutation(e)
         if isinstance(e, Alternative):
-            parts = [p for p in (self.expr(i) for i in e.items) if p is not None]
+            parts = list(dict.fromkeys(p for p in (self.expr(i) for i in e.items)
+                                       if p is not None))  # "( |-)" is one <NULL>
             if e.is_optional:
                 parts = [p for p in parts if p != NULL]
                 return f"[ {' | '.join(parts)} ]" if parts else NULL
@@ -147,7 +148,7 @@ class _Builder:
             return parts[0] if len(parts) == 1 else f"( {' | '.join(parts)} )"
         if isinstance(e, Sequence):
             parts = []
-            for item in e.items:
+            for item in _glue_suffixes(e.items):
                 p = self.expr(item)
                 if p is None:
                     return None
@@ -230,6 +231,46 @@ class _Builder:
             raise _Unsupported(f"slot list type {type(slot_list).__name__}")
         self.rules[name] = " | ".join(alternatives) if alternatives else VOID
         return None if not alternatives else f"<{name}>"
+
+
+def _plain_text(e: Expression) -> str | None:
+    """The literal text of ``e`` when it is only text (no lists, rules or choices)."""
+    if isinstance(e, TextChunk):
+        return e.text
+    if isinstance(e, Sequence) and not isinstance(e, (Alternative, Permutation)):
+        texts = [_plain_text(i) for i in e.items]
+        return None if any(t is None for t in texts) else "".join(texts)  # type: ignore
+    return None
+
+
+def _glue_suffixes(items: list[Expression]) -> list[Expression]:
+    """Word-internal choices as whole words: ``minute[s]`` is "minute" or "minutes".
+
+    hassil writes ``minute[s]`` as the text "minute" followed by an optional "s" with
+    no space between; read word by word, that would be the words "minute" and "s"
+    (the letter). Such a pair becomes one alternative of whole words."""
+    out: list[Expression] = []
+    i = 0
+    while i < len(items):
+        item = items[i]
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        text = item.text if isinstance(item, TextChunk) else None
+        if (text and not text[-1].isspace() and isinstance(nxt, Alternative)
+                and all(_plain_text(a) is not None for a in nxt.items)):
+            endings = [_plain_text(a) or "" for a in nxt.items]
+            if all(not t or not t[0].isspace() for t in endings):
+                head, _, last = text.rpartition(" ")
+                if not last:
+                    head, last = "", text
+                if head.strip():
+                    out.append(TextChunk(head + " "))
+                words = [TextChunk(last + t) for t in dict.fromkeys(endings)]
+                out.append(Alternative(items=words, is_optional=False))
+                i += 2
+                continue
+        out.append(item)
+        i += 1
+    return out
 
 
 def _optional_alternative(e: Expression) -> Alternative | None:
