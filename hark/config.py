@@ -73,6 +73,12 @@ class NluConfig:
     # speech straight to intent: a recognizer constrained to the user domains' sentences
     # runs beside Whisper and answers a command without waiting for open transcription
     speech_intent: bool = True
+    # Built-in domains only the speech recognizer listens for (hark/nlu/domains/<name>.yaml):
+    # "home_core" holds the commonest home commands (time, date, timers, lights by name
+    # or area, stop, volume) under Home Assistant's intent names. The text intent stage
+    # already matches those through local.yaml and Home Assistant's sentences, so it
+    # never loads these files (no duplicate matches).
+    grammar_domains: list[str] = field(default_factory=lambda: ["home_core"])
     timer_tick_s: float = 0.25
 
 
