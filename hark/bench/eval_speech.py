@@ -40,6 +40,9 @@ def register_eval(cli) -> None:
     p.add_argument("--domain", required=True, metavar="PATH",
                    help="domain file (hassil YAML) or built-in domain name, e.g. coffee")
     p.add_argument("--data", required=True, metavar="DIR", help="folder of WAV files")
+    p.add_argument("--with-domain", action="append", default=[], metavar="PATH",
+                   help="another domain the grammar also listens for (repeatable), e.g. "
+                        "home_core: its sentences compete with --domain's")
     p.add_argument("--labels", required=True, metavar="FILE",
                    help="labels.json: {file: {intent, slots}}")
     p.add_argument("--noise", metavar="FILE", help="noise WAV mixed into every file")
@@ -118,6 +121,7 @@ class SpeechPath:
     mode: str = "combined"
     threshold: float | None = None
     vad: Any = None
+    extra: list = field(default_factory=list)  # more domains the grammar listens for
     grammar: Any = None
     asr: Any = None
     nlu: Any = None
@@ -131,7 +135,7 @@ class SpeechPath:
         self.eot_ms = self.cfg.vad.eot_short_ms
         if self.mode in ("combined", "grammar"):
             self.grammar = SpeechIntentRecognizer(
-                [self.domain], threshold=DEFAULT_THRESHOLD if self.threshold is None
+                [self.domain, *self.extra], threshold=DEFAULT_THRESHOLD if self.threshold is None
                 else self.threshold)
         if self.mode in ("combined", "whisper"):
             from hark.asr.whisper import load_asr
@@ -216,7 +220,8 @@ def summarize(outcomes: list[Outcome], labels: dict[str, Any]) -> dict[str, Any]
 def evaluate(cfg, domain_ref: str, data: Path, labels_path: Path, noise: Path | None = None,
              snrs: list[float] | None = None, mode: str = "combined",
              threshold: float | None = None, limit: int = 0,
-             progress=lambda line: None, reject_data: Path | None = None) -> dict[str, Any]:
+             progress=lambda line: None, reject_data: Path | None = None,
+             with_domains: list[str] | None = None) -> dict[str, Any]:
     """Run every labelled file through the speech path; the JSON-able report."""
     from hark.audio import read_audio
     from hark.nlu.speech_intent import load_domains
@@ -237,10 +242,12 @@ def evaluate(cfg, domain_ref: str, data: Path, labels_path: Path, noise: Path | 
     if noise is not None and not snrs:
         raise ConfigError("--noise needs at least one --snr DB")
     domain = load_domains(cfg, [domain_ref], strict=True)[0]
-    path = SpeechPath(cfg, domain, mode, threshold).load()
+    extra = load_domains(cfg, list(with_domains), strict=True) if with_domains else []
+    path = SpeechPath(cfg, domain, mode, threshold, extra=extra).load()
     noise_audio = read_audio(noise) if noise is not None else None
     conditions: list[float | None] = [None] + list(snrs or [])
     report: dict[str, Any] = {"domain": str(domain.path or domain.name), "mode": mode,
+                              "with_domains": [d.name for d in extra],
                               "threshold": path.grammar.threshold if path.grammar else None,
                               "endpoint_wait_ms": path.eot_ms}
     by_snr: dict[str, Any] = {}
@@ -303,7 +310,8 @@ def _main(args) -> int:
     report = evaluate(cfg, args.domain, Path(args.data), Path(args.labels),
                       Path(args.noise) if args.noise else None, args.snr, args.mode,
                       args.threshold, args.limit, progress=printer,
-                      reject_data=Path(args.reject_data) if args.reject_data else None)
+                      reject_data=Path(args.reject_data) if args.reject_data else None,
+                      with_domains=args.with_domain)
     rows = [("clean", report)] + [(f"{k} dB", v) for k, v in report.get("by_snr", {}).items()]
     for label, s in rows:
         print(f"{label:>8}: command acceptance {s['command_acceptance']:.1%} "

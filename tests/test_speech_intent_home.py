@@ -1,0 +1,192 @@
+"""The home_core grammar domain: common home commands heard straight from speech.
+
+Real pocketsphinx on Piper speech, with the default config's home (kitchen light,
+living room, ...) plus the coffee domain listening at the same time, as the Assistant
+loads them (``SpeechIntentRecognizer(load_domains(cfg))``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pytest
+from hassil import Intents
+
+from hark.asr.grammar import build_jsgf
+from hark.config import Config
+from hark.nlu.domain_files import BUILTIN_DOMAINS_DIR, load_domain
+from hark.nlu.speech_intent import (
+    Limits,
+    SpeechIntentRecognizer,
+    load_domains,
+    result_domain,
+)
+
+HOME_CORE = BUILTIN_DOMAINS_DIR / "home_core.yaml"
+
+
+@pytest.fixture(scope="module")
+def domains():
+    return load_domains(Config())
+
+
+@pytest.fixture
+def recognizer(domains):
+    """A fresh recognizer per test (0.3 s to build): pocketsphinx adapts its cepstral
+    mean across utterances, so a shared one would make results depend on test order."""
+    return SpeechIntentRecognizer(domains)
+
+
+def padded(audio: np.ndarray) -> np.ndarray:
+    """Silence either side, as a microphone stream cut by a VAD would have."""
+    return np.concatenate([np.zeros(4800, np.int16), audio, np.zeros(4800, np.int16)])
+
+
+# --- loading ---------------------------------------------------------------------------
+
+def test_default_domains_are_the_users_plus_home_core(domains):
+    assert [d.name for d in domains] == ["coffee", "home_core"]
+    home = domains[1]
+    # the home's lists from cfg.home are filled in, so no slot_lists argument is needed
+    names = {v.value_out for v in home.intents.slot_lists["name"].values}
+    assert {"kitchen light", "ceiling fan", "tv"} <= names
+    assert "living room" in {v.value_out for v in home.intents.slot_lists["area"].values}
+
+
+def test_grammar_domains_are_configurable():
+    cfg = Config()
+    cfg.nlu.grammar_domains = []
+    assert [d.name for d in load_domains(cfg)] == ["coffee"]
+    cfg.nlu.builtin_domains = []
+    cfg.nlu.grammar_domains = ["home_core", "no_such_domain"]  # logged, skipped
+    assert [d.name for d in load_domains(cfg)] == ["home_core"]
+
+
+def test_text_stage_does_not_load_home_core():
+    """The intent stage answers these sentences from local.yaml / Home Assistant's
+    sentences as before: home_core adds no second, conflicting match."""
+    from hark.nlu.recognizer import load_nlu
+
+    stage = load_nlu(Config())
+    assert "home_core" not in [m.domain for m in stage.matchers]
+    result = stage.recognize("turn on the kitchen light")
+    assert result is not None and result.domain == "homeassistant"
+    assert result.slots == {"name": "kitchen light"}
+
+
+def test_home_core_intents_are_the_handlers_intents():
+    domain = load_domain(HOME_CORE)
+    assert set(domain.intent_names) == {
+        "HassGetCurrentTime", "HassGetCurrentDate", "HassStartTimer", "HassCancelTimer",
+        "HassCancelAllTimers", "HassTimerStatus", "HassTurnOn", "HassTurnOff",
+        "HassNevermind", "HassSetVolume"}
+    assert result_domain("HassTurnOn", "home_core") == "homeassistant"
+    assert result_domain("HarkRepeat", "home_core") == "hark"
+    assert result_domain("orderDrink", "coffee") == "coffee"
+
+
+def test_word_internal_choices_become_whole_words():
+    intents = Intents.from_dict({
+        "language": "en",
+        "intents": {"T": {"data": [{"sentences": ["set {n} minute[s] timer",
+                                                  "start a {n}( |-)second timer"]}]}},
+        "lists": {"n": {"range": {"from": 1, "to": 2}}},
+    })
+    jsgf = build_jsgf(intents).jsgf
+    assert "set <list_n> ( minutes | minute ) timer" in jsgf
+    assert "start a <list_n> second timer" in jsgf  # "( |-)" is nothing to say
+
+
+# --- hearing commands --------------------------------------------------------------------
+
+COMMANDS = [
+    ("what time is it", "HassGetCurrentTime", {}),
+    ("what's the date", "HassGetCurrentDate", {}),
+    ("set a timer for five minutes", "HassStartTimer", {"minutes": 5}),
+    ("set a timer for two hours and fifteen minutes", "HassStartTimer",
+     {"hours": 2, "minutes": 15}),
+    ("cancel the timer", "HassCancelTimer", {}),
+    ("how much time is left on my timer", "HassTimerStatus", {}),
+    ("turn on the kitchen light", "HassTurnOn", {"name": "kitchen light"}),
+    ("turn off the kitchen light", "HassTurnOff", {"name": "kitchen light"}),
+    ("turn on the lights in the living room", "HassTurnOn",
+     {"area": "living room", "domain": "light"}),
+    ("stop", "HassNevermind", {}),
+    ("never mind", "HassNevermind", {}),
+    ("set the volume to 5", "HassSetVolume", {"volume": 5}),
+]
+
+
+@pytest.mark.parametrize("text,intent,slots", COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_hears_piper_commands(recognizer, speak, text, intent, slots):
+    result = recognizer.recognize(padded(speak(text)))
+    assert result is not None, recognizer.last
+    assert (result.name, result.slots) == (intent, slots)
+    assert result.source == "grammar"
+    assert result.domain in ("homeassistant", "hark")  # answered by hark's own handlers
+    assert recognizer.last.accepted
+
+
+def test_heard_commands_reach_the_local_handlers(recognizer, speak):
+    from hark.nlu.handlers import IntentHandlers
+
+    handlers = IntentHandlers(Config(), now=lambda: datetime(2026, 11, 25, 15, 4))
+    try:
+        heard = recognizer.recognize(padded(speak("what time is it")))
+        assert heard is not None
+        assert handlers.handle(heard).text == "It's 3:04 PM."
+        heard = recognizer.recognize(padded(speak("set a timer for five minutes")))
+        assert heard is not None
+        assert handlers.handle(heard).text == "Timer set for 5 minutes."
+        assert len(handlers.timers.active()) == 1
+    finally:
+        handlers.close()
+
+
+def test_names_come_from_the_configured_home(speak):
+    cfg = Config()
+    cfg.home.entities = [{"name": "porch light", "domain": "light", "area": "garden"}]
+    cfg.home.areas = ["garden"]
+    rec = SpeechIntentRecognizer(load_domains(cfg))
+    assert "porch light" in rec.grammar.jsgf and "kitchen light" not in rec.grammar.jsgf
+    result = rec.recognize(padded(speak("turn on the porch light")))
+    assert result is not None, rec.last
+    assert (result.name, result.slots) == ("HassTurnOn", {"name": "porch light"})
+
+
+def test_streaming_in_network_frames(recognizer, speak):
+    audio = padded(speak("set a timer for five minutes"))
+    recognizer.start()
+    for i in range(0, len(audio), 320):  # 20 ms frames, as a satellite sends them
+        recognizer.feed(audio[i:i + 320])
+    result = recognizer.finish()
+    assert result is not None and result.slots == {"minutes": 5}
+    assert recognizer.finish_ms > 0
+
+
+# --- rejecting everything else ------------------------------------------------------------
+
+QUESTIONS = [
+    "why is the sky blue",
+    "what is the capital of France",
+    "who wrote Romeo and Juliet",
+    "how far away is the moon",
+    "tell me a fun fact about cats",
+    "what time does the store close on sundays",
+]
+
+
+@pytest.mark.parametrize("text", QUESTIONS)
+def test_rejects_open_questions(recognizer, speak, text):
+    assert recognizer.recognize(padded(speak(text))) is None, recognizer.last
+    assert not recognizer.last.accepted and recognizer.last.reason
+
+
+def test_domain_limits_decide(domains, speak):
+    """Limits are per domain: impossible ones for home_core reject its commands only."""
+    strict = SpeechIntentRecognizer(domains, domain_limits={"home_core": Limits(ratio=9.0)})
+    assert strict.recognize(padded(speak("what time is it"))) is None
+    assert "fits the templates poorly" in strict.last.reason
+    order = strict.recognize(padded(speak("may I have an espresso")))
+    assert order is not None and order.domain == "coffee"
+    assert order.slots == {"coffeeDrink": "espresso"}
