@@ -44,7 +44,7 @@ class VadConfig:
     eot_silence_ms: int = 700  # fallback fixed silence (the "typical assistant")
     eot_short_ms: int = 200  # pause after which a complete-looking command ends the turn
     eot_long_ms: int = 1000  # pause needed when the partial transcript looks unfinished
-    speculative_ms: int = 160  # pause at which speculative work starts
+    speculative_ms: int = 96  # pause at which speculative work starts
     pre_roll_ms: int = 300  # audio kept before speech start
     max_utterance_s: float = 15.0
     threads: int = 1

@@ -293,6 +293,9 @@ class FakeGrammar:
     def feed(self, samples):
         self.fed += len(samples)
 
+    def partial(self):
+        return "turn on the kitchen light" if self.hears else ""
+
     def finish(self):
         self.log.add(f"grammar:{self.fed}")
         if not self.hears:
@@ -341,3 +344,18 @@ def test_partial_covering_the_speech_is_reused_as_final():
     # every decode was a partial launched during speech: none was started at the pause
     assert all(int(c.split(":")[1]) < 10 for c in asr_calls)
     assert end.transcript == "turn on the kitchen light"
+
+
+def test_grammar_partial_at_the_pause_prepares_the_answer_and_shortens_the_turn():
+    log = Log()
+    a, made = make(log, FakeLlm(log, ["It is sunny."]),
+                   {1: "speech_start", 6: "pause", 9: "speech_end"})
+    a._grammar_factory = lambda: FakeGrammar(log, True)
+    a.cfg.asr.streaming = False
+    events = asyncio.run(collect(a.run_turn(mic(12, pace=0.02))))
+    a.close()
+    end = events[-1]
+    assert end.trace.info.get("speculative_used") is True
+    assert a.cfg.vad.eot_short_ms in made[0].eot_ms
+    assert not any(s.startswith("asr:") for s in log.items)
+    assert [s for s in log.items if s.startswith("handle:")] == ["handle:HassTurnOn"]

@@ -64,6 +64,13 @@ _UNFINISHED = re.compile(
 
 Notify = Callable[[str, str], Awaitable[None] | None]
 
+# Intents whose handlers only read (no action on the world): safe to answer speculatively,
+# before the turn is committed, so their reply audio is ready the moment the turn ends.
+PURE_INTENTS = frozenset({
+    "HassGetCurrentTime", "HassGetCurrentDate", "HassTimerStatus", "HassGetWeather",
+    "HarkRepeat",
+})
+
 
 def looks_unfinished(text: str) -> bool:
     return not text.strip() or bool(_UNFINISHED.search(text.strip()))
@@ -102,6 +109,7 @@ class _Response:
     # a discarded speculative response leaves no trace behind
     trace: Trace = field(default_factory=Trace)
     intent_matched: bool = False
+    grammar_intent: IntentResult | None = None  # started from the grammar's partial
 
 
 _END = object()
@@ -135,6 +143,15 @@ class _GrammarFeed:
     def feed(self, samples: np.ndarray) -> None:
         if self.rec is not None and not self.failed:
             self._submit(self.rec.feed, samples)
+
+    async def partial(self) -> str:
+        """The grammar's best path so far (not yet checked against the phone loop)."""
+        if self.rec is None or self.failed:
+            return ""
+        try:
+            return await self.a.grammar_exec.run(self.rec.partial)
+        except Exception:  # noqa: BLE001 - a hint only
+            return ""
 
     async def finish(self) -> tuple[str, IntentResult] | None:
         if self.rec is None or self.failed:
@@ -342,7 +359,8 @@ class Assistant:
                 resp.intent_matched = True
             await q.put(IntentEvent(intent))
             if intent is not None:
-                await resp.commit.wait()  # handlers act: never speculatively
+                if intent.name not in PURE_INTENTS:
+                    await resp.commit.wait()  # handlers act: never speculatively
                 reply: Reply = await self.nlu_exec.run(self.handlers.handle, intent, session)
                 reply_text = reply.text
                 if reply_text:
@@ -492,7 +510,15 @@ class Assistant:
                         await _cancel(resp.task if resp else None)
                         covers = getattr(ep, "speech_samples", None)
                         covered = covers is not None and partial_len >= covers + 1600
-                        if covered and partial_task is not None:
+                        heard = await self._grammar_guess(grammar) if grammar else None
+                        if heard is not None:
+                            # the constrained recognizer already hears a known command:
+                            # end the turn after a short pause, prepare the answer now
+                            ep.set_eot_ms(vcfg.eot_short_ms)
+                            resp = self._start_response(session, None, text=heard[0],
+                                                        intent=heard[1])
+                            resp.grammar_intent = heard[1]
+                        elif covered and partial_task is not None:
                             resp = self._start_response(session, None, pending=partial_task)
                             partial_task = None
                             trace.info["partial_reused"] = True
@@ -547,12 +573,19 @@ class Assistant:
                 text, intent = heard
                 trace.info["speech_intent"] = True
                 trace.mark("asr_final")  # the constrained recognizer's transcript
-                if resp is not None:
-                    await _cancel(resp.task)
-                resp = _Response()
-                resp.task = asyncio.create_task(
-                    self._respond(resp, session, text=text, intent=intent))
+                if resp is not None and _same_intent(resp.grammar_intent, intent):
+                    trace.info["speculative_used"] = True
+                else:
+                    if resp is not None:
+                        await _cancel(resp.task)
+                    resp = _Response()
+                    resp.task = asyncio.create_task(
+                        self._respond(resp, session, text=text, intent=intent))
                 yield TranscriptEvent(Transcript(text, text, True, time.monotonic()))
+            elif resp is not None and resp.grammar_intent is not None:
+                # the grammar's guess did not hold up: open transcription decides
+                await _cancel(resp.task)
+                resp = self._start_response(session, ep.utterance(), streaming=streaming)
             elif resp is None:
                 resp = self._start_response(session, ep.utterance(), streaming=streaming)
             else:
@@ -574,6 +607,13 @@ class Assistant:
             self._respond(resp, session, audio=audio, streaming=streaming, **given))
         return resp
 
+    async def _grammar_guess(self, grammar: _GrammarFeed) -> tuple[str, IntentResult] | None:
+        text = await grammar.partial()
+        if not text:
+            return None
+        intent = await self.nlu_exec.run(self.nlu.recognize, text)
+        return (text, intent) if intent is not None else None
+
     def _eot_default(self) -> int:
         v = self.cfg.vad
         return (v.eot_short_ms + v.eot_long_ms) // 2
@@ -585,6 +625,13 @@ class Assistant:
             return v.eot_long_ms
         intent = await self.nlu_exec.run(self.nlu.recognize, partial)
         return v.eot_short_ms if intent is not None else self._eot_default()
+
+
+def _same_intent(a: IntentResult | None, b: IntentResult | None) -> bool:
+    if a is None or b is None or a.name != b.name:
+        return False
+    norm = lambda slots: {k: str(v).strip().lower() for k, v in slots.items()}  # noqa: E731
+    return norm(a.slots) == norm(b.slots)
 
 
 async def _cancel(task: asyncio.Task | None) -> None:
