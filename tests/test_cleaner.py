@@ -31,6 +31,8 @@ CASES = [
      "Born on 2023-11-25 in number 5 Main St., it weighs 1,000 kilograms."),
     ("__Bold__ and _italic_ and ~~gone~~ words, snake_case stays.",
      "Bold and italic and gone words, snake_case stays."),
+    ("Read [the official Python docs](https://docs.python.org/3/) first.",
+     "Read the official Python docs first."),
     ("Plain text stays as it is: 42 apples, 7 pears.", "Plain text stays as it is: 42 apples, 7 pears."),
 ]
 

@@ -22,6 +22,7 @@ _EMOJI = re.compile(
     "\U00002B00-\U00002BFF\U0000FE0F\U0000200D\U000020E3\U00002300-\U000023FF]+"
 )
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]*)\)")
+_LINK_TAIL = re.compile(r"\]\([^)\s]*\)")
 _URL = re.compile(r"\b(?:https?://|www\.)[^\s<>()\"']+", re.IGNORECASE)
 _EMAIL = re.compile(r"\b[\w.+-]+@([\w-]+\.)+[A-Za-z]{2,}\b")
 _EMPHASIS = re.compile(r"(\*{1,3}|_{2,3}|~~|`+)")
@@ -128,6 +129,8 @@ def clean_inline(text: str) -> str:
     """Rewrite one run of text without line structure (used by the streaming cleaner)."""
     text = _HTML_TAG.sub("", text)
     text = _MD_LINK.sub(lambda m: m.group(1) or _url_to_words(m.group(2)), text)
+    text = _LINK_TAIL.sub("", text)  # "docs](url)": a link whose text was cut off by streaming
+    text = text.replace("![", "").replace("[", "").replace("]", "")
     text = _URL.sub(lambda m: _url_to_words(m.group(0)), text)
     text = _EMAIL.sub("an email address", text)
     text = _EMOJI.sub("", text)
