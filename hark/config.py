@@ -131,8 +131,12 @@ class LlmConfig:
         }
     )
     n_ctx: int = 2048
-    n_threads: int = 2
+    # generation thread(s): 1 leaves a core for TTS/ASR, which run at the same time in the
+    # overlapped pipeline (2/2 stalls badly on a busy 2-core box); prompt reading uses 2
+    n_threads: int = 1
+    n_threads_batch: int = 2
     n_batch: int = 256
+    ttft_budget_ms: int = 600  # quality profile slower than this to first token: use fast
     n_gpu_layers: int = 0  # -1 = all layers on the GPU (CUDA build of llama.cpp)
     flash_attn: bool = False
     max_tokens: int = 80  # spoken-length cap

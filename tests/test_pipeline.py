@@ -93,7 +93,7 @@ class FakeLlm:
         self.stopped = threading.Event()
         self.last_source = "llm"
 
-    def reply_stream(self, text: str, session: str = "default"):
+    def reply_stream(self, text: str, session: str = "default", trace=None):
         self.log.add("llm:start")
         try:
             i = 0
@@ -237,7 +237,7 @@ def test_crashed_model_gives_spoken_apology_and_next_turn_works():
     log = Log()
 
     class CrashingLlm(FakeLlm):
-        def reply_stream(self, text, session="default"):
+        def reply_stream(self, text, session="default", trace=None):
             raise RuntimeError("model worker died")
             yield  # pragma: no cover
 

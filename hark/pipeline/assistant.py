@@ -253,7 +253,7 @@ class Assistant:
 
     def warm_up(self) -> None:
         t0 = time.monotonic()
-        for engine in (self.asr, self.llm, self.tts):
+        for engine in (self.asr, self.tts):  # load_llm already warmed the LLM
             fn = getattr(engine, "warm_up", None)
             if fn:
                 fn()
@@ -396,7 +396,7 @@ class Assistant:
         source = "llm"
         pieces: list[str] = []
         if not streaming:  # baseline: whole reply, then whole TTS
-            async for piece in self.llm_exec.iterate(lambda: self.llm.reply_stream(text, session)):
+            async for piece in self.llm_exec.iterate(lambda: self.llm.reply_stream(text, session, trace=trace)):
                 trace.mark("llm_first_token")
                 pieces.append(piece)
             trace.mark("llm_done")
@@ -425,7 +425,7 @@ class Assistant:
 
         speaker = asyncio.create_task(speak_chunks())
         try:
-            async for piece in self.llm_exec.iterate(lambda: self.llm.reply_stream(text, session)):
+            async for piece in self.llm_exec.iterate(lambda: self.llm.reply_stream(text, session, trace=trace)):
                 trace.mark("llm_first_token")
                 pieces.append(piece)
                 for chunk in chunker.push(piece):
@@ -550,7 +550,10 @@ class Assistant:
                         partial_text = text
                         if text:
                             yield TranscriptEvent(Transcript(text, "", False, time.monotonic()))
-                            ep.set_eot_ms(await self._eot_for(text))
+                            eot = await self._eot_for(text)
+                            ep.set_eot_ms(eot)
+                            if eot != vcfg.eot_short_ms:  # likely a question: read it ahead
+                                self._prefill(text, session)
                     n = len(ep.utterance())
                     if partial_task is None and n - last_partial_len >= partial_every:
                         last_partial_len = n
@@ -606,6 +609,14 @@ class Assistant:
         resp.task = asyncio.create_task(
             self._respond(resp, session, audio=audio, streaming=streaming, **given))
         return resp
+
+    def _prefill(self, partial: str, session: str) -> None:
+        """Read a partial question into the LLM's cache while the person still speaks."""
+        prefill = getattr(self.llm, "prefill", None)
+        if prefill is None:
+            return
+        fut = asyncio.ensure_future(self.llm_exec.run(prefill, partial, session))
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _grammar_guess(self, grammar: _GrammarFeed) -> tuple[str, IntentResult] | None:
         text = await grammar.partial()
