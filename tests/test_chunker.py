@@ -80,3 +80,18 @@ def test_sentence_ends_helper() -> None:
 def test_bad_limits_rejected() -> None:
     with pytest.raises(ValueError):
         SpeechChunker(first_min_chars=50, max_chars=10)
+
+
+def test_first_chunk_word_limit_without_punctuation():
+    from hark.tts.chunker import SpeechChunker
+
+    c = SpeechChunker(12, 120, first_max_words=4)
+    out = []
+    for piece in "Because it's a reflection of the sun in the sky. Next one here.".split(" "):
+        out += c.push(piece + " ")
+    out += c.flush()
+    assert out[0] == "Because it's a reflection"
+    assert out[1:] == ["of the sun in the sky.", "Next one here."]
+    # never cut right after a word that leans on the next one
+    c = SpeechChunker(12, 120, first_max_words=2)
+    assert c.push("Turn the ") == [] and c.push("kitchen ") == ["Turn the kitchen"]

@@ -35,6 +35,7 @@ import numpy as np
 
 from hark.aio import StageExecutor
 from hark.asr.base import Transcript
+from hark.asr.streaming import StreamingTranscriber
 from hark.audio import AudioChunk
 from hark.config import Config
 from hark.nlu.base import IntentResult, Reply
@@ -412,7 +413,8 @@ class Assistant:
                 await q.put(ReplyAudio(AudioChunk(samples, self.tts_rate, time.monotonic())))
             return reply
 
-        chunker = SpeechChunker(self.cfg.tts.first_chunk_min_chars, self.cfg.tts.chunk_max_chars)
+        chunker = SpeechChunker(self.cfg.tts.first_chunk_min_chars, self.cfg.tts.chunk_max_chars,
+                                self.cfg.tts.first_chunk_max_words)
         # LLM -> chunks (this task) and chunks -> TTS (a second task) overlap.
         chunks: asyncio.Queue = asyncio.Queue()
 
@@ -493,6 +495,7 @@ class Assistant:
         partial_every = int(self.cfg.asr.partial_interval_ms * 16)
         speech_end_t: float | None = None
         partial_len, partial_text = 0, ""  # the latest partial decode: its audio, its words
+        streamer = StreamingTranscriber(self.asr, self.cfg.asr)  # LocalAgreement partials
         started = False
         grammar = _GrammarFeed(self) if streaming and self._grammar_factory else None
         try:
@@ -519,7 +522,8 @@ class Assistant:
                                                         intent=heard[1])
                             resp.grammar_intent = heard[1]
                         elif covered and partial_task is not None:
-                            resp = self._start_response(session, None, pending=partial_task)
+                            resp = self._start_response(
+                                session, None, pending=asyncio.ensure_future(_text_of(partial_task)))
                             partial_task = None
                             trace.info["partial_reused"] = True
                         elif covered and partial_text:
@@ -545,11 +549,11 @@ class Assistant:
                 # partial transcripts while speaking
                 if streaming and started and self.cfg.asr.streaming and resp is None:
                     if partial_task is not None and partial_task.done():
-                        text = "" if partial_task.exception() else partial_task.result()
+                        part = None if partial_task.exception() else partial_task.result()
                         partial_task = None
-                        partial_text = text
+                        text = partial_text = part.text if part else ""
                         if text:
-                            yield TranscriptEvent(Transcript(text, "", False, time.monotonic()))
+                            yield TranscriptEvent(part)
                             eot = await self._eot_for(text)
                             ep.set_eot_ms(eot)
                             if eot != vcfg.eot_short_ms:  # likely a question: read it ahead
@@ -560,7 +564,7 @@ class Assistant:
                         snapshot = ep.utterance()
                         partial_len, partial_text = len(snapshot), ""
                         partial_task = asyncio.create_task(
-                            self.asr_exec.run(self.asr.transcribe, snapshot))
+                            self.asr_exec.run(self._partial, streamer, snapshot))
             if not started:
                 trace.info["error"] = NO_SPEECH
                 yield TurnEnd(trace, "", "", error=NO_SPEECH)
@@ -610,6 +614,12 @@ class Assistant:
             self._respond(resp, session, audio=audio, streaming=streaming, **given))
         return resp
 
+    @staticmethod
+    def _partial(streamer, audio: np.ndarray) -> Transcript:
+        t = streamer.update(audio)
+        t.t = time.monotonic()
+        return t
+
     def _prefill(self, partial: str, session: str) -> None:
         """Read a partial question into the LLM's cache while the person still speaks."""
         prefill = getattr(self.llm, "prefill", None)
@@ -636,6 +646,10 @@ class Assistant:
             return v.eot_long_ms
         intent = await self.nlu_exec.run(self.nlu.recognize, partial)
         return v.eot_short_ms if intent is not None else self._eot_default()
+
+
+async def _text_of(task: asyncio.Task) -> str:
+    return (await task).text
 
 
 def _same_intent(a: IntentResult | None, b: IntentResult | None) -> bool:

@@ -2,7 +2,9 @@
 
 The first chunk decides how long the person waits for the first audio, so it is cut
 early: at the first sentence end, or at a clause (comma, semicolon, colon, dash) once it
-has ``first_min_chars`` characters, or at a word boundary once it passes ``max_chars``.
+has ``first_min_chars`` characters, or after ``first_max_words`` words when no
+punctuation has come by then (never right after a word like "the" or "of" that leans on
+the next one), or at a word boundary once it passes ``max_chars``.
 Later chunks are whole sentences (better prosody), cut at a word boundary only when a
 sentence runs past ``max_chars``.
 
@@ -28,6 +30,13 @@ _CLAUSE_END = re.compile(r"(?:[,;:]|\s[-–—]|—)[\"')\]]*(?=\s)")
 _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)\.$")
 _INITIALS = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")  # "U.S" of "U.S."
 _SPEAKABLE = re.compile(r"[A-Za-z0-9]")
+# words a spoken phrase should not end on: they lean on the word after them
+_LEANING = frozenset(
+    "a an the of to in on at by for from with and or but as is are was were be "  # noqa: SIM905
+    "that this these those its his her their my your our it's i you we they he she "
+    "not no very so than then if because about into over under".split()
+)
+_WORD = re.compile(r"\S+(?=\s)")
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
@@ -57,11 +66,13 @@ class SpeechChunker:
     """Feed text pieces with :meth:`push`; get back speakable chunks as soon as a clause
     can be spoken naturally. :meth:`flush` returns what is left at the end."""
 
-    def __init__(self, first_min_chars: int = 12, max_chars: int = 120):
+    def __init__(self, first_min_chars: int = 12, max_chars: int = 120,
+                 first_max_words: int = 0):
         if first_min_chars < 1 or max_chars < first_min_chars:
             raise ValueError("need 1 <= first_min_chars <= max_chars")
         self.first_min_chars = first_min_chars
         self.max_chars = max_chars
+        self.first_max_words = first_max_words  # 0: the first chunk waits for punctuation
         self._buf = ""
         self._emitted = 0  # chunks returned so far
 
@@ -115,6 +126,14 @@ class SpeechChunker:
                     break
                 if len(buf[: m.end()].strip()) >= self.first_min_chars:
                     return m.end()
+            if self.first_max_words:
+                words = list(_WORD.finditer(buf))
+                for n, w in enumerate(words, 1):
+                    if w.end() > limit:
+                        break
+                    if n >= self.first_max_words and \
+                            w.group(0).lower().strip("\"'") not in _LEANING:
+                        return w.end()
         if len(buf.strip()) > self.max_chars:
             # a long run without a sentence end: cut at a clause if there is one,
             # else at the last word boundary before max_chars
