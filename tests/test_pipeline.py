@@ -293,8 +293,13 @@ class FakeGrammar:
     def feed(self, samples):
         self.fed += len(samples)
 
-    def partial(self):
-        return "turn on the kitchen light" if self.hears else ""
+    def peek(self):
+        self.peeked = type("H", (), {"text": "turn on the kitchen light"})()
+        return self.finish_result() if self.hears else None
+
+    def finish_result(self):
+        return IntentResult("HassTurnOn", {"name": "kitchen light"}, "turn on the kitchen light",
+                            source="grammar")
 
     def finish(self):
         self.log.add(f"grammar:{self.fed}")

@@ -145,14 +145,19 @@ class _GrammarFeed:
         if self.rec is not None and not self.failed:
             self._submit(self.rec.feed, samples)
 
-    async def partial(self) -> str:
-        """The grammar's best path so far (not yet checked against the phone loop)."""
-        if self.rec is None or self.failed:
-            return ""
+    async def peek(self) -> tuple[str, IntentResult] | None:
+        """What the recognizer would answer if the speech ended now (checked against its
+        phone loop like a final result, so a question does not pass for a command)."""
+        if self.rec is None or self.failed or not hasattr(self.rec, "peek"):
+            return None
         try:
-            return await self.a.grammar_exec.run(self.rec.partial)
+            result = await self.a.grammar_exec.run(self.rec.peek)
         except Exception:  # noqa: BLE001 - a hint only
-            return ""
+            return None
+        if result is None:
+            return None
+        last = getattr(self.rec, "peeked", None)
+        return (getattr(last, "text", "") or result.text), result
 
     async def finish(self) -> tuple[str, IntentResult] | None:
         if self.rec is None or self.failed:
@@ -513,7 +518,7 @@ class Assistant:
                         await _cancel(resp.task if resp else None)
                         covers = getattr(ep, "speech_samples", None)
                         covered = covers is not None and partial_len >= covers + 1600
-                        heard = await self._grammar_guess(grammar) if grammar else None
+                        heard = await grammar.peek() if grammar else None
                         if heard is not None:
                             # the constrained recognizer already hears a known command:
                             # end the turn after a short pause, prepare the answer now
@@ -627,13 +632,6 @@ class Assistant:
             return
         fut = asyncio.ensure_future(self.llm_exec.run(prefill, partial, session))
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-
-    async def _grammar_guess(self, grammar: _GrammarFeed) -> tuple[str, IntentResult] | None:
-        text = await grammar.partial()
-        if not text:
-            return None
-        intent = await self.nlu_exec.run(self.nlu.recognize, text)
-        return (text, intent) if intent is not None else None
 
     def _eot_default(self) -> int:
         v = self.cfg.vad
