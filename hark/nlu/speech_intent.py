@@ -26,9 +26,11 @@ Home Assistant's full English sentence set also works as a grammar, but decodes 
 Instead, the grammar-only built-in domain ``home_core`` (``nlu.grammar_domains``) holds
 the commonest home commands under Home Assistant's intent names: time, date, timers,
 lights by name or area (the home's names from ``[home]``), stop / never mind, volume.
-With it beside coffee: decoding ~0.09x real time (p95 0.10, Piper speech, 2 shared
-cores), finish() 4 ms p50 (10 ms max); the 42 real coffee orders still 97.6% right and
-98.9% of 90 real "alexa"/"jarvis" recordings rejected, as with coffee alone. A sentence
+With it beside coffee: decoding ~0.09x real time (p95 0.12, Piper speech, 2 shared
+cores), finish() 3.6 ms p50 (6 ms p95); 37/37 Piper-spoken home commands right and 30/30
+Piper-spoken questions rejected; the 42 real coffee orders still 97.6% right clean
+(85.7% at 12 dB kitchen noise vs 88.1% for coffee alone), 100% of 90 real
+"alexa"/"jarvis" recordings rejected clean (98.9% at 12 dB). A sentence
 that only starts like one of these commands ("what is the capital of France" as "what
 is the time") is caught by home_core's stricter :class:`Limits`: the worst 0.3 s must
 fit too, and speech the sentence has no place for (heard as silence) is not allowed.
