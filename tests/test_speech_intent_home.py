@@ -190,3 +190,25 @@ def test_domain_limits_decide(domains, speak):
     order = strict.recognize(padded(speak("may I have an espresso")))
     assert order is not None and order.domain == "coffee"
     assert order.slots == {"coffeeDrink": "espresso"}
+
+
+def test_peek_at_a_pause_answers_like_finish(recognizer, speak):
+    """peek() checks the searches so far without ending the utterance (the pipeline's
+    guess at a pause); a question still does not pass for a command."""
+    assert recognizer.peek() is None and recognizer.peeked is None  # nothing started
+    for text, expected in [("turn on the kitchen light", ("HassTurnOn",
+                                                          {"name": "kitchen light"})),
+                           ("what is the capital of France", None)]:
+        audio = padded(speak(text))
+        recognizer.start()
+        for i in range(0, len(audio), 512):
+            recognizer.feed(audio[i:i + 512])
+        peeked = recognizer.peek()
+        assert recognizer.peeked is not None
+        final = recognizer.finish()
+        if expected is None:
+            assert peeked is None and final is None
+            assert recognizer.peeked.reason
+        else:
+            assert peeked is not None and final is not None
+            assert (peeked.name, peeked.slots) == (final.name, final.slots) == expected

@@ -256,6 +256,7 @@ class SpeechIntentRecognizer:
         self._started = False
         self._fed = 0
         self.last: GrammarHypothesis | None = None
+        self.peeked: GrammarHypothesis | None = None  # what peek() last saw
         self.finish_ms = 0.0  # time finish() took (end of speech -> result)
 
     @classmethod
@@ -313,6 +314,20 @@ class SpeechIntentRecognizer:
         self._end()
         result = self._decide()
         self.finish_ms = (time.perf_counter() - t0) * 1000
+        return result
+
+    def peek(self) -> IntentResult | None:
+        """What :meth:`finish` would answer if the speech ended now, without ending the
+        utterance: the same checks on the searches so far (for a pause mid-turn).
+        :attr:`peeked` holds the hypothesis; :attr:`last` is left alone."""
+        self.peeked = None
+        if not self._started:
+            return None
+        last = self.last
+        try:
+            result = self._decide()
+        finally:
+            self.peeked, self.last = self.last, last
         return result
 
     def recognize(self, samples: np.ndarray) -> IntentResult | None:
