@@ -364,3 +364,13 @@ def test_grammar_partial_at_the_pause_prepares_the_answer_and_shortens_the_turn(
     assert a.cfg.vad.eot_short_ms in made[0].eot_ms
     assert not any(s.startswith("asr:") for s in log.items)
     assert [s for s in log.items if s.startswith("handle:")] == ["handle:HassTurnOn"]
+
+
+@pytest.mark.parametrize("text,complete", [
+    ("Why is the sky blue?", True), ("What is the capital of France.", True),
+    ("Why is the", False), ("Tell me about the.", False), ("what is", False),
+])
+def test_looks_complete(text, complete):
+    from hark.pipeline.assistant import looks_complete
+
+    assert looks_complete(text) is complete

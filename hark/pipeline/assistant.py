@@ -77,6 +77,12 @@ def looks_unfinished(text: str) -> bool:
     return not text.strip() or bool(_UNFINISHED.search(text.strip()))
 
 
+def looks_complete(text: str) -> bool:
+    """Whisper punctuated it as a finished sentence and it does not end mid-phrase."""
+    t = text.strip()
+    return t.endswith(("?", ".", "!")) and not looks_unfinished(t.rstrip("?.!"))
+
+
 class _TtsCache:
     """LRU of synthesized phrases: confirmations and other frequent replies cost nothing."""
 
@@ -110,6 +116,8 @@ class _Response:
     # a discarded speculative response leaves no trace behind
     trace: Trace = field(default_factory=Trace)
     intent_matched: bool = False
+    transcript: str | None = None  # known once its speech is transcribed
+    eot_checked: bool = False
     grammar_intent: IntentResult | None = None  # started from the grammar's partial
 
 
@@ -350,7 +358,7 @@ class Assistant:
                     text = (await self.asr_exec.run(self.asr.transcribe, audio)).strip()
                 trace.mark("asr_final")
                 await q.put(TranscriptEvent(Transcript(text, text, True, time.monotonic())))
-            trace.info["transcript"] = text
+            trace.info["transcript"] = resp.transcript = text
             if not text:
                 await resp.commit.wait()
                 await q.put(TurnEnd(trace, "", "", error=NO_SPEECH))
@@ -369,9 +377,12 @@ class Assistant:
                     await resp.commit.wait()  # handlers act: never speculatively
                 reply: Reply = await self.nlu_exec.run(self.handlers.handle, intent, session)
                 reply_text = reply.text
-                if reply_text:
-                    await q.put(ReplyText(reply_text, "intent"))
-                    async for chunk in self._tts_stream(reply_text, trace, cache=True):
+                # streaming: spoken clause by clause, frequent replies from the phrase
+                # cache; baseline (a typical assistant): the whole reply, no cache
+                parts = self._clauses(reply_text) if streaming else [reply_text]
+                for part in filter(None, parts):
+                    await q.put(ReplyText(part, "intent"))
+                    async for chunk in self._tts_stream(part, trace, cache=streaming):
                         await q.put(ReplyAudio(chunk))
                 trace.mark("tts_done")
             else:
@@ -393,6 +404,13 @@ class Assistant:
             await q.put(TurnEnd(trace, text or "", APOLOGY, error=f"{type(exc).__name__}: {exc}"))
         finally:
             await q.put(_END)
+
+    def _clauses(self, text: str) -> list[str]:
+        from hark.tts.chunker import SpeechChunker
+
+        chunker = SpeechChunker(self.cfg.tts.first_chunk_min_chars, self.cfg.tts.chunk_max_chars,
+                                self.cfg.tts.first_chunk_max_words)
+        return chunker.push(text + " ") + chunker.flush()
 
     async def _llm_reply(self, q: asyncio.Queue, trace: Trace, text: str, session: str,
                          streaming: bool) -> str:
@@ -551,6 +569,12 @@ class Assistant:
                     grammar.feed(chunk.samples)
                 if resp is not None and resp.intent_matched:
                     ep.set_eot_ms(vcfg.eot_short_ms)  # the speculative answer is a command
+                elif resp is not None and resp.transcript and not resp.eot_checked:
+                    # what was said up to the pause reads as a whole sentence: a shorter
+                    # wait than for an unknown ending
+                    resp.eot_checked = True
+                    if looks_complete(resp.transcript):
+                        ep.set_eot_ms(vcfg.eot_complete_ms)
                 # partial transcripts while speaking
                 if streaming and started and self.cfg.asr.streaming and resp is None:
                     if partial_task is not None and partial_task.done():
