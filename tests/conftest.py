@@ -47,6 +47,16 @@ def speak():
 
 
 @pytest.fixture(scope="session")
+def assistant(cfg):
+    """One real Assistant (every model loaded and warmed) shared by the tests."""
+    from hark.pipeline.assistant import Assistant
+
+    a = Assistant.load(cfg)
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="session")
 def testdata() -> Path:
     real = TESTDATA / "real"
     if not real.is_dir():

@@ -14,22 +14,7 @@ from rapidfuzz import fuzz
 from hark.audio import read_audio, write_wav
 from hark.config import Config
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
-
-if not (REPO / "hark" / "pipeline" / "assistant.py").exists():
-    pytest.skip("hark/pipeline/assistant.py (the assistant core) is not written yet",
-                allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def assistant(cfg):
-    from hark.pipeline.assistant import Assistant
-
-    a = Assistant.load(cfg)
-    yield a
-    a.close()
-
 
 def _run(cfg: Config, assistant, wav: Path, out: Path, **transport):
     from hark.satellite.audio import FileSource, WavSink

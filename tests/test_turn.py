@@ -13,15 +13,6 @@ from hark.cli import main
 from hark.pipeline.events import IntentEvent, ReplyAudio, TranscriptEvent, TurnEnd
 
 
-@pytest.fixture(scope="module")
-def assistant(cfg):
-    from hark.pipeline.assistant import Assistant
-
-    a = Assistant.load(cfg)
-    yield a
-    a.close()
-
-
 def _words(text: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,22 +22,7 @@ from hark.audio import resample
 from hark.config import Config
 from hark.transport.bench import word_error_rate
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
-
-if not (REPO / "hark" / "pipeline" / "assistant.py").exists():
-    pytest.skip("hark/pipeline/assistant.py (the assistant core) is not written yet",
-                allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def assistant(cfg):
-    from hark.pipeline.assistant import Assistant
-
-    a = Assistant.load(cfg)
-    yield a
-    a.close()
-
 
 def _with_service(assistant, cfg, body):
     from hark.server.wyoming import start_wyoming
