@@ -108,7 +108,7 @@ def read_audio(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
                 ch, width, src_rate, n = (w.getnchannels(), w.getsampwidth(),
                                           w.getframerate(), w.getnframes())
                 raw = w.readframes(n)
-        except (wave.Error, EOFError) as exc:
+        except (wave.Error, EOFError):
             samples, src_rate = _decode_with_av(path)  # e.g. float or extensible WAVs
         else:
             if width != 2:

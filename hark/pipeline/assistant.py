@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -253,8 +254,7 @@ class Assistant:
 
             domains = load_domains(cfg)
             if domains:
-                def grammar_factory():
-                    return SpeechIntentRecognizer(domains)
+                grammar_factory = functools.partial(SpeechIntentRecognizer, domains)
 
         self = cls(cfg, vad_factory=vad_factory, asr=asr, nlu=nlu, handlers=handlers,
                    llm=llm, tts=tts, grammar_factory=grammar_factory, sched=sched)
@@ -272,9 +272,7 @@ class Assistant:
             if fn:
                 fn()
         self.nlu.recognize("what time is it")
-        # frequent phrases synthesized ahead
-        for phrase in (APOLOGY, "Sorry, I didn't catch that."):
-            self._synthesize_cached(phrase)
+        self.prepare_phrases([APOLOGY])
         log.info("warm-up done in %.1f s", time.monotonic() - t0)
 
     def on_notify(self, callback: Notify) -> None:
