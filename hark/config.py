@@ -174,6 +174,7 @@ class WakeConfig:
     refractory_s: float = 2.0
     earcon: bool = False
     followup_s: float = 4.0  # speech within this long after a reply needs no wake word
+    barge_in_speech: bool = True  # speech over the reply interrupts it (its echo removed)
 
 
 @dataclass

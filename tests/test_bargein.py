@@ -55,3 +55,30 @@ def test_person_speaking_over_the_reply_triggers(vad, speak):
     det.start(reply)
     at = _run(det, mic)
     assert at is not None and at >= start
+
+
+def test_playback_listener_with_satellite_frames(vad, speak):
+    """The satellite's use: 20 ms microphone frames, reply audio at the voice's 22.05 kHz."""
+    from hark.audio import resample
+    from hark.pipeline.bargein import PlaybackListener
+
+    reply16 = speak("Here is a long answer about the weather, which is sunny and warm today.")
+    reply22 = resample(reply16, 16000, 22050)
+
+    def run(mic: np.ndarray) -> int | None:
+        lis = PlaybackListener(vad)
+        assert lis.heard(np.zeros(320, np.int16)) is False  # nothing playing: never
+        for i in range(0, len(reply22), 2205):  # the reply reaches the speaker in pieces
+            lis.played(reply22[i:i + 2205], 22050)
+        for i in range(0, len(mic) - 320 + 1, 320):
+            if lis.heard(np.clip(mic[i:i + 320], -32768, 32767).astype(np.int16)):
+                return i
+        return None
+
+    echo = _echo(reply16, 640, 0.5)
+    assert run(echo) is None
+    person = speak("Stop, that's enough.").astype(float)
+    mic = echo.copy()
+    mic[20000:20000 + len(person)] += person[: len(mic) - 20000]
+    at = run(mic)
+    assert at is not None and at >= 20000

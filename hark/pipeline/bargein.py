@@ -97,3 +97,48 @@ class BargeInDetector:
         if self.run >= self.need:
             self.triggered = True
         return self.triggered
+
+
+class PlaybackListener:
+    """The satellite's ear while a reply plays: microphone frames of any size in, True
+    when the person talks over the reply (its echo removed with the audio being played).
+
+    ``played(pcm, rate)`` for every piece of reply audio handed to the speaker,
+    ``heard(frame)`` for every microphone frame (16 kHz int16), ``reset()`` when a reply
+    is over."""
+
+    def __init__(self, vad: VadEngine, **kwargs):
+        self.detector = BargeInDetector(vad, **kwargs)
+        self._pending = np.zeros(0, np.int16)
+        self.active = False
+        self.ignoring = False
+
+    def reset(self) -> None:
+        self.active = False
+        self.ignoring = False
+        self._pending = np.zeros(0, np.int16)
+
+    def ignore_until_reset(self) -> None:
+        """This playback may not be interrupted (e.g. a "busy" message)."""
+        self.ignoring = True
+
+    def played(self, pcm: np.ndarray, rate: int) -> None:
+        from hark.audio import resample
+
+        ref = resample(np.asarray(pcm, np.int16), rate, 16000)
+        if not self.active:
+            self.detector.start(ref)
+            self.active = True
+        else:
+            self.detector.extend(ref)
+
+    def heard(self, frame: np.ndarray) -> bool:
+        if not self.active or self.ignoring:
+            return False
+        self._pending = np.concatenate([self._pending, np.asarray(frame, np.int16)])
+        n = self.detector.frame
+        triggered = False
+        while len(self._pending) >= n:
+            part, self._pending = self._pending[:n], self._pending[n:]
+            triggered = self.detector.process(part) or triggered
+        return triggered

@@ -122,6 +122,19 @@ class Satellite:
         self._probe_ok = asyncio.Event()
         self._last_audio = 0.0
         self.connected = asyncio.Event()
+        self._listener = self._make_listener() if cfg.wake.barge_in_speech else None
+
+    def _make_listener(self):
+        """Hears the person over the reply, with the reply's own echo removed first."""
+        from hark.errors import HarkError
+        from hark.pipeline.bargein import PlaybackListener
+        from hark.vad.silero import load_vad
+
+        try:
+            return PlaybackListener(load_vad(self.cfg))
+        except HarkError as exc:
+            log.warning("speech barge-in off (only the wake word interrupts): %s", exc)
+            return None
 
     # --- wake thread --------------------------------------------------------------------
     def _wake_thread(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> None:
@@ -182,6 +195,19 @@ class Satellite:
 
     async def _on_frame(self, frame: np.ndarray, wake: Any) -> None:
         now = time.monotonic()
+        lis = self._listener
+        if lis is not None and lis.active:
+            if now - self._last_audio > 0.5:  # the reply has finished playing
+                lis.reset()
+            elif wake is None and not self._streaming and lis.heard(frame):
+                log.info("barge-in: speech over the reply")
+                lis.reset()
+                if not self._turn_open:  # the reply was still playing out after turn-end
+                    self.stats.barge_ins += 1
+                    self.sink.stop()
+                    if self._receiver is not None:
+                        self._receiver = self._new_receiver()
+                await self._start_turn(followup=True)  # (stops an open turn's reply)
         if wake is not None:
             self.stats.wakes += 1
             log.info("wake word '%s' (%.2f)", wake.keyword, wake.probability)
@@ -357,6 +383,8 @@ class Satellite:
                 self.datagram(ev.payload)
             elif ev.type in ("speech-end", "busy"):
                 self._stop_streaming()
+                if ev.type == "busy" and self._listener is not None:
+                    self._listener.ignore_until_reset()  # talking over "busy" is no barge-in
             elif ev.type == "transcript" and ev.data.get("final", True):
                 self.stats.transcripts.append(ev.data.get("text", ""))
             elif ev.type == "reply-text":
@@ -416,6 +444,8 @@ class Satellite:
                 continue
             for _frame, pcm in rx.pop():
                 self.sink.write(pcm, rx.rate)
+                if self._listener is not None:
+                    self._listener.played(pcm, rx.rate)
                 self.stats.frames_played += 1
                 self._last_audio = time.monotonic()
                 if self._followup_until:
