@@ -60,7 +60,8 @@ class AsrConfig:
     language: str = "en"
     threads: int = 2
     streaming: bool = True  # decode while the person speaks (LocalAgreement)
-    partial_interval_ms: int = 320  # how often the growing utterance is re-decoded
+    partial_interval_ms: int = 500  # new audio (and idle time) between partial decodes
+    partial_min_ms: int = 1500  # no partial decodes on shorter speech (commands, short questions)
     initial_prompt: str = ""  # vocabulary hint passed to Whisper
 
 

@@ -36,6 +36,8 @@ class Log:
 class ScriptedEndpointer:
     """Emits the scripted VAD event kinds at given chunk numbers."""
 
+    silence_ms = 0.0
+
     def __init__(self, script: dict[int, str]):
         self.script = script
         self.n = 0
@@ -120,6 +122,7 @@ class FakeTts:
 def make(log: Log, llm: FakeLlm, script: dict[int, str]) -> tuple[Assistant, list]:
     cfg = Config()
     cfg.asr.partial_interval_ms = 64
+    cfg.asr.partial_min_ms = 0
     made: list[ScriptedEndpointer] = []
 
     def factory():

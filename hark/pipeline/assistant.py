@@ -512,8 +512,9 @@ class Assistant:
         ep.set_eot_ms(self._eot_default() if streaming else vcfg.eot_silence_ms)
         resp: _Response | None = None  # the (speculative) response in flight
         partial_task: asyncio.Task | None = None
-        last_partial_len = 0
+        last_partial_len = partial_done_len = 0
         partial_every = int(self.cfg.asr.partial_interval_ms * 16)
+        partial_min = int(self.cfg.asr.partial_min_ms * 16)
         speech_end_t: float | None = None
         partial_len, partial_text = 0, ""  # the latest partial decode: its audio, its words
         streamer = StreamingTranscriber(self.asr, self.cfg.asr)  # LocalAgreement partials
@@ -578,6 +579,7 @@ class Assistant:
                     if partial_task is not None and partial_task.done():
                         part = None if partial_task.exception() else partial_task.result()
                         partial_task = None
+                        partial_done_len = len(ep.utterance())
                         text = partial_text = part.text if part else ""
                         if text:
                             yield TranscriptEvent(part)
@@ -586,7 +588,13 @@ class Assistant:
                             if eot != vcfg.eot_short_ms:  # likely a question: read it ahead
                                 self._prefill(text, session)
                     n = len(ep.utterance())
-                    if partial_task is None and n - last_partial_len >= partial_every:
+                    # A decode in flight at the pause delays the final one (one ASR
+                    # thread), so partials run only on longer speech, leave the thread
+                    # idle between passes, and never start in a silence that may be the end.
+                    if (partial_task is None and n >= partial_min
+                            and n - last_partial_len >= partial_every
+                            and n - partial_done_len >= partial_every
+                            and ep.silence_ms == 0):
                         last_partial_len = n
                         snapshot = ep.utterance()
                         partial_len, partial_text = len(snapshot), ""
