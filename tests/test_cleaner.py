@@ -34,6 +34,8 @@ CASES = [
     ("Read [the official Python docs](https://docs.python.org/3/) first.",
      "Read the official Python docs first."),
     ("Plain text stays as it is: 42 apples, 7 pears.", "Plain text stays as it is: 42 apples, 7 pears."),
+    ("It takes 5 - 10 minutes, e. g. at 20° C or $5 million.",
+     "It takes 5 to 10 minutes, for example at 20 degrees Celsius or 5 million dollars."),
 ]
 
 
@@ -59,6 +61,14 @@ def test_streaming_releases_text_early() -> None:
         out += cleaner.push(word + " ")
     assert out.startswith("The capital of France is Paris,")
     assert (out + cleaner.flush()).strip().endswith("old buildings")
+
+
+def test_only_the_word_being_written_is_held_back() -> None:
+    """Each word is released as soon as the next one starts: the first spoken chunk
+    must not wait for words the cleaner has no reason to hold."""
+    cleaner = SpeechCleaner()
+    released = [cleaner.push(piece) for piece in ["The", " moon", " is", " approximately", " "]]
+    assert released == ["", "The ", "moon ", "is ", "approximately "]
 
 
 def test_number_waits_for_its_unit() -> None:

@@ -158,7 +158,10 @@ _UNDECIDED = re.compile(r"^\s*(?:[-*+•#>|`~_]*|\d{1,3}[.)]?)$")
 # Where a streamed line can safely be cut: after clause punctuation + whitespace.
 _SAFE_CUT = re.compile(r"[.,;:!?)\]][\"')\]]*\s+")
 _NEEDS_NEXT = re.compile(r"\b(?:No|St)\.$")  # read by what follows: "No. 5", "St. Louis"
-_HOLD_WORDS = 2  # words held back mid-line so "3.5" can still meet its "km"
+# A cut must not fall just after these: what follows changes how they are read
+# ("3.5 km", "5 - 10", "20° C", "e. g.", "$5 million").
+_NO_CUT_AFTER = re.compile(r"(?:\d|\d\s?[-–]|°|\b[A-Za-z]\.|[$€£¥])\s+$")
+_HOLD_WORDS = 1  # mid-line, only the word still being written is held back
 
 
 def _end_sentence(text: str) -> str:
@@ -245,11 +248,14 @@ class SpeechCleaner:
         for m in _SAFE_CUT.finditer(self._line):
             cut = m.end()
         words = list(re.finditer(r"\s+", self._line))
-        if len(words) > _HOLD_WORDS:
-            cut = max(cut, words[-_HOLD_WORDS].end())
+        # a bullet or header line ends with a period added at the line's end, so keep
+        # its last word too: the period must follow a word, not a trailing emoji
+        hold = _HOLD_WORDS + (self._line_kind in ("header", "bullet"))
+        if len(words) >= hold:
+            cut = max(cut, words[-hold].end())
         # never cut right after a number (its unit, "km", "°C", "%", may come next) or
         # after a word read by what follows ("No. 5")
-        while cut > 0 and (re.search(r"\d\s+$", self._line[:cut])
+        while cut > 0 and (_NO_CUT_AFTER.search(self._line[:cut])
                            or _NEEDS_NEXT.search(self._line[:cut].rstrip())):
             m = re.search(r"\S+\s+$", self._line[:cut])
             cut = m.start() if m else 0
