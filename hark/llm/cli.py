@@ -158,7 +158,9 @@ def _ask(service, engine, question: str, session: str, cfg) -> tuple[str, float 
     generated tokens, generation seconds)."""
     from hark.tts.chunker import SpeechChunker
 
-    chunker = SpeechChunker(cfg.tts.first_chunk_min_chars, cfg.tts.chunk_max_chars)
+    # the same chunker settings as the pipeline's, so this is the chunk TTS would get
+    chunker = SpeechChunker(cfg.tts.first_chunk_min_chars, cfg.tts.chunk_max_chars,
+                            cfg.tts.first_chunk_max_words)
     t0 = time.monotonic()
     first_chunk = None
     pieces = []
