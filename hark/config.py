@@ -155,6 +155,11 @@ class LlmConfig:
     openai_model: str = "default"
     openai_api_key: str = ""
     timeout_s: float = 20.0
+    # Where llama.cpp runs (llama_cpp backend): "process" = a supervised child process
+    # (a crash in the model costs one answer, not the server; it restarts by itself),
+    # "thread" = inside this process (no pipe between), "auto" = "process" for
+    # 'hark serve' and "thread" for the CLI, demo, benches and tests.
+    isolation: str = "auto"
 
 
 @dataclass

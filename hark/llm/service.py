@@ -453,9 +453,28 @@ class RetryingEngine:
         yield from self._get().stream(messages, max_tokens)
 
 
+def _engine_builder(isolation: str) -> Callable[[Config, str], LlmEngine]:
+    """``engine_for_profile`` of ``llm.isolation``: in this process ("thread", and "auto"
+    outside ``hark serve``) or in a supervised child process ("process")."""
+    if isolation in ("thread", "auto"):
+        from hark.llm.llama import engine_for_profile
+
+        return engine_for_profile
+    if isolation == "process":
+        from hark.llm.worker import worker_for_profile
+
+        return worker_for_profile
+    from hark.errors import ConfigError
+
+    raise ConfigError(f"unknown llm.isolation '{isolation}'",
+                      fix='use "process" (crash-safe child process), "thread" or "auto"')
+
+
 def load_llm(cfg: Config, warm: bool = True, strict: bool = True) -> LlmService:
     """Build the LLM stage from ``cfg.llm``: the configured backend and profile, plus the
     ``fast`` profile as load-aware fallback when another local profile is chosen.
+    ``llm.isolation = "process"`` runs each llama.cpp model in a supervised child
+    process (:mod:`hark.llm.worker`) that is restarted when it crashes.
 
     ``strict`` (the default): a model that cannot be loaded raises :class:`ModelError`
     naming the fix, so start-up fails clearly. ``strict=False``: the error is logged and
@@ -468,8 +487,7 @@ def load_llm(cfg: Config, warm: bool = True, strict: bool = True) -> LlmService:
 
         engine: LlmEngine = OpenAiEngine.from_config(cfg)
     elif c.backend == "llama_cpp":
-        from hark.llm.llama import engine_for_profile
-
+        engine_for_profile = _engine_builder(c.isolation)
         try:
             engine = engine_for_profile(cfg, c.profile)
         except ModelError as exc:
