@@ -35,10 +35,12 @@ class FileSource:
         self.ended = threading.Event()  # the recording has been played
         self.done = threading.Event()  # stop producing silence
         self.tail_silence_s = tail_silence_s
+        self.started_at: float | None = None  # monotonic time of the first sample
 
     def __iter__(self) -> Iterator[np.ndarray]:
         n = self.frame_samples
         t0 = time.monotonic()
+        self.started_at = t0
         i = 0
         sent = 0
         while not self.done.is_set():

@@ -33,7 +33,7 @@ from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
 from hark.transport.control import PROTOCOL_VERSION, Connection
-from hark.transport.rtp import PT_PROBE, RtpPacket
+from hark.transport.rtp import PT_PROBE, RtpPacket, seq_delta
 from hark.transport.shm import ShmRing, host_id
 from hark.transport.stream import RtpStreamReceiver, RtpStreamSender
 
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 FRAME_MS = 20
 FRAME = SAMPLE_RATE * FRAME_MS // 1000
 PRE_ROLL_S = 0.1  # audio before the detection point sent with the turn
+TURN_BUFFER_S = 30.0  # a turn's sent audio kept for resending after a move to TCP
+PROBE_BYTES = 160  # a re-probe is as big as an audio packet (small ones may pass alone)
+MAX_PROBE_WAIT = 16  # turns between UDP re-probes, at most
 FOLLOWUP_DBFS = -38.0  # speech level that opens a follow-up turn
 
 
@@ -80,6 +83,10 @@ class SatelliteStats:
     barge_ins: int = 0
     connects: int = 0
     frames_played: int = 0
+    udp_fallbacks: int = 0  # turns whose audio the server moved from UDP to TCP
+    frames_resent: int = 0  # audio frames resent over TCP after a fallback
+    udp_restored: int = 0  # times a re-probe brought audio back to UDP
+    reply_audio_at: list[float] = field(default_factory=list)  # first reply frame per turn
     transcripts: list[str] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
@@ -120,6 +127,12 @@ class Satellite:
         self._followup_until = 0.0
         self._loud_frames = 0
         self._probe_ok = asyncio.Event()
+        self._turn_sent: deque[RtpPacket] = deque(maxlen=int(TURN_BUFFER_S * 1000 / FRAME_MS))
+        self._udp_degraded = False  # auto mode fell back to TCP: probe UDP again later
+        self._probe_wait = 1  # turns to wait before the next re-probe
+        self._turns_degraded = 0
+        self._restored_by_probe = False
+        self._reply_started = False
         self._last_audio = 0.0
         self.connected = asyncio.Event()
         self._listener = self._make_listener() if cfg.wake.barge_in_speech else None
@@ -242,6 +255,8 @@ class Satellite:
             return
         self._turn_open = True
         self._streaming = True
+        self._turn_sent.clear()
+        self._reply_started = False
         if self.cfg.wake.earcon and not followup:
             self.sink.write(earcon(), SAMPLE_RATE)
         if self._sender is None:  # one RTP stream per connection; each turn a talk spurt
@@ -259,12 +274,62 @@ class Satellite:
 
     def _send_packet(self, pkt: RtpPacket) -> None:
         raw = pkt.pack()
+        self._turn_sent.append(pkt)
         if self._path == "udp" and self._udp is not None:
             self._udp.sendto(raw, (self.server_host, self._welcome["rtp_port"]))
         elif self._path == "shm" and self._shm_up is not None:
             self._shm_up.write(raw)
-        elif self.conn is not None:
+        else:
+            self._send_tcp(raw)
+
+    def _send_tcp(self, raw: bytes) -> None:
+        """One packet as an ``audio-chunk`` event (tasks run, and the connection's lock
+        is granted, in order: packets arrive in the order sent)."""
+        if self.conn is not None:
             asyncio.get_running_loop().create_task(self._send_event("audio-chunk", {}, raw))
+
+    def _fall_back_to_tcp(self, last_seq: int | None) -> None:
+        """The server got no (more) UDP audio: from now on audio goes over TCP, starting
+        with every frame of this turn after ``last_seq``, the newest it did receive."""
+        self._path = "tcp"
+        self.stats.udp_fallbacks += 1
+        if self.cfg.transport.tcp_audio_fallback == "auto":
+            self._udp_degraded = True
+            self._turns_degraded = 0
+            if self._restored_by_probe:  # the probe passed but audio did not: wait longer
+                self._probe_wait = min(self._probe_wait * 2, MAX_PROBE_WAIT)
+        self._restored_by_probe = False
+        if not self._turn_open:
+            return
+        for pkt in list(self._turn_sent):
+            if last_seq is None or seq_delta(pkt.seq, last_seq) > 0:
+                self._send_tcp(pkt.pack())
+                self.stats.frames_resent += 1
+
+    async def _reprobe(self) -> None:
+        """Between turns after a fallback: if UDP now carries audio-sized packets both
+        ways, move audio back to it."""
+        if self._udp is None or self.conn is None or "rtp_port" not in self._welcome:
+            return
+        self._probe_ok.clear()
+        pad = os.urandom(PROBE_BYTES)
+        for i in range(3):
+            probe = RtpPacket(i, 0, self._welcome["ssrc"], pad, PT_PROBE).pack()
+            self._udp.sendto(probe, (self.server_host, self._welcome["rtp_port"]))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._probe_ok.wait(), 0.2)
+                break
+        if not self._probe_ok.is_set() or self._turn_open or self._path != "tcp":
+            return  # still blocked (or a turn began meanwhile: try after it)
+        try:
+            await self.conn.send("transport", {"audio": "udp"})
+        except (ConnectionError, OSError, AttributeError):
+            return
+        self._path = "udp"
+        self._udp_degraded = False
+        self._restored_by_probe = True
+        self.stats.udp_restored += 1
+        log.info("UDP gets through again: audio back over UDP")
 
     async def _send_event(self, etype: str, data: dict, payload: bytes = b"") -> None:
         if self.conn is not None:
@@ -349,6 +414,8 @@ class Satellite:
             log.warning("no UDP reply from the server; sending UDP anyway (fallback 'never')")
             return "udp"
         log.info("UDP does not get through: audio over the TCP control connection")
+        self._udp_degraded = True
+        self._turns_degraded = 0
         return "tcp"
 
     def _new_receiver(self) -> RtpStreamReceiver:
@@ -394,13 +461,25 @@ class Satellite:
                 self._stop_streaming()
                 self._turn_open = False
                 self.stats.turns_done += 1
+                if self._path == "udp":
+                    self._probe_wait = 1  # a whole turn over UDP: the path is sound
+                if self._udp_degraded and self._path == "tcp":
+                    self._turns_degraded += 1
+                    if self._turns_degraded >= self._probe_wait:
+                        self._turns_degraded = 0
+                        asyncio.get_running_loop().create_task(self._reprobe())
                 self._followup_until = time.monotonic() + 1.0 + self.cfg.wake.followup_s \
                     if not ev.data.get("error") else 0.0
             elif ev.type == "error":
                 log.warning("server: %s", ev.data.get("message"))
-            elif ev.type == "transport" and ev.data.get("audio") in ("udp", "tcp"):
-                log.warning("server asks for audio over %s", ev.data["audio"])
-                self._path = ev.data["audio"]
+            elif ev.type == "transport" and ev.data.get("audio") == "tcp":
+                last = ev.data.get("last_seq")
+                log.warning("server asks for audio over TCP (newest UDP frame it has: %s)",
+                            last)
+                self._fall_back_to_tcp(last if isinstance(last, int) else None)
+            elif ev.type == "transport" and ev.data.get("audio") == "udp":
+                log.warning("server asks for audio over UDP")
+                self._path = "udp"
             elif ev.type == "timer":
                 log.info("timer: %s", ev.data.get("text"))
             elif ev.type == "barge-in":
@@ -443,6 +522,9 @@ class Satellite:
             if rx is None:
                 continue
             for _frame, pcm in rx.pop():
+                if not self._reply_started:
+                    self._reply_started = True
+                    self.stats.reply_audio_at.append(time.monotonic())
                 self.sink.write(pcm, rx.rate)
                 if self._listener is not None:
                     self._listener.played(pcm, rx.rate)

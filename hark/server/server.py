@@ -74,6 +74,7 @@ class ServerStats:
     turns: int = 0
     turns_busy: int = 0
     barge_ins: int = 0
+    llm_worker_restarts: int = 0  # crashed LLM worker processes restarted (hark.llm.worker)
 
 
 @dataclass
@@ -101,6 +102,8 @@ class Session:
     connected_at: float = field(default_factory=time.monotonic)
     turns: int = 0
     packets_up: int = 0  # audio packets accepted from this satellite
+    udp_fallbacks: int = 0  # turns whose audio moved from UDP to TCP mid-turn
+    fell_back: bool = False  # the current turn's audio moved from UDP to TCP
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -123,6 +126,14 @@ class Server:
         self.control_port = 0
         self.rtp_port = 0
         assistant.on_notify(self._on_notify)
+        # LLM engines in a supervised child process (llm.isolation = "process"): count
+        # their restarts (exported as hark_server_llm_worker_restarts_total)
+        llm = getattr(assistant, "llm", None)
+        self._llm_workers = [e for e in (getattr(llm, "engine", None),
+                                         getattr(llm, "fallback", None))
+                             if isinstance(getattr(e, "on_restart", None), list)]
+        for worker in self._llm_workers:
+            worker.on_restart.append(self._on_llm_restart)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,7 +153,13 @@ class Server:
         assert self._tcp is not None
         await self._tcp.serve_forever()
 
+    def _on_llm_restart(self, _count: int) -> None:  # a supervisor thread
+        self.stats.llm_worker_restarts = sum(w.restarts for w in self._llm_workers)
+
     async def stop(self) -> None:
+        for worker in self._llm_workers:
+            if self._on_llm_restart in worker.on_restart:
+                worker.on_restart.remove(self._on_llm_restart)
         if self._tcp:
             self._tcp.close()
         for s in list(self.sessions.values()):
@@ -299,7 +316,7 @@ class Server:
 
     async def _on_audio_chunk(self, s: Session, ev: Event) -> None:
         pkt = RtpPacket.parse(ev.payload)
-        self._accept_packet(s, pkt)
+        self._accept_packet(s, pkt, ordered=True)  # TCP: reliable and in order
 
     async def _on_wake(self, s: Session, ev: Event) -> None:
         if s.turn is not None and not s.turn.done():
@@ -312,6 +329,7 @@ class Server:
         tc = self.cfg.transport
         s.receiver = RtpStreamReceiver(s.codec, SAMPLE_RATE, s.frame_ms, tc.jitter_min_ms,
                                        tc.jitter_max_ms)
+        s.fell_back = False
         s.turn = self._spawn(self._turn(s, s.inbox, follow_up=bool(ev.data.get("followup"))))
         if s.audio_path == "udp" and tc.tcp_audio_fallback == "auto":
             self._spawn(self._udp_watchdog(s, s.packets_up))
@@ -325,7 +343,16 @@ class Server:
             log.warning("session %s: no UDP audio for %.1f s after wake; switching to TCP",
                         s.id, UDP_SILENCE_S)
             s.audio_path = "tcp"
-            await _safe_send(s.conn, "transport", {"audio": "tcp"}, b"")
+            s.udp_fallbacks += 1
+            s.fell_back = True
+            last = None
+            if s.receiver is not None:  # what UDP did bring is kept; the rest is resent
+                for t, pcm in s.receiver.drain():
+                    self._deliver(s, pcm, t)
+                last = s.receiver.highest_seq
+            # the satellite resends every frame of the turn after ``last_seq`` over TCP
+            await _safe_send(s.conn, "transport", {"audio": "tcp", "last_seq": last,
+                                                   "reason": "no-udp-audio"}, b"")
 
     async def _on_audio_stop(self, s: Session, ev: Event) -> None:
         if s.inbox is not None:
@@ -360,16 +387,30 @@ class Server:
             self._send_packet(s, RtpPacket(pkt.seq, pkt.timestamp, s.ssrc_down, b"", PT_PROBE),
                               force_udp=True)
             return
+        if s.audio_path != "udp":  # late UDP audio after a move to TCP: resent there
+            return
         self._accept_packet(s, pkt)
 
-    def _accept_packet(self, s: Session, pkt: RtpPacket) -> None:
+    def _accept_packet(self, s: Session, pkt: RtpPacket, ordered: bool = False) -> None:
+        """Uplink audio of the current turn: through the jitter buffer (UDP), or decoded
+        at once when the path is reliable and ordered (TCP, shared memory)."""
         if pkt.ssrc != s.ssrc_up or s.receiver is None or pkt.pt == PT_PROBE:
             self.stats.packets_dropped_unknown += 1
             return
         if s.inbox is None:  # no turn: audio is not wanted
             return
         s.packets_up += 1
-        s.receiver.push(pkt)
+        if not ordered:
+            s.receiver.push(pkt)
+            return
+        for t, pcm in s.receiver.push_ordered(pkt):
+            self._deliver(s, pcm, t)
+
+    def _deliver(self, s: Session, pcm, t: float) -> None:
+        """Decoded uplink audio into the running turn."""
+        if s.inbox is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                s.inbox.put_nowait(AudioChunk(pcm, SAMPLE_RATE, t))
 
     async def _pump_audio(self) -> None:
         """Every 5 ms: drain shared-memory rings, and play each session's jitter buffer
@@ -385,9 +426,7 @@ class Server:
                     if s.receiver is None:
                         continue
                     for frame, pcm in s.receiver.pop(now):
-                        if s.inbox is not None:
-                            with contextlib.suppress(asyncio.QueueFull):
-                                s.inbox.put_nowait(AudioChunk(pcm, SAMPLE_RATE, frame.due))
+                        self._deliver(s, pcm, frame.due)
                 except ProtocolError as exc:
                     log.info("session %s: dropping bad audio: %s", s.id, exc)
                     self.stats.packets_malformed += 1
@@ -484,6 +523,7 @@ class Server:
                 if trace is not None:
                     trace.info.setdefault("satellite", s.name)
                     trace.info.setdefault("audio_path", s.audio_path)
+                    trace.info.setdefault("udp_fallback", s.fell_back)
                     for cb in self.turn_listeners:
                         try:
                             cb(trace)

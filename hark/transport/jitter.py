@@ -77,6 +77,7 @@ class JitterBuffer:
         self._ref_seq: int | None = None  # last RTP seq seen, for unwrapping
         self._ref_ext = 0
         self._highest = -1
+        self.highest_seq: int | None = None  # RTP seq of the newest packet received
         self._next: int | None = None  # ext seq of the next frame to play
         self._offset: float | None = None
         self._played: deque[int] = deque(maxlen=256)
@@ -122,6 +123,8 @@ class JitterBuffer:
             # frames concealed past the newest packet were real losses after all
             self.stats.lost += self._tail_concealed
             self._tail_concealed = 0
+        if ext > self._highest:
+            self.highest_seq = pkt.seq
         self._highest = max(self._highest, ext)
         self._packets[ext] = pkt
         self._last_ext, self._last_arrival = ext, now
@@ -188,6 +191,30 @@ class JitterBuffer:
                         self._idle = True  # nothing newer: the stream paused or ended
                         self._tail_concealed = 0
             self._next = k + 1
+        return out
+
+    def drain(self) -> list[PlayoutFrame]:
+        """Every frame up to the newest packet received, now, whatever their due times
+        (gaps come out as lost frames): for handing the stream over to another path.
+        Leaves the buffer idle."""
+        out: list[PlayoutFrame] = []
+        if self._idle or self._next is None or self._offset is None:
+            return out
+        while self._next <= self._highest:
+            k = self._next
+            pkt = self._packets.pop(k, None)
+            if pkt is not None:
+                out.append(PlayoutFrame(k, self.due(k), pkt.payload, timestamp=pkt.timestamp))
+                self.stats.played += 1
+                self._played.append(k)
+            else:
+                nxt = self._packets.get(k + 1)
+                out.append(PlayoutFrame(k, self.due(k), None, nxt.payload if nxt else None))
+                self.stats.lost += 1
+            self._next = k + 1
+        self._packets.clear()
+        self._idle = True
+        self._tail_concealed = 0
         return out
 
     def __len__(self) -> int:

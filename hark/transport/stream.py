@@ -16,7 +16,7 @@ import numpy as np
 from hark.audio import resample
 from hark.transport.codec import make_decoder, make_encoder, opus_rate
 from hark.transport.jitter import JitterBuffer, PlayoutFrame
-from hark.transport.rtp import PT_OPUS, PT_PCM, RtpPacket
+from hark.transport.rtp import PT_OPUS, PT_PCM, RtpPacket, seq_delta
 
 
 def wire_rate(codec: str, rate: int) -> int:
@@ -79,10 +79,11 @@ class RtpStreamReceiver:
     """Jitter buffer + decoder: packets in, PCM frames out on the playout clock.
 
     Lost frames are rebuilt from the next packet's Opus FEC when it is already here,
-    else concealed by libopus PLC (PCM: the last frame repeated, fading)."""
+    else concealed by libopus PLC (PCM: the last frame repeated, fading). Packets from a
+    reliable, ordered path skip the jitter buffer (:meth:`push_ordered`)."""
 
     def __init__(self, codec: str, rate: int, frame_ms: int = 20,
-                 jitter_min_ms: float = 10, jitter_max_ms: float = 120):
+                 jitter_min_ms: float = 10, jitter_max_ms: float = 120, max_gap: int = 50):
         self.codec = codec
         self.rate = rate  # wire rate: what decode() returns
         self.decoder = make_decoder(codec, rate, frame_ms)
@@ -90,6 +91,63 @@ class RtpStreamReceiver:
         self.frame_ms = frame_ms
         self.concealed = 0
         self.fec_recovered = 0
+        self.max_gap = max_gap
+        self.last_seq: int | None = None  # newest seq decoded on the ordered path
+        self._clock: tuple[int, float] | None = None  # (RTP timestamp, capture time)
+
+    @property
+    def highest_seq(self) -> int | None:
+        """RTP seq of the newest packet received on either path (None: none yet)."""
+        if self.last_seq is None:
+            return self.jitter.highest_seq
+        return self.last_seq
+
+    def capture_time(self, timestamp: int, now: float) -> float:
+        """When the frame with this RTP timestamp was captured, estimated from the
+        fastest arrival seen so far (a burst of resent frames maps to their real times
+        once a live frame has come)."""
+        if self._clock is None:
+            self._clock = (timestamp, now)
+        ts0, t0 = self._clock
+        offset = ((timestamp - ts0) & 0xFFFFFFFF) / self.rate
+        if offset > 0x7FFFFFFF / self.rate:  # an older frame than the reference
+            offset -= 0x100000000 / self.rate
+        if now - offset < t0:
+            self._clock = (ts0, now - offset)
+            t0 = now - offset
+        return t0 + offset
+
+    def push_ordered(self, pkt: RtpPacket, now: float | None = None
+                     ) -> list[tuple[float, np.ndarray]]:
+        """A packet from an ordered, reliable path (TCP, shared memory): decoded at
+        once, no jitter buffer. Returns (capture time, PCM) per frame: none for a
+        duplicate or an old packet, concealed frames first for a gap of up to
+        ``max_gap`` frames (a longer gap is skipped: the stream restarted)."""
+        now = time.monotonic() if now is None else now
+        out: list[tuple[float, np.ndarray]] = []
+        if self.last_seq is None:
+            # frames still in the jitter buffer (the path changed mid-stream) come first
+            out.extend(self.drain())
+        if self.last_seq is not None:
+            gap = seq_delta(pkt.seq, self.last_seq) - 1
+            if gap < 0:
+                return out  # duplicate, or already played from the jitter buffer
+            t = self.capture_time(pkt.timestamp, now)
+            frame_s = self.frame_ms / 1000.0
+            for i in range(gap if gap <= self.max_gap else 0, 0, -1):
+                self.concealed += 1
+                out.append((t - i * frame_s, self.decoder.conceal()))
+        self.last_seq = pkt.seq
+        out.append((self.capture_time(pkt.timestamp, now), self.decoder.decode(pkt.payload)))
+        return out
+
+    def drain(self) -> list[tuple[float, np.ndarray]]:
+        """Everything the jitter buffer holds, decoded now (for a path change); the
+        ordered path continues after the newest packet it held."""
+        frames = self.jitter.drain()
+        if frames:
+            self.last_seq = self.jitter.highest_seq
+        return [(f.due, self.decode(f)) for f in frames]
 
     def push(self, pkt: RtpPacket, now: float | None = None) -> str:
         return self.jitter.push(pkt, time.monotonic() if now is None else now)
