@@ -215,6 +215,7 @@ class ProcessEngine:
         self.last_first_token_s: float | None = None  # as the caller saw it (incl. the pipe)
         self.total_evaluated_tokens = 0
         self.load_s = 0.0
+        self.active_call: str | None = None  # "stream", "prefill", ... while one runs
         self._factory = factory
         # (warm?, system prompt): what every restarted child does before taking calls
         self._warm: tuple[bool, str | None] = (False, None)
@@ -246,11 +247,6 @@ class ProcessEngine:
         child = self._child
         return child.pid if child is not None else None
 
-    @property
-    def busy(self) -> bool:
-        """A call is in progress."""
-        return self._lock.locked()
-
     def wait_ready(self, timeout_s: float) -> bool:
         """Block until a child is up (after a restart); False on timeout or close."""
         deadline = time.monotonic() + timeout_s
@@ -271,10 +267,11 @@ class ProcessEngine:
             call_id = next(self._ids)
             t0 = time.monotonic()
             self.last_first_token_s = None
-            self._send(child, ("stream", call_id, [(m.role, m.content) for m in messages],
-                               max_tokens, ignore_eos))
+            self.active_call = "stream"
             finished = False
             try:
+                self._send(child, ("stream", call_id, [(m.role, m.content) for m in messages],
+                                   max_tokens, ignore_eos))
                 while True:
                     kind, _, *rest = self._recv(child, call_id)
                     if kind == "tok":
@@ -291,6 +288,7 @@ class ProcessEngine:
             finally:
                 if not finished:
                     self._cancel(child, call_id)
+                self.active_call = None
 
     def prefill(self, messages: list[ChatMessage]) -> int:
         return int(self._call("prefill", [ChatMessage(m.role, m.content) for m in messages]))
@@ -343,8 +341,12 @@ class ProcessEngine:
         with self._lock:
             child = self._current()
             call_id = next(self._ids)
-            self._send(child, ("call", call_id, method, args))
-            kind, _, result = self._recv(child, call_id)
+            self.active_call = method
+            try:
+                self._send(child, ("call", call_id, method, args))
+                kind, _, result = self._recv(child, call_id)
+            finally:
+                self.active_call = None
             if kind == "err":
                 raise _rebuild_error(result)
             return result

@@ -21,6 +21,10 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     if args.host:
         cfg.server.host = args.host
+    if cfg.llm.isolation == "auto":
+        # a long-running service: a crash in llama.cpp must cost one answer, not every
+        # satellite's connection (hark.llm.worker restarts the model process)
+        cfg.llm.isolation = "process"
     log = logging.getLogger("hark.serve")
     holder: dict = {}
 
