@@ -6,29 +6,51 @@ import argparse
 import json
 from pathlib import Path
 
+from hark.errors import ConfigError
+
 DEFAULT_THRESHOLD = 0.87  # keep equal to hark.wake.detector.DEFAULT_THRESHOLD
+SWEEP = (0.70, 0.75, 0.80, 0.83, 0.85, 0.87, 0.89, 0.91, 0.93, 0.95)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError as exc:
+        raise ConfigError(f"not a comma list of numbers: {text!r}",
+                          fix="e.g. --augment-snrs 20,10,5") from exc
 
 
 def _eval_wake(args: argparse.Namespace) -> int:
     from hark.audio import read_audio
     from hark.cli import load_cfg
+    from hark.wake.augment import parse_families
     from hark.wake.detector import WakeWordDetector
-    from hark.wake.evaluate import audio_files, evaluate
+    from hark.wake.evaluate import (audio_files, cross_validate, evaluate,
+                                    evaluate_positive_robustness, evaluate_streams, load_clips,
+                                    stream_report, threshold_sweep)
 
     cfg = load_cfg(args)
+    families = parse_families(args.augment)
+    snrs = _floats(args.augment_snrs)
+    if args.hours_min < 0:
+        raise ConfigError("--hours-min must be at least 0")
     det = WakeWordDetector(args.keyword or cfg.wake.keyword, threshold=args.threshold,
                            refractory_s=cfg.wake.refractory_s)
     noise = read_audio(args.noise) if args.noise else None
+    aug_noise_path = args.augment_noise or args.noise
+    aug_noise = read_audio(aug_noise_path) if aug_noise_path else None
     positives = [f for d in args.positives for f in audio_files(d)]
     negatives = [f for d in args.negatives for f in audio_files(d)]
+
     res = evaluate(det, positives, negatives, noise, args.snr)
     out = res.to_dict()
-    out.update(keyword=det.keyword, threshold=det.threshold,
+    out.update(keyword=det.keyword, threshold=det.threshold, refractory_s=det.refractory_s,
                noise=args.noise, snr_db=args.snr if args.noise else None)
     lat = out["latency_ms"]
-    print(f"keyword {det.keyword}: detected {res.detected}/{res.positives} "
-          f"({out['detection_rate']:.1%}), false accepts {res.false_accepts} in "
-          f"{res.negative_s / 60:.1f} min = {out['false_accepts_per_hour']:.2f}/hour")
+    print(f"keyword {det.keyword} (threshold {det.threshold}): detected {res.detected}/"
+          f"{res.positives} ({out['detection_rate']:.1%}), false accepts {res.false_accepts} in "
+          f"{res.negative_s / 60:.1f} min = {out['false_accepts_per_hour']:.2f}/hour "
+          f"(95% upper bound {out['false_accepts_per_hour_upper95']:.1f}/hour)")
     if lat["p50"] is not None:
         print(f"latency after keyword end: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms")
     print(f"CPU {out['cpu_per_audio_s']:.4f} s per audio second")
@@ -36,6 +58,39 @@ def _eval_wake(args: argparse.Namespace) -> int:
         print("missed:", ", ".join(res.missed))
     if res.false_accept_files:
         print("false accepts in:", ", ".join(res.false_accept_files))
+
+    if families or args.cv:
+        runs = evaluate_streams(det, load_clips(negatives), families, aug_noise, snrs,
+                                args.hours_min, seed=args.seed)
+        aug = stream_report(runs, args.hours_min)
+        out["augmented_negatives"] = aug
+        print(f"augmented negatives ({', '.join(families) or 'none'}), continuous streams: "
+              f"{aug['false_accepts']} false accepts in {aug['hours']:.2f} h "
+              f"({aug['speech_hours']:.2f} h of it speech) = {aug['per_hour']:.2f}/hour, "
+              f"95% upper bound {aug['per_hour_upper95']:.2f}/hour "
+              f"(target {aug['target_per_hour']}/hour)")
+        for name, r in aug["per_augmentation"].items():
+            print(f"  {name:<14} {r['hours'] * 60:6.1f} min  {r['false_accepts']} FA")
+        for e in aug["events"]:
+            print(f"  false accept: {e['augmentation']} {e['file']} at {e['time_in_file_s']:.2f} s "
+                  f"score {e['score']:.3f} (peak {e['peak_score']:.3f})")
+        pos_clips = load_clips(positives)
+        rob = evaluate_positive_robustness(det, pos_clips, noise=aug_noise,
+                                           snrs=snrs if "noise" in families else ())
+        out["positives_robustness"] = rob
+        print("positives, robustness: " + ", ".join(
+            f"{k} {v['detection_rate']:.1%}" for k, v in rob.items()))
+        out["threshold_sweep"] = threshold_sweep(res.positive_peaks, runs, det.refractory_s,
+                                                 SWEEP)
+        if args.cv:
+            cv = cross_validate(res.positive_peaks, runs, det.refractory_s, det.threshold)
+            out["cross_validation"] = cv
+            for f in cv["folds"]:
+                h, c = f["held_out"], f["held_out_at_configured"]
+                print(f"cross-validation {f['fold']}: chose {f['chosen_threshold']:.2f}; held out: "
+                      f"detection {h['detection_rate']:.1%}, {h['false_accepts']} FA in "
+                      f"{h['hours']:.2f} h; at {det.threshold}: detection "
+                      f"{c['detection_rate']:.1%}, {c['false_accepts']} FA")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
@@ -55,4 +110,16 @@ def register(cli) -> None:
     p.add_argument("--snr", type=float, default=10.0, help="SNR in dB for --noise")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="detection threshold on the phase-mean score")
+    p.add_argument("--augment", default="",
+                   help="augment the negatives into continuous streams: comma list of "
+                   "speed,tempo,gain,noise, or all")
+    p.add_argument("--hours-min", type=float, default=1.0,
+                   help="with --augment: add randomly augmented passes until this many hours "
+                   "of negatives were heard")
+    p.add_argument("--augment-noise", default="",
+                   help="noise recording for the noise augmentation (default: --noise)")
+    p.add_argument("--augment-snrs", default="20,10,5", help="SNRs (dB) of the noise augmentation")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the augmentation")
+    p.add_argument("--cv", action="store_true",
+                   help="cross-validate the threshold: choose on half the files, test on the rest")
     p.add_argument("--json", default="", help="write the results as JSON here")

@@ -89,6 +89,8 @@ class WakeWordDetector:
         self.threshold = threshold
         self.refractory_s = refractory_s
         self.cpu_s = 0.0  # process time spent in process(), for benchmarks
+        #: set to a list to record the score after every 10 ms feature (evaluation)
+        self.scores: list[float] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -135,6 +137,8 @@ class WakeWordDetector:
                     self._latest[phase] = float(prob)
             self._n_features += 1
             self.score = sum(self._latest) / len(self._latest)
+            if self.scores is not None:
+                self.scores.append(self.score)
             if event is None and self.score >= self.threshold \
                     and self.stream_s >= self._blocked_until:
                 self._blocked_until = self.stream_s + self.refractory_s
