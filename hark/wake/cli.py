@@ -20,6 +20,10 @@ def _floats(text: str) -> tuple[float, ...]:
                           fix="e.g. --augment-snrs 20,10,5") from exc
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
 def _eval_wake(args: argparse.Namespace) -> int:
     from hark.audio import read_audio
     from hark.cli import load_cfg
@@ -79,7 +83,7 @@ def _eval_wake(args: argparse.Namespace) -> int:
                                            snrs=snrs if "noise" in families else ())
         out["positives_robustness"] = rob
         print("positives, robustness: " + ", ".join(
-            f"{k} {v['detection_rate']:.1%}" for k, v in rob.items()))
+            f"{k} {_pct(v['detection_rate'])}" for k, v in rob.items()))
         out["threshold_sweep"] = threshold_sweep(res.positive_peaks, runs, det.refractory_s,
                                                  SWEEP)
         if args.cv:
@@ -88,9 +92,9 @@ def _eval_wake(args: argparse.Namespace) -> int:
             for f in cv["folds"]:
                 h, c = f["held_out"], f["held_out_at_configured"]
                 print(f"cross-validation {f['fold']}: chose {f['chosen_threshold']:.2f}; held out: "
-                      f"detection {h['detection_rate']:.1%}, {h['false_accepts']} FA in "
+                      f"detection {_pct(h['detection_rate'])}, {h['false_accepts']} FA in "
                       f"{h['hours']:.2f} h; at {det.threshold}: detection "
-                      f"{c['detection_rate']:.1%}, {c['false_accepts']} FA")
+                      f"{_pct(c['detection_rate'])}, {c['false_accepts']} FA")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
