@@ -326,3 +326,117 @@ def test_shm_ring_full_drops_and_missing_ring_errors():
     ring.close()
     with pytest.raises(ProtocolError):
         ShmRing("psm_does_not_exist_hark", create=False)
+
+
+def _waiting_consumer(name, n, q):
+    """Reads only when woken: no sleep, no polling loop."""
+    ring = ShmRing(name, create=False)
+    ring.fileno()  # listen for wake-ups
+    q.put("listening")
+    got, timeouts = [], 0
+    while len(got) < n:
+        ring.clear()  # consume wake-ups before reading, so none is missed
+        while (frame := ring.read()) is not None:
+            got.append(frame)
+        if len(got) < n and not ring.wait(timeout=30.0):
+            timeouts += 1
+            break
+    q.put((got, ring.wakeups, timeouts))
+    ring.close()
+
+
+def test_shm_reader_sleeps_on_the_wakeup_across_processes():
+    """Every frame reaches a reader in another process that only ever returns from
+    wait() through the writer's wake-ups (a timeout would mean it fell back to time)."""
+    ring = ShmRing(capacity=4096)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_waiting_consumer, args=(ring.name, 100, q))
+    proc.start()
+    assert q.get(timeout=20) == "listening"
+    frames = [bytes([i]) * (1 + i % 50) for i in range(100)]
+    import time
+    for f in frames:
+        while not ring.write(f):
+            time.sleep(0.001)
+        if frames.index(f) % 10 == 0:
+            time.sleep(0.01)  # let the reader go back to sleep now and then
+    got, wakeups, timeouts = q.get(timeout=30)
+    proc.join(5)
+    ring.close()
+    assert got == frames
+    assert timeouts == 0 and wakeups >= 1
+
+
+def test_shm_wait_is_bounded_and_notices_a_closed_writer():
+    writer = ShmRing(capacity=1024)
+    reader = ShmRing(writer.name, create=False)
+    reader.fileno()
+    assert reader.wait(0.01) is False  # nothing written: the bounded wait returns
+    assert reader.writer_alive()
+    writer.write(b"frame")
+    assert reader.wait(5.0) is True and reader.read() == b"frame"
+    reader_copy = ShmRing(writer.name, create=False)
+    assert reader_copy.writer_alive()
+    reader_copy.close()
+    writer_side = ShmRing(writer.name, create=False)  # e.g. the satellite's writer end
+    writer_side.write(b"last")
+    writer_side.close()  # marks the ring closed and wakes the reader
+    assert reader.wait(5.0) is True and reader.read() == b"last"
+    assert not reader.writer_alive()
+    reader.close()
+    writer.close()
+
+
+def _write_and_vanish(name):
+    import os
+
+    ring = ShmRing(name, create=False)
+    ring.write(b"bye")
+    os._exit(0)  # no close(): the process just disappears
+
+
+def test_shm_notices_a_vanished_writer_process():
+    ring = ShmRing(capacity=1024)
+    ring.fileno()
+    proc = mp.get_context("spawn").Process(target=_write_and_vanish, args=(ring.name,))
+    proc.start()
+    assert ring.wait(20.0) and ring.read() == b"bye"
+    proc.join(10)
+    assert not ring.writer_alive()
+    ring.close()
+
+
+def test_shm_event_loop_reader_is_called_per_write():
+    """An event loop watching fileno() runs its callback when a frame is written from
+    another thread (how server and satellite read their rings)."""
+    import threading
+
+    ring = ShmRing(capacity=4096)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        got: list[bytes] = []
+        calls = 0
+        done = asyncio.Event()
+
+        def on_ready():
+            nonlocal calls
+            calls += 1
+            ring.clear()
+            while (f := ring.read()) is not None:
+                got.append(f)
+            if len(got) == 3:
+                done.set()
+
+        loop.add_reader(ring.fileno(), on_ready)
+        writer = ShmRing(ring.name, create=False)
+        threading.Thread(target=lambda: [writer.write(b"%d" % i) for i in range(3)]).start()
+        await asyncio.wait_for(done.wait(), 10)
+        loop.remove_reader(ring.fileno())
+        writer.close()
+        return got, calls
+
+    got, calls = asyncio.run(go())
+    ring.close()
+    assert got == [b"0", b"1", b"2"] and calls >= 1

@@ -397,6 +397,9 @@ class Satellite:
             try:
                 self._shm_up = ShmRing(welcome["shm"]["up"], create=False)
                 self._shm_down = ShmRing(welcome["shm"]["down"], create=False)
+                # reply frames are taken the moment the server writes them (wake-up)
+                asyncio.get_running_loop().add_reader(self._shm_down.fileno(),
+                                                      self._on_shm_down)
                 return "shm"
             except ProtocolError as exc:
                 log.info("shared memory unavailable (%s)", exc)
@@ -434,6 +437,8 @@ class Satellite:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self._shm_down is not None and self._shm_down.listening:
+            asyncio.get_running_loop().remove_reader(self._shm_down.fileno())
         for ring in (self._shm_up, self._shm_down):
             if ring is not None:
                 ring.close()
@@ -509,15 +514,21 @@ class Satellite:
         if self._receiver is not None:
             self._receiver.push(pkt)
 
+    def _on_shm_down(self) -> None:
+        """The server wrote reply audio to the shared-memory ring."""
+        ring = self._shm_down
+        if ring is None:
+            return
+        try:
+            ring.clear()
+            while (raw := ring.read()) is not None:
+                self.datagram(raw)
+        except ProtocolError as exc:
+            log.warning("reply audio ring: %s", exc)
+
     async def _play_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.005)
-            if self._shm_down is not None:
-                try:
-                    while (raw := self._shm_down.read()) is not None:
-                        self.datagram(raw)
-                except ProtocolError as exc:
-                    log.warning("reply audio ring: %s", exc)
+            await asyncio.sleep(0.005)  # the jitter buffer's playout clock
             rx = self._receiver
             if rx is None:
                 continue

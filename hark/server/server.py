@@ -263,6 +263,8 @@ class Server:
                 and "audio-shm" in caps:
             s.shm_up, s.shm_down = ShmRing(), ShmRing()
             welcome["shm"] = {"up": s.shm_up.name, "down": s.shm_down.name}
+            # read the moment the satellite writes (its wake-up), not on a timer
+            asyncio.get_running_loop().add_reader(s.shm_up.fileno(), self._on_shm_up, s)
         s.receiver = RtpStreamReceiver(codec, SAMPLE_RATE, s.frame_ms, tc.jitter_min_ms,
                                        tc.jitter_max_ms)
         self.sessions[s.id] = s
@@ -412,17 +414,27 @@ class Server:
             with contextlib.suppress(asyncio.QueueFull):
                 s.inbox.put_nowait(AudioChunk(pcm, SAMPLE_RATE, t))
 
+    def _on_shm_up(self, s: Session) -> None:
+        """The satellite wrote to its shared-memory ring: take every frame now (same
+        host, in order, nothing lost on the way: no jitter buffer)."""
+        ring = s.shm_up
+        if ring is None:
+            return
+        try:
+            ring.clear()
+            while (raw := ring.read()) is not None:
+                self._accept_packet(s, RtpPacket.parse(raw), ordered=True)
+        except ProtocolError as exc:
+            log.info("session %s: dropping bad audio: %s", s.id, exc)
+            self.stats.packets_malformed += 1
+
     async def _pump_audio(self) -> None:
-        """Every 5 ms: drain shared-memory rings, and play each session's jitter buffer
-        out into its turn."""
+        """Every 5 ms: play each session's jitter buffer (UDP audio) out into its turn."""
         while True:
             await asyncio.sleep(0.005)
             now = time.monotonic()
             for s in list(self.sessions.values()):
                 try:
-                    if s.shm_up is not None:
-                        while (raw := s.shm_up.read()) is not None:
-                            self._accept_packet(s, RtpPacket.parse(raw))
                     if s.receiver is None:
                         continue
                     for frame, pcm in s.receiver.pop(now):
@@ -550,6 +562,8 @@ class Server:
             return
         self._by_ssrc.pop(s.ssrc_up, None)
         await self._cancel_turn(s)
+        if s.shm_up is not None and s.shm_up.listening:
+            asyncio.get_running_loop().remove_reader(s.shm_up.fileno())
         for ring in (s.shm_up, s.shm_down):
             if ring is not None:
                 ring.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import struct
 import time
 from dataclasses import dataclass
 
@@ -171,3 +172,70 @@ async def run_transport(samples: np.ndarray, imp: Impairment, codec: str = "opus
         "_received": received,
         "_rate": rx.rate,
     }
+
+
+# --- same host: the shared-memory ring ------------------------------------------------
+
+_STAMP = struct.Struct("<d")
+
+
+def _shm_writer(name: str, frames: int, frame_ms: int, size: int) -> None:
+    """Child process: one frame every ``frame_ms``, stamped with the time it was written
+    (CLOCK_MONOTONIC is one clock for every process on the machine)."""
+    from hark.transport.shm import ShmRing
+
+    ring = ShmRing(name, create=False)
+    pad = bytes(max(0, size - _STAMP.size))
+    t0 = time.monotonic()
+    for k in range(frames):
+        wait = t0 + k * frame_ms / 1000.0 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        ring.write(_STAMP.pack(time.monotonic()) + pad)
+    ring.close()
+
+
+def run_shm_latency(mode: str = "wake", frames: int = 500, frame_ms: int = 20,
+                    size: int = 80, poll_ms: float = 5.0) -> dict:
+    """One-way latency of frames through a :class:`~hark.transport.shm.ShmRing` from
+    another process: written -> read by a reader that either sleeps on the ring's
+    wake-up (``mode="wake"``) or polls every ``poll_ms`` (``"poll"``, how it was read
+    before wake-ups)."""
+    import multiprocessing as mp
+
+    from hark.transport.shm import ShmRing
+
+    if mode not in ("wake", "poll"):
+        raise ValueError(f"mode must be 'wake' or 'poll', not {mode!r}")
+    ring = ShmRing(capacity=64 * 1024)
+    if mode == "wake":
+        ring.fileno()  # listen before the writer starts
+    proc = mp.get_context("spawn").Process(target=_shm_writer,
+                                           args=(ring.name, frames, frame_ms, size))
+    proc.start()
+    lat: list[float] = []
+    timeouts = 0
+    try:
+        while len(lat) < frames:
+            if mode == "wake":
+                ring.clear()
+            got = False
+            while (raw := ring.read()) is not None:
+                lat.append((time.monotonic() - _STAMP.unpack_from(raw)[0]) * 1000.0)
+                got = True
+            if got:
+                continue
+            if not proc.is_alive() and ring.read() is None:
+                break
+            if mode == "wake":
+                if not ring.wait(1.0):
+                    timeouts += 1
+            else:
+                time.sleep(poll_ms / 1000.0)
+    finally:
+        proc.join(5)
+        wakeups = ring.wakeups
+        ring.close()
+    return {"mode": mode, "frames": len(lat), "wakeups": wakeups, "wait_timeouts": timeouts,
+            "one_way_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95),
+                           "max": max(lat) if lat else None}}

@@ -21,6 +21,8 @@ def _bench_transport(args: argparse.Namespace) -> int:
     from hark.transport.bench import Impairment, run_transport, word_error_rate
 
     cfg = load_cfg(args)
+    if args.path == "shm":
+        return _bench_shm(args)
     if args.input:
         speech = np.concatenate([read_audio(p) for p in args.input])
     else:
@@ -67,6 +69,24 @@ def _bench_transport(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_shm(args: argparse.Namespace) -> int:
+    """Same-host ring: a writer process -> this process, read on wake-up vs polled."""
+    from hark.transport.bench import run_shm_latency
+
+    results = {}
+    for mode in ("poll", "wake"):
+        r = run_shm_latency(mode, args.frames, args.frame_ms or 20)
+        results[mode] = r
+        ow = r["one_way_ms"]
+        print(f"shm {mode:4s}: one-way p50 {ow['p50']:.3f} ms, p95 {ow['p95']:.3f} ms, "
+              f"max {ow['max']:.3f} ms over {r['frames']} frames "
+              f"(wake-ups {r['wakeups']}, wait timeouts {r['wait_timeouts']})")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def register(cli) -> None:
     p = cli.add("bench transport", "speech over loopback RTP/UDP with loss, jitter, reordering "
                 "and duplicates: one-way latency, lost/concealed frames, WER", _bench_transport)
@@ -83,3 +103,7 @@ def register(cli) -> None:
     p.add_argument("--no-wer", action="store_true", help="skip the Whisper transcriptions")
     p.add_argument("--save", default="", help="write the received audio to this WAV")
     p.add_argument("--json", default="", help="write the results as JSON here")
+    p.add_argument("--path", choices=["udp", "shm"], default="udp",
+                   help="udp: impaired RTP over loopback (default); shm: the same-host "
+                   "shared-memory ring from another process, read on wake-up vs polled")
+    p.add_argument("--frames", type=int, default=500, help="frames for --path shm")
