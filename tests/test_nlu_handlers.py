@@ -71,6 +71,81 @@ def test_spoken_timer_fires_through_handlers(handlers, stage):
     assert messages == ["Your 1 second timer is done."]
 
 
+def _fired_messages(handlers: IntentHandlers) -> tuple[list[str], threading.Event]:
+    """What the assistant would say when timers fire (registered after the handlers'
+    own callback, as the pipeline's notification is)."""
+    messages: list[str] = []
+    done = threading.Event()
+    handlers.timers.on_fire(lambda t: (messages.append(t.done_message), done.set()))
+    return messages, done
+
+
+@pytest.mark.parametrize("sentence", ["in 1 second turn off the kitchen light",
+                                      "turn off the kitchen light in 1 second"])
+def test_timer_command_runs_through_the_home_handler_when_it_fires(stage, sentence):
+    dry = DryRunHomeHandler()
+    handlers = IntentHandlers(Config(), home=dry, recognizer=stage)
+    try:
+        messages, done = _fired_messages(handlers)
+        result = stage.match(sentence)
+        assert result.name == "HassStartTimer"
+        assert result.slots["conversation_command"] == "turn off the kitchen light"
+        assert handlers.handle(result).text == "In 1 second, I'll turn off the kitchen light."
+        assert dry.calls == []  # nothing happens before the timer fires
+        assert done.wait(10), "the command timer never fired"
+        assert [(c.name, c.slots) for c in dry.calls] == [("HassTurnOff",
+                                                          {"name": "kitchen light"})]
+        assert messages == ["It's been 1 second. Turning off the kitchen light."]
+    finally:
+        handlers.close()
+
+
+def test_timer_command_calls_home_assistant_when_it_fires(home_assistant, stage):
+    url, recorder = home_assistant
+    cfg = Config()
+    cfg.home.home_assistant_url = url
+    handlers = load_handlers(cfg, stage)
+    try:
+        messages, done = _fired_messages(handlers)
+        handlers.handle(stage.match("in 1 second turn on the kitchen light"))
+        assert recorder.calls == []
+        assert done.wait(10)
+        assert [c["body"] for c in recorder.calls] == [
+            {"name": "HassTurnOn", "data": {"name": "kitchen light"}}]
+        assert messages == ["It's been 1 second. Turned on the light"]
+    finally:
+        handlers.close()
+
+
+def test_timer_command_not_understood_sets_no_timer(stage):
+    handlers = IntentHandlers(Config(), home=DryRunHomeHandler(), recognizer=stage)
+    try:
+        result = stage.match("in 5 minutes defrost the zeppelin")
+        assert result is not None and result.slots["conversation_command"]
+        reply = handlers.handle(result)
+        assert reply.text.startswith("Sorry, I don't know how to defrost the zeppelin")
+        assert handlers.timers.active() == []
+        # without an intent stage a command cannot be read either
+        plain = IntentHandlers(Config(), home=DryRunHomeHandler())
+        assert plain.handle(result).text.startswith("Sorry")
+        plain.close()
+    finally:
+        handlers.close()
+
+
+def test_cancelled_command_timer_never_runs_its_command(stage):
+    dry = DryRunHomeHandler()
+    handlers = IntentHandlers(Config(), home=dry, recognizer=stage)
+    try:
+        handlers.handle(stage.match("in 1 second turn off the kitchen light"))
+        assert handlers.handle(stage.match("cancel my timer")).text == \
+            "1 second timer cancelled."
+        time.sleep(1.5)
+        assert dry.calls == []
+    finally:
+        handlers.close()
+
+
 def test_cancelled_timer_never_fires(handlers, stage):
     fired = []
     handlers.timers.on_fire(fired.append)

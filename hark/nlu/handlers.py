@@ -41,6 +41,10 @@ LOCAL_INTENTS = TIMER_INTENTS | {
 VOLUME_STEP = 10  # percent per "louder"
 
 
+class Recognizer(Protocol):
+    def recognize(self, text: str) -> IntentResult | None: ...
+
+
 class HomeHandler(Protocol):
     """Acts on home-automation intents (a Home Assistant, or a dry run)."""
 
@@ -219,12 +223,18 @@ class IntentHandlers:
     Keeps, per session, the last reply (for "repeat that"; the pipeline should call
     :meth:`remember` with LLM answers too) and the assistant's volume (``volume``).
     ``timers.on_fire(callback)`` registers what to do when a timer finishes.
+
+    ``recognizer`` (the intent stage) reads the command of a timer that carries one
+    ("in 5 minutes turn off the kitchen lights"); when the timer fires, that intent runs
+    through :meth:`handle` like a spoken one (Home Assistant or the dry run) and the
+    timer's ``done_message`` says what was done.
     """
 
     def __init__(self, cfg: Config, timers: TimerManager | None = None,
                  home: HomeHandler | None = None,
                  responses: Callable[[str], dict[str, str]] | None = None,
-                 now: Callable[[], datetime] = datetime.now):
+                 now: Callable[[], datetime] = datetime.now,
+                 recognizer: Recognizer | None = None):
         self.cfg = cfg
         self.timers = timers or TimerManager()
         if home is None:
@@ -236,6 +246,10 @@ class IntentHandlers:
         self.home = home
         self.domains = DomainHandler(responses or (lambda domain: {}))
         self.now = now
+        self.recognizer = recognizer
+        # registered first, so the command has run (and done_message says what it did)
+        # before any later callback, such as the pipeline's notification, reads it
+        self.timers.on_fire(self._run_timer_action)
         self.volume: dict[str, int] = {}
         self._last: dict[str, Reply] = {}
         self._lock = threading.Lock()
@@ -334,9 +348,15 @@ class IntentHandlers:
             seconds = self._seconds(s)
             if not seconds:
                 return reply("How long should the timer be?")
-            command = str(s.get("conversation_command") or "")
+            command = str(s.get("conversation_command") or "").strip()
+            action = None
+            if command:
+                action = self.recognizer.recognize(command) if self.recognizer else None
+                if action is None or action.name == "HassStartTimer":
+                    return reply(f"Sorry, I don't know how to {command}, so I didn't set "
+                                 "a timer for it.")
             timer = self.timers.start(seconds, name=str(s.get("name") or ""),
-                                      command=command, session=session)
+                                      command=command, session=session, action=action)
             if command:
                 return reply(f"In {say_duration(seconds)}, I'll {command}.")
             prefix = f"{timer.name.capitalize()} timer" if timer.name else "Timer"
@@ -376,6 +396,15 @@ class IntentHandlers:
         where = "to" if amount > 0 else "off"
         return reply(f"{verb} {say_duration(abs(amount))} {where} your {target.label}.")
 
+    def _run_timer_action(self, timer: Timer) -> None:
+        """A timer with a command fired: run it (a timer thread) and say what was done."""
+        if timer.action is None:
+            return
+        log.info("timer %s fired: running %s %s", timer.label, timer.action.name,
+                 timer.action.slots)
+        done = self.handle(timer.action, timer.session).text.strip()
+        timer.outcome = f"It's been {say_duration(timer.duration_s)}. {done}".strip()
+
     def close(self) -> None:
         self.timers.close()
 
@@ -403,6 +432,7 @@ def _file_responses(cfg: Config) -> Callable[[str], dict[str, str]]:
 
 def load_handlers(cfg: Config, stage: Any = None) -> IntentHandlers:
     """Handlers for ``cfg``. User domains' reply templates come from the intent stage
-    when given, else straight from the domain files."""
+    when given, else straight from the domain files; the stage also reads the commands
+    timers carry (without one, "in 5 minutes turn off the lights" is refused)."""
     responses = stage.responses if stage is not None else _file_responses(cfg)
-    return IntentHandlers(cfg, responses=responses)
+    return IntentHandlers(cfg, responses=responses, recognizer=stage)

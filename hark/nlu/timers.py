@@ -1,9 +1,14 @@
 """Kitchen timers that really run: start, cancel, pause, resume, add time, ask what's left.
 
 Each running timer is a ``threading.Timer``; when one finishes, every callback registered
-with :meth:`TimerManager.on_fire` is called (from the timer's thread) with the
-:class:`Timer`, whose ``done_message`` is what the assistant should say. An asyncio
-pipeline hands it to its loop with ``loop.call_soon_threadsafe``.
+with :meth:`TimerManager.on_fire` is called (from the timer's thread, in the order they
+were registered) with the :class:`Timer`, whose ``done_message`` is what the assistant
+should say. An asyncio pipeline hands it to its loop with ``loop.call_soon_threadsafe``.
+
+A timer may carry a command ("in 5 minutes turn off the kitchen lights"): ``action`` is
+the intent to run when it fires. :class:`hark.nlu.handlers.IntentHandlers` registers the
+first callback, which runs it and sets ``outcome`` (what was done), so ``done_message``
+already says it by the time later callbacks (the pipeline's notification) read it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ class Timer:
     duration_s: float  # what it was set for (grows with "add 2 minutes")
     name: str = ""
     command: str = ""  # "in 5 minutes turn off the lights": what to do when it fires
+    action: Any = None  # the command's intent (hark.nlu.base.IntentResult), run on firing
+    outcome: str = ""  # set when the action ran: what was done, to be said
     session: str = "default"
     started_at: float = field(default_factory=time.monotonic)
     ends_at: float = 0.0  # monotonic deadline while running
@@ -68,7 +76,7 @@ class Timer:
 
     @property
     def done_message(self) -> str:
-        return f"Your {self.label} is done."
+        return self.outcome or f"Your {self.label} is done."
 
 
 class TimerManager:
@@ -86,12 +94,12 @@ class TimerManager:
         self._callbacks.append(callback)
 
     def start(self, seconds: float, name: str = "", command: str = "",
-              session: str = "default") -> Timer:
+              session: str = "default", action: Any = None) -> Timer:
         if seconds <= 0:
             raise ValueError(f"a timer needs a positive duration, got {seconds}")
         with self._lock:
             timer = Timer(id=next(self._ids), duration_s=float(seconds), name=name.strip(),
-                          command=command, session=session)
+                          command=command, session=session, action=action)
             self._timers[timer.id] = timer
             self._arm(timer, seconds)
         return timer
