@@ -11,8 +11,11 @@ Threads and tasks:
 
 After a wake word the pre-roll and the live audio stream to the server until it says
 the person stopped speaking. The wake word keeps running during the reply: saying it
-again interrupts (barge-in). For ``wake.followup_s`` after a reply, speech (by energy)
-starts a turn without the wake word.
+again interrupts (barge-in), and so does speech over the reply (its echo removed first,
+:class:`~hark.pipeline.bargein.PlaybackListener`). For ``wake.followup_s`` after a reply,
+speech starts a turn without the wake word: voice activity (Silero VAD,
+:class:`~hark.satellite.followup.FollowUpGate`), not loudness, once the reply and its
+echo have died away.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
+from hark.satellite.followup import FollowUpGate
 from hark.transport.control import PROTOCOL_VERSION, Connection
 from hark.transport.rtp import PT_PROBE, RtpPacket, seq_delta
 from hark.transport.shm import ShmRing, host_id
@@ -42,10 +46,11 @@ log = logging.getLogger(__name__)
 FRAME_MS = 20
 FRAME = SAMPLE_RATE * FRAME_MS // 1000
 PRE_ROLL_S = 0.1  # audio before the detection point sent with the turn
+FOLLOWUP_PRE_ROLL_S = 0.4  # a follow-up's start: the VAD needs ~0.2 s to be sure
+ECHO_TAIL_S = 0.5  # after the last reply frame, the room may still ring with it
 TURN_BUFFER_S = 30.0  # a turn's sent audio kept for resending after a move to TCP
 PROBE_BYTES = 160  # a re-probe is as big as an audio packet (small ones may pass alone)
 MAX_PROBE_WAIT = 16  # turns between UDP re-probes, at most
-FOLLOWUP_DBFS = -38.0  # speech level that opens a follow-up turn
 
 
 def earcon(freq: float = 880.0, seconds: float = 0.08) -> np.ndarray:
@@ -111,7 +116,8 @@ class Satellite:
         self.stats = SatelliteStats()
         host, _, port = cfg.satellite.server.rpartition(":")
         self.server_host, self.server_port = host or "127.0.0.1", int(port or 10700)
-        self._pre_roll: deque[np.ndarray] = deque(maxlen=max(1, int(PRE_ROLL_S * 1000 / FRAME_MS)))
+        self._pre_roll: deque[np.ndarray] = deque(
+            maxlen=max(1, int(FOLLOWUP_PRE_ROLL_S * 1000 / FRAME_MS)))
         self._stop = asyncio.Event()
         self.conn: Connection | None = None
         self.session: str = ""
@@ -125,7 +131,6 @@ class Satellite:
         self._shm_up: ShmRing | None = None
         self._shm_down: ShmRing | None = None
         self._followup_until = 0.0
-        self._loud_frames = 0
         self._probe_ok = asyncio.Event()
         self._turn_sent: deque[RtpPacket] = deque(maxlen=int(TURN_BUFFER_S * 1000 / FRAME_MS))
         self._udp_degraded = False  # auto mode fell back to TCP: probe UDP again later
@@ -136,10 +141,10 @@ class Satellite:
         self._last_audio = 0.0
         self.connected = asyncio.Event()
         self._listener = self._make_listener() if cfg.wake.barge_in_speech else None
+        self._followup_gate = self._make_followup_gate() if cfg.wake.followup_s > 0 else None
 
     def _make_listener(self):
         """Hears the person over the reply, with the reply's own echo removed first."""
-        from hark.errors import HarkError
         from hark.pipeline.bargein import PlaybackListener
         from hark.vad.silero import load_vad
 
@@ -147,6 +152,16 @@ class Satellite:
             return PlaybackListener(load_vad(self.cfg))
         except HarkError as exc:
             log.warning("speech barge-in off (only the wake word interrupts): %s", exc)
+            return None
+
+    def _make_followup_gate(self) -> FollowUpGate | None:
+        """Hears the person going on after a reply (voice activity, its own VAD state)."""
+        from hark.vad.silero import load_vad
+
+        try:
+            return FollowUpGate(load_vad(self.cfg))
+        except HarkError as exc:
+            log.warning("follow-up without the wake word off (no VAD): %s", exc)
             return None
 
     # --- wake thread --------------------------------------------------------------------
@@ -225,18 +240,20 @@ class Satellite:
             self.stats.wakes += 1
             log.info("wake word '%s' (%.2f)", wake.keyword, wake.probability)
             await self._start_turn(followup=False)
-        elif not self._streaming and not self._turn_open and now < self._followup_until:
-            level = 20 * np.log10(np.sqrt(np.mean(frame.astype(np.float32) ** 2)) / 32768 + 1e-9)
-            self._loud_frames = self._loud_frames + 1 if level > FOLLOWUP_DBFS else 0
-            if self._loud_frames >= 3:
+        elif not self._streaming and not self._turn_open and now < self._followup_until \
+                and self._followup_gate is not None:
+            gate = self._followup_gate
+            if now - self._last_audio < ECHO_TAIL_S or (lis is not None and lis.active):
+                gate.reset()  # the reply (or its echo) is in the room: the listener decides
+            elif gate.heard(frame):
                 self.stats.followups += 1
                 log.info("follow-up speech without wake word")
-                await self._start_turn(followup=True)
+                await self._start_turn(followup=True, pre_roll_s=FOLLOWUP_PRE_ROLL_S)
         if self._streaming:
             self._send_audio(frame)
         self._pre_roll.append(frame)
 
-    async def _start_turn(self, followup: bool) -> None:
+    async def _start_turn(self, followup: bool, pre_roll_s: float = PRE_ROLL_S) -> None:
         if self.conn is None:
             log.warning("wake word heard but the server (%s:%d) is not reachable",
                         self.server_host, self.server_port)
@@ -247,7 +264,8 @@ class Satellite:
             if self._receiver is not None:
                 self._receiver = self._new_receiver()
         self._followup_until = 0.0
-        self._loud_frames = 0
+        if self._followup_gate is not None:
+            self._followup_gate.reset()
         try:
             await self.conn.send("wake", {"keyword": self.detector.keyword,
                                           "followup": followup})
@@ -263,7 +281,8 @@ class Satellite:
             self._sender = RtpStreamSender(self._welcome.get("codec", "opus"), SAMPLE_RATE,
                                            self._welcome.get("frame_ms", 20),
                                            self.cfg.transport.fec, ssrc=self._welcome["ssrc"])
-        for f in list(self._pre_roll):
+        keep = max(1, round(pre_roll_s * 1000 / FRAME_MS))
+        for f in list(self._pre_roll)[-keep:]:
             self._send_audio(f)
 
     def _send_audio(self, frame: np.ndarray) -> None:
