@@ -55,6 +55,7 @@ DIM = 384
 CACHE_VERSION = "1"
 
 _MEMO: dict[str, np.ndarray] = {}  # example vectors by cache key, for this process
+_MEMO_EXAMPLES: dict[str, list] = {}  # example sentences by templates digest
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BF16": None}
 
@@ -88,6 +89,16 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _prune(folder: Path, pattern: str, keep: int = 8) -> None:
+    """Delete all but the ``keep`` newest cache files matching ``pattern``."""
+    try:
+        files = sorted(folder.glob(pattern), key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in files[keep:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _tokenizer(folder: Path):
@@ -447,7 +458,7 @@ _NUMBER = re.compile(r"\b(\d+(?:\.\d+)?|" + "|".join(_NUMBER_WORDS) + r")\b\s*(%
 
 
 def _number(text: str) -> float:
-    return float(_NUMBER_WORDS.get(text, text) if text in _NUMBER_WORDS else text)
+    return float(_NUMBER_WORDS[text]) if text in _NUMBER_WORDS else float(text)
 
 
 def _plain(value: Any) -> Any:
@@ -478,7 +489,8 @@ class ParaphraseMatcher:
         self._by_name = {s.name: s for s in self.sources}
         self._refs: dict[int, dict[str, str]] = {}
         start = time.perf_counter()
-        self.examples = self._sample(examples_per_intent, seed, skip_intents)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.examples = self._load_examples(examples_per_intent, seed, skip_intents)
         if not self.examples:
             raise ModelError("no example sentences to compare paraphrases with")
         # examples are grouped by (source, intent): per-intent maxima by reduceat
@@ -491,12 +503,70 @@ class ParaphraseMatcher:
         self._kinds: dict[tuple[str, str], set[str]] = {}
         for ex in self.examples:
             self._kinds.setdefault((ex.source, ex.intent), set()).add(question_kind(ex.text))
-        self.sample_s = time.perf_counter() - start
+        self.sample_s = time.perf_counter() - start  # or read back from the cache
         self.cache_file: Path | None = None
-        self.vectors = self._vectors(cache_dir)
+        self.vectors = self._vectors()
         log.info("paraphrase fallback: %d examples for %d intents (sampled in %.2f s, "
                  "embedded in %.2f s%s)", len(self.examples), len(self._intents),
                  self.sample_s, self.embed_s, ", from cache" if self.from_cache else "")
+
+    def _templates_digest(self, per_intent: int, seed: int,
+                          skip: set[str] | frozenset[str]) -> str:
+        """A hash of everything the example sentences are drawn from: templates, lists
+        (the home's names and areas), and the sampling settings."""
+        h = hashlib.sha256(f"{CACHE_VERSION}\n{per_intent}\n{seed}\n{sorted(skip)}\n".encode())
+        for src in self.sources:
+            h.update(f"source {src.name}\n".encode())
+            intents = src.intents
+            for name, intent in intents.intents.items():
+                for d in intent.data:
+                    # the template texts, not d.sentences (parsing them all is slow)
+                    h.update(repr((name, d.sentence_texts, d.slots,
+                                   d.requires_context, d.excludes_context,
+                                   sorted((k, v.text) for k, v in d.expansion_rules.items()),
+                                   sorted(d.slot_lists.items()))).encode())
+            h.update(repr(sorted((k, v.text) for k, v in
+                                 intents.expansion_rules.items())).encode())
+            for lists in (intents.slot_lists, src.slot_lists):
+                for key, value in sorted(lists.items()):
+                    h.update(f"{key}={value!r}\n".encode())
+        return h.hexdigest()[:24]
+
+    def _load_examples(self, per_intent: int, seed: int,
+                       skip: set[str] | frozenset[str]) -> list[_Example]:
+        """The example sentences: sampled from the templates, or read back from the
+        cache written the last time the same templates were sampled."""
+        digest = self._templates_digest(per_intent, seed, skip)
+        memo = _MEMO_EXAMPLES.get(digest)
+        if memo is not None:
+            return memo
+        path = self.cache_dir / f"examples-{digest}.json" if self.cache_dir else None
+        examples: list[_Example] | None = None
+        if path is not None and path.is_file():
+            try:
+                examples = []
+                for src_name, intent, block, text, used, required in json.loads(
+                        path.read_text(encoding="utf-8")):
+                    data = self._by_name[src_name].intents.intents[intent].data[block]
+                    examples.append(_Example(src_name, intent, text, data, used, required))
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                examples = None  # damaged or stale: sample again
+        if examples is None:
+            examples = self._sample(per_intent, seed, skip)
+            if path is not None:
+                rows = [[ex.source, ex.intent,
+                         self._by_name[ex.source].intents.intents[ex.intent].data.index(ex.data),
+                         ex.text, ex.slots, ex.required] for ex in examples]
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(rows), encoding="utf-8")
+                    tmp.replace(path)
+                    _prune(path.parent, "examples-*.json")
+                except OSError as exc:
+                    log.warning("cannot cache example sentences in %s: %s", path, exc)
+        _MEMO_EXAMPLES[digest] = examples
+        return examples
 
     def _sample(self, per_intent: int, seed: int, skip: set[str] | frozenset[str]
                 ) -> list[_Example]:
@@ -514,7 +584,12 @@ class ParaphraseMatcher:
                 if not blocks:
                     continue
                 seen: dict[str, _Example] = {}
+                required: dict[int, dict[str, str]] = {}  # per template sentence
+                stale = 0  # tries in a row that gave nothing new: the templates are spent
                 for _ in range(per_intent * 4):
+                    if stale > 24:
+                        break
+                    stale += 1
                     data = rng.choice(blocks)
                     sentence = rng.choice(data.sentences)
                     used: dict[str, str] = {}
@@ -524,14 +599,17 @@ class ParaphraseMatcher:
                         continue
                     text = re.sub(r"\s+", " ", text).strip().lower()
                     if text and text not in seen:
+                        stale = 0
+                        if id(sentence) not in required:
+                            required[id(sentence)] = _required(sentence.expression, src, data)
                         seen[text] = _Example(src.name, intent.name, text, data, used,
-                                              _required(sentence.expression, src, data))
+                                              required[id(sentence)])
                     if len(seen) >= per_intent:
                         break
                 examples += [seen[t] for t in sorted(seen)]
         return examples
 
-    def _vectors(self, cache_dir: str | Path | None) -> np.ndarray:
+    def _vectors(self) -> np.ndarray:
         """Example embeddings: from the cache file when its key matches, else computed
         (and saved)."""
         start = time.perf_counter()
@@ -540,13 +618,14 @@ class ParaphraseMatcher:
             h.update(f"{ex.source}\t{ex.intent}\t{ex.text}\n".encode())
         self.cache_key = h.hexdigest()[:24]
         self.from_cache = False
+        if self.cache_dir is not None:
+            self.cache_file = self.cache_dir / f"paraphrase-{self.cache_key}.npy"
         memo = _MEMO.get(self.cache_key)
         if memo is not None and memo.shape == (len(self.examples), DIM):
             self.from_cache = True
             self.embed_s = time.perf_counter() - start
             return memo
-        if cache_dir:
-            self.cache_file = Path(cache_dir).expanduser() / f"paraphrase-{self.cache_key}.npy"
+        if self.cache_file is not None:
             try:
                 vectors = np.load(self.cache_file)
                 if vectors.shape == (len(self.examples), DIM):
@@ -565,6 +644,7 @@ class ParaphraseMatcher:
                 tmp = self.cache_file.with_suffix(".tmp.npy")
                 np.save(tmp, vectors)
                 tmp.replace(self.cache_file)
+                _prune(self.cache_file.parent, "paraphrase-*.npy")
             except OSError as exc:
                 log.warning("cannot cache example embeddings in %s: %s", self.cache_file, exc)
         return vectors
