@@ -9,6 +9,8 @@ import pytest
 
 from hark.audio import AudioChunk, read_audio
 from hark.errors import AudioError, ConfigError
+from hark.wake import augment
+from hark.wake import evaluate as ev
 from hark.wake.detector import WakeWordDetector
 from hark.wake.evaluate import keyword_end_s, mix_noise
 
@@ -113,9 +115,6 @@ def test_eval_cli_json(tmp_path, speak):
 
 # -- augmentation, continuous streams, reports ----------------------------------------
 
-from hark.wake import augment  # noqa: E402
-from hark.wake import evaluate as ev  # noqa: E402
-
 
 def _tone(freq: float, seconds: float = 1.0, amp: float = 8000.0) -> np.ndarray:
     t = np.arange(int(16000 * seconds)) / 16000
@@ -180,7 +179,7 @@ def test_concat_stream_and_locate():
     assert 0.1 <= segs[0].start_s <= 0.2 and segs[0].end_s - segs[0].start_s == 1.0
     assert segs[1].start_s - segs[0].end_s >= 0.1
     assert len(stream) / 16000 == pytest.approx(segs[1].end_s)
-    assert stream[: int(segs[0].start_s * 16000)].any() == False  # noqa: E712 (silent gap)
+    assert not stream[: int(segs[0].start_s * 16000)].any()  # a silent gap
     assert augment.locate(segs, segs[0].start_s + 0.5) == ("a", pytest.approx(0.5))
     # time inside a sped-up clip maps back to the original recording's seconds
     assert augment.locate(segs, segs[1].start_s + 0.2) == ("b", pytest.approx(0.22))
@@ -263,11 +262,19 @@ def test_evaluate_streams_reaches_hours_min_with_noise(det, stream_clips):
     assert per["gain_-20dB"]["hours"] == pytest.approx(per["clean"]["hours"])
 
 
+def _pos_run(name: str, peak: float) -> ev.StreamRun:
+    scores = np.zeros(300, np.float32)
+    scores[100:130] = peak  # a 300 ms plateau, like a spoken keyword
+    return ev.StreamRun(augment.Condition("positive"), [augment.Segment(name, 0.5, 2.5)],
+                        scores, [], 3.0, 0.0)
+
+
 def test_cross_validation_and_sweep_fields(det, stream_clips):
     runs = [ev.run_condition(det, stream_clips, augment.Condition("clean"),
                              np.random.default_rng(0))]
-    peaks = {"p1": 0.99, "p2": 0.95, "p3": 0.80, "p4": 0.91}
-    cv = ev.cross_validate(peaks, runs, det.refractory_s, 0.87)
+    pos = [_pos_run("p1", 0.99), _pos_run("p2", 0.95), _pos_run("p3", 0.80), _pos_run("p4", 0.91)]
+    rule = ev.Rule(0.87, det.refractory_s)
+    cv = ev.cross_validate(pos, runs, rule)
     assert len(cv["folds"]) == 2 and cv["configured_threshold"] == 0.87
     for f in cv["folds"]:
         assert f["chosen_threshold"] in ev.THRESHOLD_GRID
@@ -276,12 +283,17 @@ def test_cross_validation_and_sweep_fields(det, stream_clips):
                     "per_hour_upper95", "hours"} <= set(f[part])
         # the two halves partition the files
         assert f["train"]["positives"] + f["held_out"]["positives"] == 4
-    a, b = ev.split_halves(list(peaks))
-    assert a | b == set(peaks) and not a & b and len(a) == len(b) == 2
-    sweep = ev.threshold_sweep(peaks, runs, det.refractory_s, (0.5, 0.9, 0.99))
+        assert f["train"]["hours"] + f["held_out"]["hours"] == pytest.approx(
+            runs[0].negative_s / 3600)
+    a, b = ev.split_halves([r.segments[0].file for r in pos])
+    assert a | b == {"p1", "p2", "p3", "p4"} and not a & b and len(a) == len(b) == 2
+    sweep = ev.threshold_sweep(pos, runs, rule, (0.5, 0.9, 0.99))
     assert [s["detected"] for s in sweep] == [4, 3, 1]
-    # the keyword files in this stream are false accepts at every threshold they pass
-    assert sweep[0]["false_accepts"] >= sweep[2]["false_accepts"]
+    # the keyword files inside this "negative" stream count as false accepts
+    assert sweep[0]["false_accepts"] >= 2 >= sweep[2]["false_accepts"]
+    # confirm: the 300 ms plateaus survive 10 features, not 40
+    assert ev.operating_point(pos, runs, ev.Rule(0.87, 1.0, confirm=10))["detected"] == 3
+    assert ev.operating_point(pos, runs, ev.Rule(0.87, 1.0, confirm=40))["detected"] == 0
 
 
 def test_positive_robustness_with_speed(det, speak):

@@ -39,7 +39,7 @@ def speed_perturb(samples: np.ndarray, factor: float, rate: int = SAMPLE_RATE) -
         raise ConfigError(f"speed factor must be positive, got {factor}")
     if factor == 1.0:
         return samples
-    return resample(samples.astype(np.int16), int(round(rate * factor)), rate)
+    return resample(samples.astype(np.int16), round(rate * factor), rate)
 
 
 def tempo_change(samples: np.ndarray, factor: float, rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +27,32 @@ import numpy as np
 from hark.audio import SAMPLE_RATE, read_audio
 from hark.errors import AudioError
 from hark.trace import percentile
-from hark.wake.augment import (SNRS_DB, SPEEDS, Condition, Segment, concat_stream, conditions,
-                               locate, mix_noise, mixed_condition, perturb_clip,
-                               speech_seconds, speed_perturb)
-from hark.wake.detector import FEATURE_STEP_S, WakeWordDetector
+from hark.wake.augment import (
+    SNRS_DB,
+    SPEEDS,
+    Condition,
+    Segment,
+    concat_stream,
+    conditions,
+    locate,
+    mix_noise,
+    mixed_condition,
+    perturb_clip,
+    speech_seconds,
+    speed_perturb,
+)
+from hark.wake.detector import (
+    FEATURE_SAMPLES,
+    FEATURE_STEP_S,
+    GATE_HOLD_S,
+    SpeechGate,
+    WakeWordDetector,
+)
 
-__all__ = ["audio_files", "keyword_end_s", "mix_noise", "evaluate", "evaluate_streams",
-           "evaluate_positive_robustness", "cross_validate", "detections", "poisson_upper",
-           "split_halves", "WakeEval", "StreamRun"]
+__all__ = ["Rule", "StreamRun", "WakeEval", "audio_files", "cross_validate", "detections",
+           "evaluate", "evaluate_positive_robustness", "evaluate_streams", "keyword_end_s",
+           "mix_noise", "operating_point", "poisson_upper", "prime_gate", "second_stage_report",
+           "split_halves", "stream_report", "threshold_sweep"]
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 CHUNK = 320  # 20 ms, what a satellite feeds
@@ -100,11 +118,12 @@ def rate_summary(events: int, hours: float) -> dict:
 
 
 def detections(scores: np.ndarray, threshold: float, refractory_s: float,
-               confirm: int = 1) -> list[int]:
+               confirm: int = 1, gate: Callable[[int], bool] | None = None) -> list[int]:
     """Indexes (0-based feature numbers) where a detector with this threshold and
     refractory period fires on a recorded score trace: the same rule as
     :class:`WakeWordDetector` (``confirm`` > 1: the score must have stayed at or above
-    the threshold for that many consecutive 10 ms features)."""
+    the threshold for that many consecutive 10 ms features; ``gate(i)``: the speech
+    gate's verdict on a candidate at feature ``i``)."""
     above = np.asarray(scores) >= threshold
     idx = np.nonzero(above)[0]
     if confirm > 1 and len(idx):
@@ -116,9 +135,43 @@ def detections(scores: np.ndarray, threshold: float, refractory_s: float,
     for i in idx:
         t = (i + 1) * FEATURE_STEP_S  # the detector's stream_s after feature i
         if t >= blocked_until:
+            if gate is not None and not gate(int(i)):
+                blocked_until = t + GATE_HOLD_S
+                continue
             out.append(int(i))
             blocked_until = t + refractory_s
     return out
+
+
+@dataclass
+class StreamRun:
+    """One continuous stream through the detector: a positive recording (padded), or
+    the augmented negatives of one condition joined without resets."""
+
+    condition: Condition
+    segments: list[Segment]
+    scores: np.ndarray  # the detector's score after every 10 ms feature
+    events: list[dict]  # live detections: stream time, score, file, time in file
+    audio_s: float  # the whole stream, gaps included
+    negative_s: float  # the recordings only (gaps excluded): the hours FA/h divides by
+    speech_s: float = 0.0  # of which frames hold speech by energy
+    cpu_s: float = 0.0  # detector CPU time
+    #: the speech gate's speech probability at candidate features (see prime_gate)
+    gate_probs: dict[int, float] = field(default_factory=dict)
+    gate_min_prob: float | None = None
+
+    def gate(self, i: int) -> bool:
+        """The recorded speech gate verdict on a candidate at feature ``i``."""
+        if self.gate_min_prob is None or i not in self.gate_probs:
+            raise ValueError(f"no speech gate verdict recorded at feature {i} of "
+                             f"{self.condition.name}: prime_gate() with this threshold first")
+        return self.gate_probs[i] >= self.gate_min_prob
+
+    def summary(self) -> dict:
+        out = rate_summary(len(self.events), self.negative_s / 3600.0)
+        out.update(speech_hours=self.speech_s / 3600.0, stream_hours=self.audio_s / 3600.0,
+                   files=len(self.segments))
+        return out
 
 
 @dataclass
@@ -134,6 +187,8 @@ class WakeEval:
     false_accept_files: list[str] = field(default_factory=list)
     #: highest score each positive recording reached (for threshold studies)
     positive_peaks: dict[str, float] = field(default_factory=dict)
+    #: each positive recording's score trace (for threshold and second-stage studies)
+    positive_runs: list[StreamRun] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         fa = rate_summary(self.false_accepts, self.negative_s / 3600.0)
@@ -153,10 +208,10 @@ class WakeEval:
         }
 
 
-def _stream(det: WakeWordDetector, samples: np.ndarray, reset: bool = True) -> list[tuple[float, float]]:
-    """Feed audio in 20 ms chunks; (stream time s, score) of each detection."""
-    if reset:
-        det.reset()
+def _stream(det: WakeWordDetector, samples: np.ndarray) -> list[tuple[float, float]]:
+    """Feed audio in 20 ms chunks from a reset detector; (stream time s, score) of each
+    detection."""
+    det.reset()
     hits = []
     for i in range(0, len(samples), CHUNK):
         ev = det.process(samples[i:i + CHUNK])
@@ -165,20 +220,50 @@ def _stream(det: WakeWordDetector, samples: np.ndarray, reset: bool = True) -> l
     return hits
 
 
-def _peak_run(det: WakeWordDetector, audio: np.ndarray) -> tuple[list[tuple[float, float]], float]:
-    """Stream one clip from a reset detector; its detections and its peak score."""
+def _trace(det: WakeWordDetector, audio: np.ndarray) -> tuple[list[tuple[float, float]], np.ndarray]:
+    """Stream audio from a reset detector; its detections and its score trace."""
     det.scores = []
     try:
         hits = _stream(det, audio)
-        peak = max(det.scores, default=0.0)
+        scores = np.asarray(det.scores, np.float32)
     finally:
         det.scores = None
-    return hits, peak
+    return hits, scores
+
+
+def _events(hits: list[tuple[float, float]], scores: np.ndarray, segments: list[Segment],
+            label: str) -> list[dict]:
+    out = []
+    for t, score in hits:
+        file, t_file = locate(segments, t)
+        i = round(t / FEATURE_STEP_S) - 1
+        peak = float(scores[i:i + int(0.5 / FEATURE_STEP_S)].max()) if len(scores) else score
+        out.append({"augmentation": label, "file": file, "time_in_file_s": round(t_file, 2),
+                    "time_in_stream_s": round(t, 2), "score": round(score, 4),
+                    "peak_score": round(peak, 4)})
+    return out
+
+
+def prime_gate(run: StreamRun, audio: np.ndarray, gate: SpeechGate,
+               thresholds: tuple[float, ...], refractory_s: float) -> None:
+    """Record the speech gate's verdict at every candidate a gated detector would check
+    at any of ``thresholds``, while the stream's audio is at hand."""
+    def check(i: int) -> bool:
+        if i not in run.gate_probs:
+            end = (i + 1) * FEATURE_SAMPLES  # where the features reach, as in the detector
+            run.gate_probs[i] = gate.speech_prob(audio[max(0, end - gate.window_samples):end])
+        return run.gate_probs[i] >= gate.min_prob
+
+    run.gate_min_prob = gate.min_prob
+    for t in thresholds:
+        detections(run.scores, t, refractory_s, 1, check)
 
 
 def evaluate(det: WakeWordDetector, positives: list[Path], negatives: list[Path],
-             noise: np.ndarray | None = None, snr_db: float = 10.0) -> WakeEval:
-    """Each recording on its own (detector reset, 0.5 s of silence around it)."""
+             noise: np.ndarray | None = None, snr_db: float = 10.0,
+             gate: SpeechGate | None = None, prime: tuple[float, ...] = ()) -> WakeEval:
+    """Each recording on its own (detector reset, 0.5 s of silence around it). With a
+    ``gate``, the gate's verdicts at ``prime`` thresholds are recorded for the positives."""
     res = WakeEval()
     pad = np.zeros(int(PAD_S * SAMPLE_RATE), np.int16)
     cpu0 = det.cpu_s
@@ -188,11 +273,18 @@ def evaluate(det: WakeWordDetector, positives: list[Path], negatives: list[Path]
             audio = np.concatenate([pad, clean, pad])
             if noise is not None:
                 audio = mix_noise(audio, noise, snr_db, offset=_stable_int(path.name) % len(noise))
-            hits, peak = _peak_run(det, audio)
+            hits, scores = _trace(det, audio)
             res.audio_s += len(audio) / SAMPLE_RATE
             if kind == "pos":
                 res.positives += 1
-                res.positive_peaks[path.name] = peak
+                res.positive_peaks[path.name] = float(scores.max()) if len(scores) else 0.0
+                seg = [Segment(path.name, PAD_S, PAD_S + len(clean) / SAMPLE_RATE)]
+                run = StreamRun(Condition("positive"), seg, scores,
+                                _events(hits, scores, seg, "positive"), len(audio) / SAMPLE_RATE,
+                                0.0)
+                if gate is not None:
+                    prime_gate(run, audio, gate, prime, det.refractory_s)
+                res.positive_runs.append(run)
                 if hits:
                     res.detected += 1
                     end = PAD_S + keyword_end_s(clean)
@@ -215,31 +307,12 @@ def _stable_int(name: str) -> int:
 
 # -- augmented negatives as continuous streams ---------------------------------------
 
-@dataclass
-class StreamRun:
-    """One continuous stream of augmented negatives through the detector."""
-
-    condition: Condition
-    segments: list[Segment]
-    scores: np.ndarray  # the detector's score after every 10 ms feature
-    events: list[dict]  # live detections: stream time, score, file, time in file
-    audio_s: float  # the whole stream, gaps included
-    negative_s: float  # the recordings only (gaps excluded): the hours FA/h divides by
-    speech_s: float  # of which frames hold speech by energy
-    cpu_s: float  # detector CPU time
-
-    def summary(self) -> dict:
-        out = rate_summary(len(self.events), self.negative_s / 3600.0)
-        out.update(speech_hours=self.speech_s / 3600.0, stream_hours=self.audio_s / 3600.0,
-                   files=len(self.segments))
-        return out
-
-
 def evaluate_streams(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]],
                      families: tuple[str, ...] = (), noise: np.ndarray | None = None,
                      snrs: tuple[float, ...] = SNRS_DB, hours_min: float = 0.0,
                      seed: int = 0, gap_s: tuple[float, float] = (0.1, 0.8),
-                     max_passes: int = 200) -> list[StreamRun]:
+                     max_passes: int = 200, gate: SpeechGate | None = None,
+                     prime: tuple[float, ...] = ()) -> list[StreamRun]:
     """Run the negatives as continuous streams, one per augmentation condition.
 
     Every condition shuffles the clips, perturbs each, joins them with short silent
@@ -259,7 +332,7 @@ def evaluate_streams(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]],
     k = 0
     while todo:
         cond = todo.pop(0)
-        runs.append(run_condition(det, clips, cond, rng, noise, gap_s))
+        runs.append(run_condition(det, clips, cond, rng, noise, gap_s, gate, prime))
         heard_h = sum(r.negative_s for r in runs) / 3600.0
         if not todo and families and heard_h < hours_min and k < max_passes:
             k += 1
@@ -269,7 +342,8 @@ def evaluate_streams(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]],
 
 def run_condition(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]], cond: Condition,
                   rng: np.random.Generator, noise: np.ndarray | None = None,
-                  gap_s: tuple[float, float] = (0.1, 0.8)) -> StreamRun:
+                  gap_s: tuple[float, float] = (0.1, 0.8), gate: SpeechGate | None = None,
+                  prime: tuple[float, ...] = ()) -> StreamRun:
     """One condition's continuous stream through the detector (reset once, at start)."""
     order = rng.permutation(len(clips))
     perturbed = []
@@ -278,30 +352,27 @@ def run_condition(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]], co
         y, scale = perturb_clip(audio, cond, rng)
         perturbed.append((name, y, scale))
     stream, segments = concat_stream(perturbed, rng, gap_s)
+    offset = None
     if cond.snr_db is not None:
         if noise is None:
             raise AudioError(f"condition {cond.name} needs a noise recording")
-        stream = mix_noise(stream, noise, cond.snr_db, offset=int(rng.integers(len(noise))))
+        offset = int(rng.integers(len(noise)))
+        stream = mix_noise(stream, noise, cond.snr_db, offset=offset)
     cpu0 = det.cpu_s
-    det.scores = []
-    try:
-        hits = _stream(det, stream)
-        scores = np.asarray(det.scores, np.float32)
-    finally:
-        det.scores = None
-    events = []
-    for t, score in hits:
-        file, t_file = locate(segments, t)
-        i = int(round(t / FEATURE_STEP_S)) - 1
-        peak = float(scores[i:i + int(0.5 / FEATURE_STEP_S)].max()) if len(scores) else score
-        events.append({"augmentation": cond.name, "file": file, "time_in_file_s": round(t_file, 2),
-                       "time_in_stream_s": round(t, 2), "score": round(score, 4),
-                       "peak_score": round(peak, 4)})
+    hits, scores = _trace(det, stream)
+    cpu = det.cpu_s - cpu0
     neg_s = sum(s.end_s - s.start_s for s in segments)
     speech = sum(speech_seconds(stream[int(s.start_s * SAMPLE_RATE):int(s.end_s * SAMPLE_RATE)])
                  for s in segments)
-    return StreamRun(cond, segments, scores, events, len(stream) / SAMPLE_RATE, neg_s, speech,
-                     det.cpu_s - cpu0)
+    events = _events(hits, scores, segments, cond.name)
+    if offset is not None and noise is not None:
+        for e in events:  # where in the noise recording the detection fell
+            pos = (round(e["time_in_stream_s"] * SAMPLE_RATE) + offset) % len(noise)
+            e["noise_at_s"] = round(pos / SAMPLE_RATE, 2)
+    run = StreamRun(cond, segments, scores, events, len(stream) / SAMPLE_RATE, neg_s, speech, cpu)
+    if gate is not None:
+        prime_gate(run, stream, gate, prime, det.refractory_s)
+    return run
 
 
 def stream_report(runs: list[StreamRun], hours_min: float) -> dict:
@@ -355,7 +426,24 @@ def evaluate_positive_robustness(det: WakeWordDetector, clips: list[tuple[str, n
     return out
 
 
-# -- threshold cross-validation ------------------------------------------------------
+# -- threshold cross-validation and second-stage checks ------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    """A detection rule replayed on score traces: threshold plus second-stage options."""
+
+    threshold: float
+    refractory_s: float
+    confirm: int = 1  # consecutive 10 ms features at or above the threshold
+    gated: bool = False  # the speech gate's recorded verdicts apply
+
+    def fires(self, run: StreamRun) -> list[int]:
+        return detections(run.scores, self.threshold, self.refractory_s, self.confirm,
+                          run.gate if self.gated else None)
+
+    def at(self, threshold: float) -> Rule:
+        return Rule(threshold, self.refractory_s, self.confirm, self.gated)
+
 
 def split_halves(names: list[str]) -> tuple[set[str], set[str]]:
     """Two halves of the file names, by a stable hash order, alternating (no speaker
@@ -364,79 +452,100 @@ def split_halves(names: list[str]) -> tuple[set[str], set[str]]:
     return set(order[0::2]), set(order[1::2])
 
 
-def false_accepts_at(runs: list[StreamRun], threshold: float, refractory_s: float,
-                     files: set[str] | None = None, confirm: int = 1) -> tuple[int, float]:
-    """(false accepts, hours) over the streams at this threshold, counting only events in
+def false_accepts_at(runs: list[StreamRun], rule: Rule,
+                     files: set[str] | None = None) -> tuple[int, float]:
+    """(false accepts, hours) over the streams under ``rule``, counting only events in
     (and hours of) ``files`` when given."""
     n, seconds = 0, 0.0
     for r in runs:
         seconds += sum(s.end_s - s.start_s for s in r.segments if files is None or s.file in files)
-        for i in detections(r.scores, threshold, refractory_s, confirm):
+        for i in rule.fires(r):
             file, _ = locate(r.segments, (i + 1) * FEATURE_STEP_S)
             if files is None or file in files:
                 n += 1
     return n, seconds / 3600.0
 
 
-def _operating_point(pos_peaks: dict[str, float], runs: list[StreamRun], threshold: float,
-                     refractory_s: float, pos: set[str] | None, neg: set[str] | None,
-                     confirm: int = 1) -> dict:
-    peaks = [p for n, p in pos_peaks.items() if pos is None or n in pos]
-    det = sum(p >= threshold for p in peaks)
-    fa, hours = false_accepts_at(runs, threshold, refractory_s, neg, confirm)
-    out = {"threshold": threshold, "positives": len(peaks), "detected": int(det),
-           "detection_rate": det / len(peaks) if peaks else None}
+def operating_point(pos_runs: list[StreamRun], neg_runs: list[StreamRun], rule: Rule,
+                    pos: set[str] | None = None, neg: set[str] | None = None) -> dict:
+    """Detection on the positives and false accepts on the negatives under ``rule``."""
+    chosen = [r for r in pos_runs if pos is None or r.segments[0].file in pos]
+    det = sum(bool(rule.fires(r)) for r in chosen)
+    fa, hours = false_accepts_at(neg_runs, rule, neg)
+    out = {"threshold": rule.threshold, "positives": len(chosen), "detected": int(det),
+           "detection_rate": det / len(chosen) if chosen else None}
     out.update(rate_summary(fa, hours))
     return out
 
 
-def choose_threshold(pos_peaks: dict[str, float], runs: list[StreamRun], refractory_s: float,
-                     pos: set[str] | None = None, neg: set[str] | None = None,
-                     target: float = TARGET_FA_PER_HOUR,
+def choose_threshold(pos_runs: list[StreamRun], neg_runs: list[StreamRun], rule: Rule,
+                     neg: set[str] | None = None, target: float = TARGET_FA_PER_HOUR,
                      grid: tuple[float, ...] = THRESHOLD_GRID) -> float:
     """The lowest threshold on ``grid`` whose false-accept rate on these negatives is at
     most ``target`` per hour: the most sensitive setting the data allows."""
     for t in grid:
-        fa, hours = false_accepts_at(runs, t, refractory_s, neg)
+        fa, hours = false_accepts_at(neg_runs, rule.at(t), neg)
         if hours and fa / hours <= target:
             return t
     return grid[-1]
 
 
-def cross_validate(pos_peaks: dict[str, float], runs: list[StreamRun], refractory_s: float,
-                   configured: float, target: float = TARGET_FA_PER_HOUR) -> dict:
+def cross_validate(pos_runs: list[StreamRun], neg_runs: list[StreamRun], rule: Rule,
+                   target: float = TARGET_FA_PER_HOUR) -> dict:
     """Choose the threshold on one half of the positives and negatives (split by file),
-    score it on the other half, and the other way round; also score the configured
-    threshold on each held-out half."""
-    pos_a, pos_b = split_halves(list(pos_peaks))
-    neg_a, neg_b = split_halves(sorted({s.file for r in runs for s in r.segments}))
+    score it on the other half, and the other way round; also score ``rule``'s own
+    (configured) threshold on each held-out half."""
+    pos_a, pos_b = split_halves([r.segments[0].file for r in pos_runs])
+    neg_a, neg_b = split_halves(sorted({s.file for r in neg_runs for s in r.segments}))
     folds = []
     for name, (tp, tn), (hp, hn) in (("A->B", (pos_a, neg_a), (pos_b, neg_b)),
                                      ("B->A", (pos_b, neg_b), (pos_a, neg_a))):
-        chosen = choose_threshold(pos_peaks, runs, refractory_s, tp, tn, target)
+        chosen = choose_threshold(pos_runs, neg_runs, rule, tn, target)
         folds.append({
             "fold": name,
             "train_files": {"positives": sorted(tp), "negatives": len(tn)},
             "chosen_threshold": chosen,
-            "train": _operating_point(pos_peaks, runs, chosen, refractory_s, tp, tn),
-            "held_out": _operating_point(pos_peaks, runs, chosen, refractory_s, hp, hn),
-            "held_out_at_configured": _operating_point(pos_peaks, runs, configured,
-                                                       refractory_s, hp, hn),
+            "train": operating_point(pos_runs, neg_runs, rule.at(chosen), tp, tn),
+            "held_out": operating_point(pos_runs, neg_runs, rule.at(chosen), hp, hn),
+            "held_out_at_configured": operating_point(pos_runs, neg_runs, rule, hp, hn),
         })
     return {
         "rule": f"lowest threshold in {THRESHOLD_GRID[0]}..{THRESHOLD_GRID[-1]} with at most "
                 f"{target} false accepts/hour on the training half's augmented negatives",
         "split": "by file (stable hash order, alternating); no speaker labels in the data",
-        "configured_threshold": configured,
+        "configured_threshold": rule.threshold,
+        "confirm": rule.confirm,
+        "speech_gate": rule.gated,
         "folds": folds,
     }
 
 
-def threshold_sweep(pos_peaks: dict[str, float], runs: list[StreamRun], refractory_s: float,
-                    thresholds: tuple[float, ...], confirm: int = 1) -> list[dict]:
+def threshold_sweep(pos_runs: list[StreamRun], neg_runs: list[StreamRun], rule: Rule,
+                    thresholds: tuple[float, ...]) -> list[dict]:
     """Detection and false accepts over all the data at each threshold."""
-    return [_operating_point(pos_peaks, runs, t, refractory_s, None, None, confirm)
-            for t in thresholds]
+    return [operating_point(pos_runs, neg_runs, rule.at(t)) for t in thresholds]
+
+
+def second_stage_report(pos_runs: list[StreamRun], neg_runs: list[StreamRun],
+                        threshold: float, refractory_s: float, confirms: tuple[int, ...],
+                        gated: bool) -> dict:
+    """Each second-stage option at the configured threshold, on all files and on each
+    half, with its own threshold cross-validation."""
+    pos_a, pos_b = split_halves([r.segments[0].file for r in pos_runs])
+    neg_a, neg_b = split_halves(sorted({s.file for r in neg_runs for s in r.segments}))
+    options = {"none": Rule(threshold, refractory_s)}
+    options.update({f"confirm_{k}": Rule(threshold, refractory_s, confirm=k) for k in confirms})
+    if gated:
+        options["speech_gate"] = Rule(threshold, refractory_s, gated=True)
+    out = {}
+    for name, rule in options.items():
+        out[name] = {
+            "all": operating_point(pos_runs, neg_runs, rule),
+            "half_A": operating_point(pos_runs, neg_runs, rule, pos_a, neg_a),
+            "half_B": operating_point(pos_runs, neg_runs, rule, pos_b, neg_b),
+            "cross_validation": cross_validate(pos_runs, neg_runs, rule),
+        }
+    return out
 
 
 def load_clips(files: list[Path]) -> list[tuple[str, np.ndarray]]:
@@ -446,10 +555,3 @@ def load_clips(files: list[Path]) -> list[tuple[str, np.ndarray]]:
         seen[f.name] = seen.get(f.name, 0) + 1
     return [((f"{f.parent.name}/{f.name}" if seen[f.name] > 1 else f.name), read_audio(f))
             for f in files]
-
-
-def timed(fn, *args, **kwargs):
-    """(result, wall seconds) of a call."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
