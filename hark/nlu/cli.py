@@ -116,6 +116,14 @@ def _eval(args) -> int:
           f"(cache hit p50 {report['cache_hit_ms']['p50']:.4f})")
     cpu = report["cpu_ms_per_sentence"]
     print(f"CPU ms per sentence: p50 {cpu['p50']:.2f}  p95 {cpu['p95']:.2f}")
+    fb = report.get("fallback")
+    if fb is None:
+        print("paraphrase fallback: off")
+    elif fb["sentences"]:
+        print(f"paraphrase fallback ({fb['encoder']}) alone, on the {fb['sentences']} "
+              f"sentences that reached it: ms p50 {fb['ms']['p50']:.2f}  p95 "
+              f"{fb['ms']['p95']:.2f}; CPU ms p50 {fb['cpu_ms']['p50']:.2f}  p95 "
+              f"{fb['cpu_ms']['p95']:.2f}")
     print(f"{'intent':32} {'total':>5} {'errors':>6}")
     for name, row in report["per_intent"].items():
         print(f"{name:32} {row['total']:5d} {row['errors']:6d}")

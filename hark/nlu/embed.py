@@ -451,6 +451,14 @@ def question_kind(text: str) -> str:
     return _QUESTION_KINDS.get(lead_word(text), "")
 
 
+_STOPWORDS = frozenset("""
+a an the this that these those my your our his her its their me you it i we us he she they
+is are was were be been am do does did can could would will shall should may might must
+what whats how hows why who when where which whom whose there here
+in on at to of for from by with about into over under up down out off and or but so if
+then than as like just very really too also all any some please now right
+""".split())
+
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen "
     "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split())}
@@ -501,8 +509,14 @@ class ParaphraseMatcher:
         # with the same question word ("why is my kitchen so cold" is no temperature
         # query: no template asks "why")
         self._kinds: dict[tuple[str, str], set[str]] = {}
+        self._vocab: dict[tuple[str, str], set[str]] = {}  # content words per intent
         for ex in self.examples:
-            self._kinds.setdefault((ex.source, ex.intent), set()).add(question_kind(ex.text))
+            key = (ex.source, ex.intent)
+            self._kinds.setdefault(key, set()).add(question_kind(ex.text))
+            self._vocab.setdefault(key, set()).update(self._content(ex.text))
+        names = self._home_words()  # names and rooms say what, not which intent
+        for words in self._vocab.values():
+            words -= names
         self.sample_s = time.perf_counter() - start  # or read back from the cache
         self.cache_file: Path | None = None
         self.vectors = self._vectors()
@@ -651,9 +665,15 @@ class ParaphraseMatcher:
 
     # -- matching ------------------------------------------------------------------
 
+    def _similarities(self, text: str) -> np.ndarray:
+        """Cosine similarity of ``text`` with every example. einsum, not ``@``: a
+        matrix-vector product through BLAS spreads over every core's thread and, on a
+        busy machine, waits for them (measured 4.7 ms vs 0.15 ms for 2,800 examples)."""
+        return np.einsum("ij,j->i", self.vectors, self.embedder.embed([text])[0])
+
     def scores(self, text: str) -> dict[tuple[str, str], float]:
         """Best cosine similarity per (source, intent)."""
-        sims = self.vectors @ self.embedder.embed([text])[0]
+        sims = self._similarities(text)
         best = np.maximum.reduceat(sims, self._starts)
         return {key: float(s) for key, s in zip(self._intents, best)}
 
@@ -663,7 +683,7 @@ class ParaphraseMatcher:
         if not text or not text.strip() or text.count(" ") >= self.max_words:
             return None
         text = text[:2000]
-        sims = self.vectors @ self.embedder.embed([text])[0]
+        sims = self._similarities(text)
         per_intent = np.maximum.reduceat(sims, self._starts)
         order = np.argsort(per_intent)[::-1]
         best = float(per_intent[order[0]])
@@ -682,10 +702,19 @@ class ParaphraseMatcher:
             if sims[i] < best - 0.1:
                 break
             ex = self.examples[i]
-            slots = self.fill_slots(ex, text)
+            filled = self._fill(ex, text)
+            if filled is None:
+                continue
+            slots, rest = filled
             # no slot backs a slot-free example up ("what's the weather today"), so it
             # must be closer: chit-chat resembles these most
-            if slots is not None and not ex.required and sims[i] < self.threshold + SLOTLESS_EXTRA:
+            if not ex.required and sims[i] < self.threshold + SLOTLESS_EXTRA:
+                continue
+            # a question must ask, besides its slots, about something this intent's
+            # sentences name ("what is the kitchen like" names a room, and nothing else
+            # of "what's the temperature in the kitchen"); orders may use synonyms
+            # ("dim the lamp"), questions are where chit-chat comes close
+            if kind and not self._content(rest) & self._vocab[self._intents[k]]:
                 continue
             if slots is not None:
                 return IntentResult(name=ex.intent, slots=slots, text=text,
@@ -693,10 +722,32 @@ class ParaphraseMatcher:
                                     confidence=float(sims[i]))
         return None
 
+    def _home_words(self) -> set[str]:
+        """Words of the extra lists' values (the home's names, areas, floors)."""
+        from hassil.intents import TextSlotList
+
+        words: set[str] = set()
+        for src in self.sources:
+            for slot_list in src.slot_lists.values():
+                if isinstance(slot_list, TextSlotList):
+                    for value in slot_list.values:
+                        words |= self._content(getattr(value.text_in, "text", "") or "")
+        return words
+
+    @staticmethod
+    def _content(text: str) -> set[str]:
+        """The words of ``text`` that carry meaning (no function words, no numbers)."""
+        return {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS}
+
     def fill_slots(self, ex: _Example, text: str) -> dict[str, Any] | None:
         """Slots for ``text`` read the way example ``ex`` says them: every slot its
         template always says must be found in the text (else None); optional ones of its
         block are added when found; the block's fixed slots (``domain: light``) too."""
+        filled = self._fill(ex, text)
+        return None if filled is None else filled[0]
+
+    def _fill(self, ex: _Example, text: str) -> tuple[dict[str, Any], str] | None:
+        """:meth:`fill_slots`, and what the text says besides the slot values."""
         from hassil.intents import RangeSlotList, TextSlotList
 
         src = self._by_name[ex.source]
@@ -734,7 +785,7 @@ class ParaphraseMatcher:
             slots[slot] = _plain(numbers.pop(pick)[0])
         for key, value in (ex.data.slots or {}).items():
             slots.setdefault(key, value)
-        return slots
+        return slots, norm
 
     def _block_lists(self, src: Source, data: Any) -> dict[str, str]:
         """slot name -> list name for every list reference in a block's sentences."""

@@ -120,6 +120,23 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
             "got": None if result is None else {"intent": result.name, "slots": result.slots,
                                                 "source": result.source},
         })
+    # The paraphrase fallback alone, on every sentence that reached it (nothing matched
+    # strictly or fuzzily): what each open question pays before it goes to the LLM.
+    fallback_ms: list[float] = []
+    fallback_cpu_ms: list[float] = []
+    paraphrase = getattr(stage, "paraphrase", None)
+    if paraphrase is not None:
+        from hark.nlu.recognizer import normalize
+
+        for case in cases:
+            if stage.match(case.sentence, context=case.context or None,
+                           paraphrase=False) is not None:
+                continue
+            text = normalize(case.sentence)
+            start, cpu_start = time.perf_counter(), time.thread_time()
+            paraphrase.recognize(text)
+            fallback_ms.append((time.perf_counter() - start) * 1000)
+            fallback_cpu_ms.append((time.thread_time() - cpu_start) * 1000)
     cache_times = []
     for case in commands[:50]:
         stage.recognize(case.sentence, context=case.context or None)
@@ -140,6 +157,14 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
                                 "p95": round(_pct(cpu_times, 95), 3)},
         "cache_hit_ms": {"p50": round(_pct(cache_times, 50), 4),
                          "p95": round(_pct(cache_times, 95), 4)},
+        "fallback": None if paraphrase is None else {
+            "sentences": len(fallback_ms),
+            "ms": {"p50": round(_pct(fallback_ms, 50), 3),
+                   "p95": round(_pct(fallback_ms, 95), 3)},
+            "cpu_ms": {"p50": round(_pct(fallback_cpu_ms, 50), 3),
+                       "p95": round(_pct(fallback_cpu_ms, 95), 3)},
+            "encoder": type(paraphrase.embedder).__name__,
+        },
         "per_intent": dict(sorted(per_intent.items())),
         "errors": wrong,
     }
