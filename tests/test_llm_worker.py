@@ -39,6 +39,7 @@ def tiny_cfg() -> Config:
     c.llm.n_threads = 1  # a busy 2-core box: one llama.cpp thread (see test_llm.py)
     c.llm.n_threads_batch = 1
     c.llm.isolation = "process"
+    c.sched.realtime = False  # no real-time class for the worker on a shared test box
     return c
 
 
@@ -224,10 +225,13 @@ def test_missing_model_is_a_clear_error(tiny_cfg: Config, tmp_path: Path) -> Non
 
 
 def test_close_leaves_no_process_or_thread(tiny_cfg: Config) -> None:
-    svc = load_llm(tiny_cfg, warm=True)
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.sched.pin_cores = {"llm": [0]}  # the llm stage's scheduling, applied in the child
+    svc = load_llm(cfg, warm=True)
     engine = svc.engine
     assert isinstance(engine, ProcessEngine)
     pid = engine.pid
+    assert os.sched_getaffinity(pid) == {0}
     assert svc.reply("Name a color.", cacheable=False)
     engine.close()
     assert _proc_gone(pid)

@@ -28,6 +28,7 @@ Chosen with ``llm.isolation`` (``"process"``, ``"thread"``, or ``"auto"``: proce
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import itertools
@@ -37,6 +38,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -85,13 +87,16 @@ def _rebuild_error(payload: tuple[str, str, str | None]) -> HarkError:
 
 
 def _worker_main(conn: Connection, factory: Callable[[], Any],
-                 warm: tuple[bool, str | None], log_level: int) -> None:
-    """Entry point of the child: load the model, say ``ready``, serve requests until
-    ``close`` or until the parent goes away."""
+                 on_start: Callable[[], Any] | None, warm: tuple[bool, str | None],
+                 log_level: int) -> None:
+    """Entry point of the child: run ``on_start`` (scheduling), load the model, say
+    ``ready``, serve requests until ``close`` or until the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     logging.basicConfig(level=log_level, format="%(asctime)s llm-worker[%(process)d] "
                         "%(levelname)s %(name)s: %(message)s")
     try:
+        if on_start is not None:
+            on_start()
         engine = factory()
         if warm[0]:
             engine.warm_up(warm[1])
@@ -125,40 +130,62 @@ def _serve(conn: Connection, engine: Any) -> None:
             try:
                 if method not in _REMOTE_METHODS:
                     raise LlmError(f"LLM worker: no method {method!r}")
-                conn.send(("ok", call_id, getattr(engine, method)(*args)))
+                result = ("ok", call_id, getattr(engine, method)(*args))
             except Exception as exc:  # noqa: BLE001 - reported to the caller
-                conn.send(("err", call_id, _error_payload(exc)))
+                result = ("err", call_id, _error_payload(exc))
+            try:
+                conn.send(result)
+            except OSError:
+                return  # the parent is gone
         # a "cancel" for a call that already ended: nothing to do
 
 
 def _serve_stream(conn: Connection, engine: Any, call_id: int,
                   messages: list[tuple[str, str]], max_tokens: int,
                   ignore_eos: bool) -> bool:
-    """Send each piece as it comes; stop early on ``cancel``. False on ``close``."""
+    """Send each piece as it comes; stop early on ``cancel``. False when the child
+    should exit (``close``, or the parent is gone)."""
     gen = engine.stream([ChatMessage(r, c) for r, c in messages], max_tokens, ignore_eos)
     keep_serving = True
     cancelled = False
     try:
-        for piece in gen:
-            conn.send(("tok", call_id, piece))
-            if conn.poll():  # between tokens: has the caller stopped listening?
-                kind = conn.recv()[0]
-                if kind in ("cancel", "close"):
-                    cancelled = True
-                    keep_serving = kind == "cancel"
-                    break
-    except Exception as exc:  # noqa: BLE001 - reported to the caller
-        gen.close()
-        conn.send(("err", call_id, _error_payload(exc)))
-        return True
-    finally:
-        gen.close()
-    conn.send(("end", call_id, dataclasses.asdict(engine.last_stats),
-               engine.total_evaluated_tokens, cancelled))
+        try:
+            for piece in gen:
+                conn.send(("tok", call_id, piece))
+                if conn.poll():  # between tokens: has the caller stopped listening?
+                    kind = conn.recv()[0]
+                    if kind in ("cancel", "close"):
+                        cancelled = True
+                        keep_serving = kind == "cancel"
+                        break
+        except (EOFError, OSError):
+            return False  # the parent is gone
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            gen.close()
+            conn.send(("err", call_id, _error_payload(exc)))
+            return True
+        finally:
+            gen.close()
+        conn.send(("end", call_id, dataclasses.asdict(engine.last_stats),
+                   engine.total_evaluated_tokens, cancelled))
+    except (EOFError, OSError):
+        return False
     return keep_serving
 
 
 # --- the parent --------------------------------------------------------------------------
+
+_LIVE: weakref.WeakSet[ProcessEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """At interpreter exit, stop every worker before multiprocessing's own exit handler
+    terminates the children (registered later, so it runs first): otherwise a
+    supervisor would see its child die and start another one during shutdown."""
+    for engine in list(_LIVE):
+        engine.close()
+
 
 
 @dataclass
@@ -194,9 +221,12 @@ class ProcessEngine:
     of one), e.g. ``functools.partial(engine_for_profile, cfg, "fast")``: use
     :func:`worker_for_profile`. The constructor returns once the child has loaded the
     model; a model that cannot be loaded raises :class:`ModelError` as the in-process
-    engine would. Calls are serialised, like the in-process engine's."""
+    engine would. Calls are serialised, like the in-process engine's. ``on_start``
+    (picklable too) runs first in every child, e.g. the ``llm`` stage's scheduling
+    settings (:func:`hark.sched.apply_stage_sched`)."""
 
     def __init__(self, factory: Callable[[], Any], *, name: str = "llm",
+                 on_start: Callable[[], Any] | None = None,
                  start_timeout_s: float = 120.0, stall_s: float = 60.0,
                  backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,
                  stable_s: float = 60.0):
@@ -217,6 +247,7 @@ class ProcessEngine:
         self.load_s = 0.0
         self.active_call: str | None = None  # "stream", "prefill", ... while one runs
         self._factory = factory
+        self._on_start = on_start
         # (warm?, system prompt): what every restarted child does before taking calls
         self._warm: tuple[bool, str | None] = (False, None)
         self._ctx = multiprocessing.get_context("spawn")
@@ -233,6 +264,7 @@ class ProcessEngine:
         self._supervisor = threading.Thread(target=self._supervise, daemon=True,
                                             name=f"hark-llm-supervisor-{self.name}")
         self._supervisor.start()
+        _LIVE.add(self)
 
     # --- status -------------------------------------------------------------------------
 
@@ -417,7 +449,7 @@ class ProcessEngine:
         parent, child_end = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_worker_main, name=f"hark-llm-{self.name}", daemon=True,
-            args=(child_end, self._factory, self._warm,
+            args=(child_end, self._factory, self._on_start, self._warm,
                   logging.getLogger().getEffectiveLevel()))
         t0 = time.monotonic()
         process.start()
@@ -516,9 +548,15 @@ class ProcessEngine:
 
 def worker_for_profile(cfg: Config, profile: str) -> ProcessEngine:
     """:func:`hark.llm.llama.engine_for_profile` run in a supervised child process.
-    A call with no word from the child for ``max(60, 3 * llm.timeout_s)`` seconds kills
-    and restarts it."""
+    The child applies ``cfg.sched`` for the ``llm`` stage to itself (real-time class,
+    ``pin_cores.llm``, ``mlock``: the model's memory is in the child), as the stage
+    thread does in-process. A call with no word from the child for
+    ``max(60, 3 * llm.timeout_s)`` seconds kills and restarts it."""
     from hark.llm.llama import engine_for_profile
+    from hark.sched import apply_stage_sched
 
+    sc = cfg.sched
+    on_start = functools.partial(apply_stage_sched, "llm", cfg) \
+        if sc.realtime or sc.mlock or (sc.pin_cores or {}).get("llm") else None
     return ProcessEngine(functools.partial(engine_for_profile, cfg, profile), name=profile,
-                         stall_s=max(60.0, 3 * cfg.llm.timeout_s))
+                         on_start=on_start, stall_s=max(60.0, 3 * cfg.llm.timeout_s))
