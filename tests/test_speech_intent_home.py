@@ -212,3 +212,43 @@ def test_peek_at_a_pause_answers_like_finish(recognizer, speak):
         else:
             assert peeked is not None and final is not None
             assert (peeked.name, peeked.slots) == (final.name, final.slots) == expected
+
+
+def test_spoken_timer_command_runs_when_it_fires_and_is_announced(assistant, speak):
+    """A whole spoken turn through the real Assistant: "in two seconds turn off the
+    kitchen light" sets a timer; when it fires, the command runs through the home
+    handler (the dry run: no Home Assistant configured) and the notification says what
+    was done."""
+    import asyncio
+
+    from hark.audio import frames, paced
+    from hark.nlu.handlers import DryRunHomeHandler
+    from hark.pipeline.events import IntentEvent, TurnEnd
+
+    home = assistant.handlers.home
+    assert isinstance(home, DryRunHomeHandler)
+    before = len(home.calls)
+    said: list[str] = []
+    assistant.on_notify(lambda session, text: said.append(text))
+
+    async def run():
+        audio = speak("In two seconds, turn off the kitchen light.")
+        pad = np.zeros(8000, np.int16)
+        mic = paced(frames(np.concatenate([pad, audio, np.zeros(24000, np.int16)]), 512),
+                    realtime=True)
+        events = [ev async for ev in assistant.run_turn(mic)]
+        for _ in range(100):  # the timer fires 2 s after the reply started
+            if said:
+                break
+            await asyncio.sleep(0.1)
+        return events
+
+    events = asyncio.run(run())
+    assert isinstance(events[-1], TurnEnd) and events[-1].error is None, events[-1]
+    intent = [e.intent for e in events if isinstance(e, IntentEvent)][-1]
+    assert intent is not None and intent.name == "HassStartTimer", intent
+    assert intent.slots.get("seconds") == 2
+    assert "kitchen light" in intent.slots.get("conversation_command", "")
+    assert said == ["It's been 2 seconds. Turning off the kitchen light."]
+    assert [(c.name, c.slots) for c in home.calls[before:]] == [
+        ("HassTurnOff", {"name": "kitchen light"})]
