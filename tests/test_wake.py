@@ -11,7 +11,7 @@ from hark.audio import AudioChunk, read_audio
 from hark.errors import AudioError, ConfigError
 from hark.wake import augment
 from hark.wake import evaluate as ev
-from hark.wake.detector import WakeWordDetector
+from hark.wake.detector import DEFAULT_CONFIRM, WakeWordDetector
 from hark.wake.evaluate import keyword_end_s, mix_noise
 
 
@@ -58,7 +58,8 @@ def test_refractory_period_blocks_repeat(det, speak):
         assert len(_hits(det, close)) == 1
     finally:
         det.refractory_s = 1.0
-    far = np.concatenate([gap, word, np.zeros(24000, np.int16), word, gap])
+    tail = np.zeros(8000, np.int16)  # the microphone keeps streaming after the keyword
+    far = np.concatenate([gap, word, np.zeros(24000, np.int16), word, tail])
     assert len(_hits(det, far)) == 2
 
 
@@ -231,7 +232,7 @@ def test_continuous_stream_locates_detections_and_matches_trace(det, stream_clip
     for e in run.events:
         assert 0.0 < e["time_in_file_s"] < 1.5 and e["score"] >= det.threshold
         assert e["peak_score"] >= e["score"]
-    replay = ev.detections(run.scores, det.threshold, det.refractory_s)
+    replay = ev.detections(run.scores, det.threshold, det.refractory_s, det.confirm)
     assert [round((i + 1) * 0.01, 2) for i in replay] == [e["time_in_stream_s"] for e in run.events]
     assert run.negative_s == pytest.approx(sum(len(a) for _, a in stream_clips) / 16000, abs=0.01)
     assert 0 < run.speech_s <= run.negative_s
@@ -348,3 +349,41 @@ def test_real_negatives_augmented_stream(det, testdata):
     assert rep["hours"] > 0 and rep["speech_hours"] > 0
     for e in rep["events"]:  # any false accept is located in one of the files
         assert e["file"] in {f.name for f in files} and e["score"] >= det.threshold
+
+
+def test_confirm_count_live_matches_replay(det, stream_clips):
+    """A detector that needs the score held for k features fires exactly where the
+    replay of its score trace says, for several k, and a long k suppresses keywords."""
+    audio = np.concatenate([a for _, a in stream_clips])
+    fired = {}
+    try:
+        for k in (1, 8, 60):
+            det.confirm = k
+            det.reset()
+            det.scores = []
+            live = [e.stream_s for i in range(0, len(audio), 320)
+                    if (e := det.process(audio[i:i + 320])) is not None]
+            fired[k] = live
+            replay = ev.detections(np.array(det.scores), det.threshold, det.refractory_s, k)
+            assert live == pytest.approx([(i + 1) * 0.01 for i in replay])
+    finally:
+        det.confirm, det.scores = DEFAULT_CONFIRM, None
+    assert len(fired[1]) == len(fired[8]) == 2  # both spoken keywords survive 80 ms
+    assert all(b - a == pytest.approx(0.07) for a, b in zip(fired[1], fired[8], strict=True))
+    assert fired[60] == []  # nobody holds the score for 600 ms
+    with pytest.raises(ConfigError, match="confirm"):
+        WakeWordDetector("alexa", confirm=0)
+
+
+def test_confirm_count_rejects_kitchen_transient(det, testdata):
+    """The real kitchen noise alone (nobody speaking) holds a transient the model scores
+    above the threshold for a few features: it false-accepts without the confirm count
+    and not with the default one."""
+    noise = read_audio(testdata / "noise_kitchen.wav")[: 16000 * 50]  # the first, at ~44 s
+    assert det.confirm == DEFAULT_CONFIRM
+    assert _hits(det, noise) == []
+    det.confirm = 1
+    try:
+        assert _hits(det, noise)
+    finally:
+        det.confirm = DEFAULT_CONFIRM

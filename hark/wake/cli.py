@@ -9,7 +9,8 @@ from pathlib import Path
 from hark.errors import ConfigError
 
 DEFAULT_THRESHOLD = 0.87  # keep equal to hark.wake.detector.DEFAULT_THRESHOLD
-CONFIRMS = (3, 5, 10)  # second-stage study: consecutive 10 ms features above the threshold
+DEFAULT_CONFIRM = 8  # keep equal to hark.wake.detector.DEFAULT_CONFIRM
+CONFIRMS = (2, 3, 5, 8, 10, 12, 15)  # second-stage study: consecutive 10 ms features above the threshold
 SWEEP = (0.70, 0.75, 0.80, 0.83, 0.85, 0.87, 0.89, 0.91, 0.93, 0.95)
 
 
@@ -29,13 +30,13 @@ def _eval_wake(args: argparse.Namespace) -> int:
     from hark.audio import read_audio
     from hark.cli import load_cfg
     from hark.wake.augment import parse_families
-    from hark.wake.detector import SpeechGate, WakeWordDetector
+    from hark.wake.detector import WakeWordDetector
     from hark.wake.evaluate import (
-        THRESHOLD_GRID,
         Rule,
         audio_files,
         cross_validate,
         evaluate,
+        evaluate_noise_only,
         evaluate_positive_robustness,
         evaluate_streams,
         load_clips,
@@ -49,29 +50,21 @@ def _eval_wake(args: argparse.Namespace) -> int:
     snrs = _floats(args.augment_snrs)
     if args.hours_min < 0:
         raise ConfigError("--hours-min must be at least 0")
-    gate = None
-    if args.gate or args.second_stage:
-        from hark.vad.silero import load_vad
-
-        gate = SpeechGate(load_vad(cfg))
     det = WakeWordDetector(args.keyword or cfg.wake.keyword, threshold=args.threshold,
-                           refractory_s=cfg.wake.refractory_s, confirm=args.confirm,
-                           gate=gate if args.gate else None)
-    prime = tuple(sorted(set(THRESHOLD_GRID) | set(SWEEP) | {det.threshold})) if gate else ()
+                           refractory_s=cfg.wake.refractory_s, confirm=args.confirm)
     noise = read_audio(args.noise) if args.noise else None
     aug_noise_path = args.augment_noise or args.noise
     aug_noise = read_audio(aug_noise_path) if aug_noise_path else None
     positives = [f for d in args.positives for f in audio_files(d)]
     negatives = [f for d in args.negatives for f in audio_files(d)]
 
-    res = evaluate(det, positives, negatives, noise, args.snr, gate, prime)
+    res = evaluate(det, positives, negatives, noise, args.snr)
     out = res.to_dict()
     out.update(keyword=det.keyword, threshold=det.threshold, refractory_s=det.refractory_s,
-               confirm=det.confirm, speech_gate=det.gate is not None,
+               confirm=det.confirm,
                noise=args.noise, snr_db=args.snr if args.noise else None)
     lat = out["latency_ms"]
-    print(f"keyword {det.keyword} (threshold {det.threshold}, confirm {det.confirm}, speech gate "
-          f"{'on' if det.gate else 'off'}): detected {res.detected}/{res.positives} "
+    print(f"keyword {det.keyword} (threshold {det.threshold}, confirm {det.confirm}): detected {res.detected}/{res.positives} "
           f"({_pct(out['detection_rate'])}), false accepts {res.false_accepts} in "
           f"{res.negative_s / 60:.1f} min = {out['false_accepts_per_hour']:.2f}/hour "
           f"(95% upper bound {out['false_accepts_per_hour_upper95']:.1f}/hour)")
@@ -85,7 +78,7 @@ def _eval_wake(args: argparse.Namespace) -> int:
 
     if families or args.cv or args.second_stage:
         runs = evaluate_streams(det, load_clips(negatives), families, aug_noise, snrs,
-                                args.hours_min, seed=args.seed, gate=gate, prime=prime)
+                                args.hours_min, seed=args.seed)
         aug = stream_report(runs, args.hours_min)
         out["augmented_negatives"] = aug
         print(f"augmented negatives ({', '.join(families) or 'none'}), continuous streams: "
@@ -105,7 +98,16 @@ def _eval_wake(args: argparse.Namespace) -> int:
         out["positives_robustness"] = rob
         print("positives, robustness: " + ", ".join(
             f"{k} {_pct(v['detection_rate'])}" for k, v in rob.items()))
-        rule = Rule(det.threshold, det.refractory_s, det.confirm, det.gate is not None)
+        rule = Rule(det.threshold, det.refractory_s, det.confirm)
+        if aug_noise is not None:
+            alone = evaluate_noise_only(det, aug_noise)
+            out["noise_only"] = alone
+            print("noise alone (nobody speaking): " + ", ".join(
+                f"{k} {v['false_accepts']} FA in {v['hours'] * 60:.1f} min"
+                for k, v in alone.items()))
+        print("distinct triggers: " + ", ".join(
+            f"{k} x{n}" for k, n in {**aug["sources"]["by_recording"],
+                                     **aug["sources"]["by_noise_position"]}.items()))
         out["threshold_sweep"] = threshold_sweep(res.positive_runs, runs, rule, SWEEP)
         if args.cv:
             cv = cross_validate(res.positive_runs, runs, rule)
@@ -113,17 +115,22 @@ def _eval_wake(args: argparse.Namespace) -> int:
             _print_cv("cross-validation", cv)
         if args.second_stage:
             ss = second_stage_report(res.positive_runs, runs, det.threshold, det.refractory_s,
-                                     CONFIRMS, gated=True)
+                                     CONFIRMS)
             out["second_stage"] = ss
+            for f in ss["confirm_choice"]:
+                h, w = f["held_out"], f["held_out_without"]
+                print(f"confirm count chosen {f['fold']}: {f['chosen_confirm']}; held out "
+                      f"detection {_pct(h['detection_rate'])} (without {_pct(w['detection_rate'])}),"
+                      f" FA {h['false_accepts']} (without {w['false_accepts']}) in {h['hours']:.2f} h")
             for name, r in ss.items():
+                if name == "confirm_choice":
+                    continue
                 a, ha, hb = r["all"], r["half_A"], r["half_B"]
                 print(f"second stage {name:<12} detection {_pct(a['detection_rate'])} "
                       f"(A {_pct(ha['detection_rate'])}, B {_pct(hb['detection_rate'])}), "
                       f"FA {a['false_accepts']} (A {ha['false_accepts']}, B {hb['false_accepts']}) "
                       f"in {a['hours']:.2f} h")
                 _print_cv(f"  {name} cross-validation", r["cross_validation"])
-    if gate is not None:
-        out["speech_gate_checks"] = gate.checks
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
@@ -164,10 +171,8 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the augmentation")
     p.add_argument("--cv", action="store_true",
                    help="cross-validate the threshold: choose on half the files, test on the rest")
-    p.add_argument("--confirm", type=int, default=1,
+    p.add_argument("--confirm", type=int, default=DEFAULT_CONFIRM,
                    help="consecutive 10 ms features the score must stay above the threshold")
-    p.add_argument("--gate", action="store_true",
-                   help="second stage: accept only candidates in which Silero VAD hears speech")
     p.add_argument("--second-stage", action="store_true",
-                   help="compare second-stage checks (confirm counts, speech gate) per half")
+                   help="compare second-stage checks (confirm counts) per half")
     p.add_argument("--json", default="", help="write the results as JSON here")

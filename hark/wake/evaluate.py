@@ -11,14 +11,19 @@ Three parts:
   Poisson upper confidence bound on the rate;
 * :func:`cross_validate`: the threshold chosen on one half of the files and scored on
   the other, both ways, from the recorded score traces (the score does not depend on
-  the threshold, so one pass serves every threshold).
+  the threshold, so one pass serves every threshold);
+* :func:`second_stage_report`: the same replay for second-stage rules (the score held
+  above the threshold for k consecutive features), on all files and on each half.
+
+The augmented hours are not independent evidence: the augmented copies of one
+recording, and each loop of the noise recording, can trigger again and again, so the
+report also tallies the distinct trigger sources (:func:`trigger_sources`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from hark.wake.augment import (
     SPEEDS,
     Condition,
     Segment,
+    apply_gain,
     concat_stream,
     conditions,
     locate,
@@ -41,18 +47,12 @@ from hark.wake.augment import (
     speech_seconds,
     speed_perturb,
 )
-from hark.wake.detector import (
-    FEATURE_SAMPLES,
-    FEATURE_STEP_S,
-    GATE_HOLD_S,
-    SpeechGate,
-    WakeWordDetector,
-)
+from hark.wake.detector import FEATURE_STEP_S, WakeWordDetector
 
 __all__ = ["Rule", "StreamRun", "WakeEval", "audio_files", "cross_validate", "detections",
-           "evaluate", "evaluate_positive_robustness", "evaluate_streams", "keyword_end_s",
-           "mix_noise", "operating_point", "poisson_upper", "prime_gate", "second_stage_report",
-           "split_halves", "stream_report", "threshold_sweep"]
+           "evaluate", "evaluate_noise_only", "evaluate_positive_robustness",
+           "evaluate_streams", "keyword_end_s", "mix_noise", "operating_point", "poisson_upper",
+           "second_stage_report", "split_halves", "stream_report", "threshold_sweep"]
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 CHUNK = 320  # 20 ms, what a satellite feeds
@@ -118,12 +118,11 @@ def rate_summary(events: int, hours: float) -> dict:
 
 
 def detections(scores: np.ndarray, threshold: float, refractory_s: float,
-               confirm: int = 1, gate: Callable[[int], bool] | None = None) -> list[int]:
+               confirm: int = 1) -> list[int]:
     """Indexes (0-based feature numbers) where a detector with this threshold and
     refractory period fires on a recorded score trace: the same rule as
     :class:`WakeWordDetector` (``confirm`` > 1: the score must have stayed at or above
-    the threshold for that many consecutive 10 ms features; ``gate(i)``: the speech
-    gate's verdict on a candidate at feature ``i``)."""
+    the threshold for that many consecutive 10 ms features)."""
     above = np.asarray(scores) >= threshold
     idx = np.nonzero(above)[0]
     if confirm > 1 and len(idx):
@@ -135,9 +134,6 @@ def detections(scores: np.ndarray, threshold: float, refractory_s: float,
     for i in idx:
         t = (i + 1) * FEATURE_STEP_S  # the detector's stream_s after feature i
         if t >= blocked_until:
-            if gate is not None and not gate(int(i)):
-                blocked_until = t + GATE_HOLD_S
-                continue
             out.append(int(i))
             blocked_until = t + refractory_s
     return out
@@ -156,16 +152,6 @@ class StreamRun:
     negative_s: float  # the recordings only (gaps excluded): the hours FA/h divides by
     speech_s: float = 0.0  # of which frames hold speech by energy
     cpu_s: float = 0.0  # detector CPU time
-    #: the speech gate's speech probability at candidate features (see prime_gate)
-    gate_probs: dict[int, float] = field(default_factory=dict)
-    gate_min_prob: float | None = None
-
-    def gate(self, i: int) -> bool:
-        """The recorded speech gate verdict on a candidate at feature ``i``."""
-        if self.gate_min_prob is None or i not in self.gate_probs:
-            raise ValueError(f"no speech gate verdict recorded at feature {i} of "
-                             f"{self.condition.name}: prime_gate() with this threshold first")
-        return self.gate_probs[i] >= self.gate_min_prob
 
     def summary(self) -> dict:
         out = rate_summary(len(self.events), self.negative_s / 3600.0)
@@ -244,26 +230,10 @@ def _events(hits: list[tuple[float, float]], scores: np.ndarray, segments: list[
     return out
 
 
-def prime_gate(run: StreamRun, audio: np.ndarray, gate: SpeechGate,
-               thresholds: tuple[float, ...], refractory_s: float) -> None:
-    """Record the speech gate's verdict at every candidate a gated detector would check
-    at any of ``thresholds``, while the stream's audio is at hand."""
-    def check(i: int) -> bool:
-        if i not in run.gate_probs:
-            end = (i + 1) * FEATURE_SAMPLES  # where the features reach, as in the detector
-            run.gate_probs[i] = gate.speech_prob(audio[max(0, end - gate.window_samples):end])
-        return run.gate_probs[i] >= gate.min_prob
-
-    run.gate_min_prob = gate.min_prob
-    for t in thresholds:
-        detections(run.scores, t, refractory_s, 1, check)
-
-
 def evaluate(det: WakeWordDetector, positives: list[Path], negatives: list[Path],
-             noise: np.ndarray | None = None, snr_db: float = 10.0,
-             gate: SpeechGate | None = None, prime: tuple[float, ...] = ()) -> WakeEval:
-    """Each recording on its own (detector reset, 0.5 s of silence around it). With a
-    ``gate``, the gate's verdicts at ``prime`` thresholds are recorded for the positives."""
+             noise: np.ndarray | None = None, snr_db: float = 10.0) -> WakeEval:
+    """Each recording on its own (detector reset, 0.5 s of silence around it); the
+    positives' score traces are kept for threshold and second-stage studies."""
     res = WakeEval()
     pad = np.zeros(int(PAD_S * SAMPLE_RATE), np.int16)
     cpu0 = det.cpu_s
@@ -282,8 +252,6 @@ def evaluate(det: WakeWordDetector, positives: list[Path], negatives: list[Path]
                 run = StreamRun(Condition("positive"), seg, scores,
                                 _events(hits, scores, seg, "positive"), len(audio) / SAMPLE_RATE,
                                 0.0)
-                if gate is not None:
-                    prime_gate(run, audio, gate, prime, det.refractory_s)
                 res.positive_runs.append(run)
                 if hits:
                     res.detected += 1
@@ -311,8 +279,7 @@ def evaluate_streams(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]],
                      families: tuple[str, ...] = (), noise: np.ndarray | None = None,
                      snrs: tuple[float, ...] = SNRS_DB, hours_min: float = 0.0,
                      seed: int = 0, gap_s: tuple[float, float] = (0.1, 0.8),
-                     max_passes: int = 200, gate: SpeechGate | None = None,
-                     prime: tuple[float, ...] = ()) -> list[StreamRun]:
+                     max_passes: int = 200) -> list[StreamRun]:
     """Run the negatives as continuous streams, one per augmentation condition.
 
     Every condition shuffles the clips, perturbs each, joins them with short silent
@@ -332,7 +299,7 @@ def evaluate_streams(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]],
     k = 0
     while todo:
         cond = todo.pop(0)
-        runs.append(run_condition(det, clips, cond, rng, noise, gap_s, gate, prime))
+        runs.append(run_condition(det, clips, cond, rng, noise, gap_s))
         heard_h = sum(r.negative_s for r in runs) / 3600.0
         if not todo and families and heard_h < hours_min and k < max_passes:
             k += 1
@@ -342,8 +309,7 @@ def evaluate_streams(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]],
 
 def run_condition(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]], cond: Condition,
                   rng: np.random.Generator, noise: np.ndarray | None = None,
-                  gap_s: tuple[float, float] = (0.1, 0.8), gate: SpeechGate | None = None,
-                  prime: tuple[float, ...] = ()) -> StreamRun:
+                  gap_s: tuple[float, float] = (0.1, 0.8)) -> StreamRun:
     """One condition's continuous stream through the detector (reset once, at start)."""
     order = rng.permutation(len(clips))
     perturbed = []
@@ -370,8 +336,6 @@ def run_condition(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]], co
             pos = (round(e["time_in_stream_s"] * SAMPLE_RATE) + offset) % len(noise)
             e["noise_at_s"] = round(pos / SAMPLE_RATE, 2)
     run = StreamRun(cond, segments, scores, events, len(stream) / SAMPLE_RATE, neg_s, speech, cpu)
-    if gate is not None:
-        prime_gate(run, stream, gate, prime, det.refractory_s)
     return run
 
 
@@ -393,7 +357,40 @@ def stream_report(runs: list[StreamRun], hours_min: float) -> dict:
         cpu_per_audio_s=sum(r.cpu_s for r in runs) / audio_s if audio_s else None,
         per_augmentation={r.condition.name: r.summary() for r in runs},
         events=events,
+        sources=trigger_sources(events),
     )
+    return out
+
+
+def trigger_sources(events: list[dict]) -> dict:
+    """How many *distinct* things triggered: augmented copies of one recording, or one
+    spot of a looped noise recording, trigger again and again, so the events are not
+    independent and the Poisson bound over augmented hours is optimistic about them.
+    Tallies by recording and second, and (noise conditions) by second of the noise."""
+    by_rec: dict[str, int] = {}
+    by_noise: dict[str, int] = {}
+    for e in events:
+        key = f"{e['file']}@{round(e['time_in_file_s'])}s"
+        by_rec[key] = by_rec.get(key, 0) + 1
+        if "noise_at_s" in e:
+            nkey = f"noise@{round(e['noise_at_s'])}s"
+            by_noise[nkey] = by_noise.get(nkey, 0) + 1
+    return {"by_recording": dict(sorted(by_rec.items(), key=lambda kv: -kv[1])),
+            "by_noise_position": dict(sorted(by_noise.items(), key=lambda kv: -kv[1]))}
+
+
+def evaluate_noise_only(det: WakeWordDetector, noise: np.ndarray,
+                        gains_db: tuple[float, ...] = (0.0, 6.0)) -> dict:
+    """False accepts on the noise recording alone (nobody speaking), at its recorded
+    level and louder, each as one stream."""
+    out = {}
+    for g in gains_db:
+        audio = apply_gain(noise, g)
+        hits, scores = _trace(det, audio)
+        seg = [Segment("noise", 0.0, len(audio) / SAMPLE_RATE)]
+        r = rate_summary(len(hits), len(audio) / SAMPLE_RATE / 3600.0)
+        r["events"] = _events(hits, scores, seg, f"noise_only_{g:+g}dB")
+        out[f"gain_{g:+g}dB"] = r
     return out
 
 
@@ -435,14 +432,12 @@ class Rule:
     threshold: float
     refractory_s: float
     confirm: int = 1  # consecutive 10 ms features at or above the threshold
-    gated: bool = False  # the speech gate's recorded verdicts apply
 
     def fires(self, run: StreamRun) -> list[int]:
-        return detections(run.scores, self.threshold, self.refractory_s, self.confirm,
-                          run.gate if self.gated else None)
+        return detections(run.scores, self.threshold, self.refractory_s, self.confirm)
 
     def at(self, threshold: float) -> Rule:
-        return Rule(threshold, self.refractory_s, self.confirm, self.gated)
+        return Rule(threshold, self.refractory_s, self.confirm)
 
 
 def split_halves(names: list[str]) -> tuple[set[str], set[str]]:
@@ -515,7 +510,6 @@ def cross_validate(pos_runs: list[StreamRun], neg_runs: list[StreamRun], rule: R
         "split": "by file (stable hash order, alternating); no speaker labels in the data",
         "configured_threshold": rule.threshold,
         "confirm": rule.confirm,
-        "speech_gate": rule.gated,
         "folds": folds,
     }
 
@@ -528,16 +522,14 @@ def threshold_sweep(pos_runs: list[StreamRun], neg_runs: list[StreamRun], rule: 
 
 def second_stage_report(pos_runs: list[StreamRun], neg_runs: list[StreamRun],
                         threshold: float, refractory_s: float, confirms: tuple[int, ...],
-                        gated: bool) -> dict:
+) -> dict:
     """Each second-stage option at the configured threshold, on all files and on each
     half, with its own threshold cross-validation."""
     pos_a, pos_b = split_halves([r.segments[0].file for r in pos_runs])
     neg_a, neg_b = split_halves(sorted({s.file for r in neg_runs for s in r.segments}))
     options = {"none": Rule(threshold, refractory_s)}
     options.update({f"confirm_{k}": Rule(threshold, refractory_s, confirm=k) for k in confirms})
-    if gated:
-        options["speech_gate"] = Rule(threshold, refractory_s, gated=True)
-    out = {}
+    out: dict = {}
     for name, rule in options.items():
         out[name] = {
             "all": operating_point(pos_runs, neg_runs, rule),
@@ -545,7 +537,37 @@ def second_stage_report(pos_runs: list[StreamRun], neg_runs: list[StreamRun],
             "half_B": operating_point(pos_runs, neg_runs, rule, pos_b, neg_b),
             "cross_validation": cross_validate(pos_runs, neg_runs, rule),
         }
+    out["confirm_choice"] = choose_confirm_cv(pos_runs, neg_runs, threshold, refractory_s,
+                                              (1, *confirms))
     return out
+
+
+def choose_confirm_cv(pos_runs: list[StreamRun], neg_runs: list[StreamRun], threshold: float,
+                      refractory_s: float, confirms: tuple[int, ...],
+                      target: float = TARGET_FA_PER_HOUR) -> list[dict]:
+    """Choose the confirm count on one half and test it on the other, both ways. Rule:
+    the smallest count whose training false-accept rate is at most ``target`` without
+    losing a training detection (else the one with the fewest false accepts that loses
+    none)."""
+    pos_a, pos_b = split_halves([r.segments[0].file for r in pos_runs])
+    neg_a, neg_b = split_halves(sorted({s.file for r in neg_runs for s in r.segments}))
+    folds = []
+    for name, (tp, tn), (hp, hn) in (("A->B", (pos_a, neg_a), (pos_b, neg_b)),
+                                     ("B->A", (pos_b, neg_b), (pos_a, neg_a))):
+        train = {k: operating_point(pos_runs, neg_runs, Rule(threshold, refractory_s, k), tp, tn)
+                 for k in confirms}
+        base = train[confirms[0]]["detected"]
+        keep = [k for k in confirms if train[k]["detected"] >= base]
+        ok = [k for k in keep if (train[k]["per_hour"] or 0.0) <= target]
+        chosen = ok[0] if ok else min(keep, key=lambda k: (train[k]["false_accepts"], k))
+        folds.append({
+            "fold": name, "chosen_confirm": chosen, "train": train[chosen],
+            "held_out": operating_point(pos_runs, neg_runs,
+                                        Rule(threshold, refractory_s, chosen), hp, hn),
+            "held_out_without": operating_point(pos_runs, neg_runs,
+                                                Rule(threshold, refractory_s, confirms[0]), hp, hn),
+        })
+    return folds
 
 
 def load_clips(files: list[Path]) -> list[tuple[str, np.ndarray]]:
