@@ -91,6 +91,7 @@ def _worker_main(conn: Connection, factory: Callable[[], Any],
                  log_level: int) -> None:
     """Entry point of the child: run ``on_start`` (scheduling), load the model, say
     ``ready``, serve requests until ``close`` or until the parent goes away."""
+    t0 = time.monotonic()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     logging.basicConfig(level=log_level, format="%(asctime)s llm-worker[%(process)d] "
                         "%(levelname)s %(name)s: %(message)s")
@@ -105,7 +106,7 @@ def _worker_main(conn: Connection, factory: Callable[[], Any],
         conn.close()
         return
     conn.send(("ready", 0, {"name": engine.name, "load_s": getattr(engine, "load_s", 0.0),
-                            "pid": os.getpid()}))
+                            "pid": os.getpid(), "boot_s": time.monotonic() - t0}))
     try:
         _serve(conn, engine)
     finally:
@@ -468,6 +469,11 @@ class ProcessEngine:
                     if kind == "failed":
                         process.join(5)
                         raise _rebuild_error(data)
+                    log.info("LLM worker %s (pid %d) ready in %.2f s: interpreter %.2f s, "
+                             "model load + warm-up %.2f s (model file %.2f s)", data["name"],
+                             process.pid, time.monotonic() - t0,
+                             time.monotonic() - t0 - data["boot_s"], data["boot_s"],
+                             data["load_s"])
                     return _Child(process, parent, t0, data["name"], float(data["load_s"]))
                 if self._closing.is_set():
                     raise LlmError("the LLM worker is closed")
@@ -525,6 +531,8 @@ class ProcessEngine:
             try:
                 new = self._spawn()
             except HarkError as exc:
+                if self._closing.is_set():
+                    return
                 self.start_failures += 1
                 self._failures += 1
                 self.last_start_error = exc
