@@ -5,6 +5,7 @@ wake word, sockets and codecs; the server's assistant is test_server's small fak
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +101,125 @@ def test_follow_up_window_opens_on_speech_not_noise(then, kitchen, speak, tmp_pa
     else:
         assert sat.stats.followups == 1 and sat.stats.turns_done == 2
         assert fake.turn_speech[1] > 0.3 * 16000  # the follow-up's words reached the server
+
+
+class _Room:
+    """A loudspeaker beside the microphone, on one sample clock (one sound card): what
+    the satellite plays goes into the speaker's buffer (``latency_ms`` deep when it
+    starts from idle, then appended) and comes back into the microphone 6 dB down,
+    mixed with the recording. Microphone frame ``k`` holds speaker samples
+    ``[k*320, (k+1)*320)``."""
+
+    def __init__(self, wav, latency_ms: int = 60, gain: float = 0.5, seconds: int = 60):
+        import threading
+
+        from hark.satellite.audio import FileSource
+
+        self.mic = FileSource(wav, 320)
+        self.ended, self.done = self.mic.ended, self.mic.done
+        self.latency = latency_ms * 16
+        self.gain = gain
+        self.speaker = np.zeros(seconds * 16000, np.float32)  # what plays, by wall clock
+        self.cursor = 0  # where queued speaker audio ends
+        self.frames = 0  # microphone frames delivered
+        self._lock = threading.Lock()
+        self.echo_samples = 0  # reply samples that reached the microphone
+
+    def _index(self) -> int:
+        """The speaker sample now being captured by the microphone."""
+        import time
+
+        if self.mic.started_at is None:
+            return 0
+        return int((time.monotonic() - self.mic.started_at) * 16000)
+
+    # the sink side
+    def write(self, samples: np.ndarray, rate: int) -> None:
+        from hark.audio import resample
+
+        x = resample(np.asarray(samples, np.int16), rate, 16000).astype(np.float32)
+        with self._lock:
+            now = self._index()
+            at = self.cursor if self.cursor > now else now + self.latency
+            x = x[: max(0, len(self.speaker) - at)]
+            self.speaker[at:at + len(x)] = x * self.gain
+            self.cursor = at + len(x)
+
+    def stop(self) -> None:
+        with self._lock:
+            now = self._index()
+            self.speaker[now:] = 0
+            self.cursor = now
+
+    def close(self) -> None:
+        pass
+
+    # the microphone side
+    def __iter__(self):
+        for frame in self.mic:
+            a = min(self.frames * len(frame), len(self.speaker))
+            self.frames += 1
+            with self._lock:
+                e = self.speaker[a:a + len(frame)]
+            self.echo_samples += int(np.count_nonzero(e))
+            mixed = frame.astype(np.float64)
+            mixed[:len(e)] += e
+            yield np.clip(mixed, -32768, 32767).astype(np.int16)
+
+
+class _SpeakingAssistant(FakeAssistant):
+    """Answers in Piper's voice (so its echo sounds like speech to a VAD)."""
+
+    def __init__(self, reply: np.ndarray):
+        super().__init__()
+        from hark.audio import resample
+
+        self.reply = resample(reply, 16000, self.tts_rate)
+
+    def tone(self, seconds: float) -> np.ndarray:
+        return self.reply
+
+
+def test_reply_echo_neither_opens_a_turn_nor_interrupts(speak, tmp_path):
+    """The satellite hears its own spoken reply through the room: no follow-up turn and
+    no barge-in from the echo, yet the person's real follow-up is taken."""
+    from hark.satellite.satellite import Satellite
+
+    pad = np.zeros(8000, np.int16)
+    ask = speak("Alexa, what time is it?")
+    wav = write_wav(tmp_path / "talk.wav", np.concatenate([
+        pad, ask, np.zeros(4 * 16000, np.int16), speak("And in Paris?"), pad]), 16000)
+    follow_up_at = (len(pad) + len(ask)) / 16000 + 4.0  # seconds into the recording
+    reply = speak("It is noon. Is there anything else I can do for you?")
+    turn_starts: list[float] = []  # seconds into the recording
+
+    async def go():
+        cfg = _cfg(shm="never")
+        server, fake = await _start(cfg, _SpeakingAssistant(reply))
+        room = _Room(wav)
+        c = Config()
+        c.transport = cfg.transport
+        c.satellite.server = cfg.satellite.server
+        c.sched.realtime = False
+        c.wake.followup_s = 4.0
+        sat = Satellite(c, room, room, exit_when_done=True, realtime_thread=False)
+        start_turn = sat._start_turn
+
+        async def timed_start_turn(*args, **kwargs):
+            turn_starts.append(time.monotonic() - room.mic.started_at)
+            await start_turn(*args, **kwargs)
+
+        sat._start_turn = timed_start_turn
+        try:
+            await asyncio.wait_for(sat.run(), 60)
+        finally:
+            await server.stop()
+        return sat, fake, room
+
+    sat, fake, room = asyncio.run(go())
+    assert room.echo_samples > 0.8 * len(reply)  # the reply really was in the microphone
+    assert sat.stats.wakes == 1 and sat.stats.barge_ins == 0
+    assert sat.stats.followups == 1 and sat.stats.turns_done == 2
+    assert len(fake.turn_speech) == 2 and fake.turn_speech[1] > 0.3 * 16000
+    # the follow-up began with the person's words, not with the reply's echo before them
+    assert len(turn_starts) == 2 and turn_starts[1] > follow_up_at, (turn_starts, follow_up_at)

@@ -48,6 +48,7 @@ FRAME = SAMPLE_RATE * FRAME_MS // 1000
 PRE_ROLL_S = 0.1  # audio before the detection point sent with the turn
 FOLLOWUP_PRE_ROLL_S = 0.4  # a follow-up's start: the VAD needs ~0.2 s to be sure
 ECHO_TAIL_S = 0.5  # after the last reply frame, the room may still ring with it
+UNDERRUN_S = 0.03  # reply audio this late: the speaker may have played a gap
 TURN_BUFFER_S = 30.0  # a turn's sent audio kept for resending after a move to TCP
 PROBE_BYTES = 160  # a re-probe is as big as an audio packet (small ones may pass alone)
 MAX_PROBE_WAIT = 16  # turns between UDP re-probes, at most
@@ -138,6 +139,8 @@ class Satellite:
         self._turns_degraded = 0
         self._restored_by_probe = False
         self._reply_started = False
+        self._playback_started = 0.0  # when the listener's reference audio began
+        self._speaker_clock = 0.0  # when the audio handed to the sink will have played
         self._last_audio = 0.0
         self.connected = asyncio.Event()
         self._listener = self._make_listener() if cfg.wake.barge_in_speech else None
@@ -174,7 +177,7 @@ class Satellite:
                 ev = self.detector.process(AudioChunk(frame, SAMPLE_RATE, t))
                 if self._stop.is_set():
                     return
-                loop.call_soon_threadsafe(q.put_nowait, (frame, ev))
+                loop.call_soon_threadsafe(q.put_nowait, (frame, ev, t))
             loop.call_soon_threadsafe(q.put_nowait, None)
         except RuntimeError:  # the loop closed under us: the satellite is stopping
             return
@@ -198,8 +201,8 @@ class Satellite:
                     break
                 if isinstance(item, Exception):
                     raise item
-                frame, ev = item
-                await self._on_frame(frame, ev)
+                frame, ev, t = item
+                await self._on_frame(frame, ev, t)
                 if self.exit_when_done and self._finished():
                     break
         finally:
@@ -221,10 +224,14 @@ class Satellite:
         return bool(ended is not None and ended.is_set() and not self._turn_open
                     and not self._streaming and time.monotonic() - self._last_audio > 0.5)
 
-    async def _on_frame(self, frame: np.ndarray, wake: Any) -> None:
+    async def _on_frame(self, frame: np.ndarray, wake: Any, captured: float | None = None
+                        ) -> None:
         now = time.monotonic()
         lis = self._listener
-        if lis is not None and lis.active:
+        # the listener lines microphone frames up with the reply sample by sample: only
+        # frames captured once the reply began to play (a backlog may precede them)
+        if lis is not None and lis.active and (captured is None or
+                                               captured >= self._playback_started):
             if now - self._last_audio > 0.5:  # the reply has finished playing
                 lis.reset()
             elif wake is None and not self._streaming and lis.heard(frame):
@@ -556,8 +563,19 @@ class Satellite:
                     self._reply_started = True
                     self.stats.reply_audio_at.append(time.monotonic())
                 self.sink.write(pcm, rx.rate)
-                if self._listener is not None:
-                    self._listener.played(pcm, rx.rate)
+                now = time.monotonic()
+                lis = self._listener
+                if lis is not None:
+                    if lis.active and now > self._speaker_clock + UNDERRUN_S:
+                        # the speaker ran dry (a stall): the echo no longer lines up
+                        # with the reference, so the listener measures it afresh
+                        ignoring = lis.ignoring
+                        lis.reset()
+                        lis.ignoring = ignoring
+                    if not lis.active:
+                        self._playback_started = now
+                    lis.played(pcm, rx.rate)
+                self._speaker_clock = max(self._speaker_clock, now) + len(pcm) / rx.rate
                 self.stats.frames_played += 1
                 self._last_audio = time.monotonic()
                 if self._followup_until:
