@@ -441,6 +441,7 @@ class ProcessEngine:
         if how is None:
             child.process.join(0.5)  # the exit code arrives a moment after the pipe breaks
             how = _how_it_died(child.process)
+        child.conn.close()
         return LlmError(f"LLM worker pid {child.pid} died mid-answer ({how}); restarting it")
 
     # --- internals: processes -----------------------------------------------------------
@@ -512,7 +513,14 @@ class ProcessEngine:
                 if child.process.is_alive():
                     continue
                 child.process.join()
-                child.conn.close()
+                # the pipe belongs to the call in flight, if any: that thread closes it
+                # when it sees the death (closing it under a read could hand its file
+                # descriptor number to the next child's pipe)
+                if self._lock.acquire(blocking=False):
+                    try:
+                        child.conn.close()
+                    finally:
+                        self._lock.release()
                 lived = time.monotonic() - child.started
                 self._failures = 1 if lived > self.stable_s else self._failures + 1
                 self.last_crash = _how_it_died(child.process)
