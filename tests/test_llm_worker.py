@@ -300,9 +300,9 @@ def process_assistant(tiny_cfg: Config):
 
 
 def test_server_survives_a_killed_llm_worker(process_assistant, speak, tmp_path) -> None:
+    from hark.audio import write_wav
     from hark.satellite.audio import FileSource, WavSink
     from hark.satellite.satellite import FRAME, Satellite
-    from hark.audio import write_wav
     from hark.server.http import Observability
     from hark.server.server import Server
     from hark.server.tracelog import TraceLog

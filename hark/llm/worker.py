@@ -558,7 +558,7 @@ class ProcessEngine:
             for callback in list(self.on_restart):
                 try:
                     callback(self.restarts)
-                except Exception:  # noqa: BLE001 - a listener must not stop the supervisor
+                except Exception:  # a listener must not stop the supervisor
                     log.exception("LLM worker restart listener failed")
 
 
