@@ -188,7 +188,6 @@ def _close_all() -> None:
         engine.close()
 
 
-
 @dataclass
 class _Child:
     process: multiprocessing.process.BaseProcess
