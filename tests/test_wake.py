@@ -196,6 +196,15 @@ def test_poisson_upper_bound():
     assert s["per_hour"] == 0.0 and s["per_hour_upper95"] == pytest.approx(1.498, abs=1e-3)
 
 
+def test_trigger_sources_group_repeats():
+    events = [{"file": "a.wav", "time_in_file_s": 2.9, "noise_at_s": 44.4},
+              {"file": "a.wav", "time_in_file_s": 3.1},
+              {"file": "b.wav", "time_in_file_s": 0.2, "noise_at_s": 44.36}]
+    src = ev.trigger_sources(events)
+    assert src["by_recording"] == {"a.wav@3s": 2, "b.wav@0s": 1}
+    assert src["by_noise_position"] == {"noise@44s": 2}
+
+
 def test_detections_on_a_trace_rule():
     scores = np.zeros(600, np.float32)
     scores[100:103] = 0.9  # 3 features above
@@ -332,6 +341,12 @@ def test_eval_cli_augmented_json(tmp_path, speak, capsys):
                                                 "speed_1.1", "noise_10dB"}
     assert len(res["cross_validation"]["folds"]) == 2
     assert len(res["threshold_sweep"]) > 3
+    assert set(aug["sources"]) == {"by_recording", "by_noise_position"}
+    assert sum(aug["sources"]["by_recording"].values()) == aug["false_accepts"]
+    alone = res["noise_only"]
+    assert set(alone) == {"gain_+0dB", "gain_+6dB"}
+    assert all(v["hours"] == pytest.approx(2 / 3600) for v in alone.values())
+    assert res["confirm"] == DEFAULT_CONFIRM
     capsys.readouterr()
     assert main(["eval", "wake", "--positives", str(pos), "--negatives", str(neg),
                  "--augment", "echo"]) == 1

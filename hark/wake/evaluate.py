@@ -223,7 +223,8 @@ def _events(hits: list[tuple[float, float]], scores: np.ndarray, segments: list[
     for t, score in hits:
         file, t_file = locate(segments, t)
         i = round(t / FEATURE_STEP_S) - 1
-        peak = float(scores[i:i + int(0.5 / FEATURE_STEP_S)].max()) if len(scores) else score
+        half = int(0.5 / FEATURE_STEP_S)  # the episode's peak, within 0.5 s either side
+        peak = float(scores[max(0, i - half):i + half].max()) if len(scores) else score
         out.append({"augmentation": label, "file": file, "time_in_file_s": round(t_file, 2),
                     "time_in_stream_s": round(t, 2), "score": round(score, 4),
                     "peak_score": round(peak, 4)})
