@@ -575,3 +575,55 @@ def worker_for_profile(cfg: Config, profile: str) -> ProcessEngine:
         if sc.realtime or sc.mlock or (sc.pin_cores or {}).get("llm") else None
     return ProcessEngine(functools.partial(engine_for_profile, cfg, profile), name=profile,
                          on_start=on_start, stall_s=max(60.0, 3 * cfg.llm.timeout_s))
+
+
+def bench_isolation(cfg: Config, profile: str, repeats: int = 20,
+                    n_gen: int = 24) -> dict[str, dict[str, float]]:
+    """What the process costs per turn: the same questions to an in-process engine and
+    to a worker, interleaved (the order alternates each round), each call after
+    ``forget()`` (a new conversation on the saved system prefix), ``n_gen`` tokens with
+    end-of-turn banned. Returns, per isolation, medians in ms: ``ttft`` (call to first
+    piece as the caller sees it), ``total`` (all ``n_gen`` tokens) and ``pipe`` (the
+    caller's first-token time minus the engine's own: what the pipe adds).
+
+    ``python -c "from hark.config import Config; from hark.llm.worker import *;
+    print(bench_isolation(Config(), 'fast'))"``"""
+    import statistics
+
+    from hark.llm.llama import engine_for_profile
+
+    questions = ["Why is the sky blue?", "Who wrote Hamlet?", "How far away is the moon?",
+                 "What is the tallest mountain?", "Why do cats purr?",
+                 "What is a black hole?"]
+    engines: dict[str, Any] = {"thread": engine_for_profile(cfg, profile),
+                               "process": worker_for_profile(cfg, profile)}
+    rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in engines}
+
+    def one(engine: Any, question: str, n: int) -> tuple[float, float, float]:
+        engine.forget()
+        messages = [ChatMessage("system", cfg.llm.system_prompt),
+                    ChatMessage("user", question)]
+        t0 = time.perf_counter()
+        pieces = engine.stream(messages, n, ignore_eos=True)
+        next(pieces)
+        ttft = time.perf_counter() - t0
+        for _ in pieces:
+            pass
+        inner = engine.last_stats.first_token_s or ttft
+        return ttft * 1000, (time.perf_counter() - t0) * 1000, (ttft - inner) * 1000
+
+    try:
+        for engine in engines.values():
+            engine.warm_up(cfg.llm.system_prompt)
+            one(engine, "Hello there", 4)
+        for i in range(repeats):
+            order = list(engines) if i % 2 == 0 else list(engines)[::-1]
+            for kind in order:
+                rows[kind].append(one(engines[kind], questions[i % len(questions)], n_gen))
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return {kind: {"ttft": statistics.median(r[0] for r in rs),
+                   "total": statistics.median(r[1] for r in rs),
+                   "pipe": statistics.median(r[2] for r in rs)}
+            for kind, rs in rows.items()}
