@@ -54,3 +54,14 @@ def test_bench_cli_json(tmp_path, speak):
     res = json.loads(out.read_text())
     assert set(res["one_way_ms"]) >= {"p50", "p95"}
     assert {"lost_frames", "concealed_frames", "late_frames"} <= set(res)
+
+
+def test_shm_bench_reads_every_frame_from_another_process():
+    from hark.transport.bench import run_shm_latency
+
+    woken = run_shm_latency("wake", frames=50, frame_ms=5)
+    assert woken["frames"] == 50
+    assert woken["wakeups"] >= 1 and woken["wait_timeouts"] == 0  # only wake-ups woke it
+    polled = run_shm_latency("poll", frames=50, frame_ms=5)
+    assert polled["frames"] == 50 and polled["wakeups"] == 0
+    assert woken["one_way_ms"]["p50"] is not None and polled["one_way_ms"]["p50"] is not None
