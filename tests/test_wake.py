@@ -266,6 +266,8 @@ def test_evaluate_streams_reaches_hours_min_with_noise(det, stream_clips):
     assert rep["per_hour"] == 0.0
     assert rep["per_hour_upper95"] == pytest.approx(2.9957 / rep["hours"], rel=1e-3)
     assert rep["continuous"] is True and rep["cpu_per_audio_s"] > 0
+    assert 0 < rep["speech_hours"] < rep["hours"]
+    assert rep["per_speech_hour_upper95"] == pytest.approx(2.9957 / rep["speech_hours"], rel=1e-3)
     # speed perturbation changes the duration heard; gain does not
     per = rep["per_augmentation"]
     assert per["speed_0.9"]["hours"] > per["clean"]["hours"] > per["speed_1.1"]["hours"]

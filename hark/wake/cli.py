@@ -26,6 +26,10 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
 def _eval_wake(args: argparse.Namespace) -> int:
     from hark.audio import read_audio
     from hark.cli import load_cfg
@@ -85,7 +89,9 @@ def _eval_wake(args: argparse.Namespace) -> int:
               f"{aug['false_accepts']} false accepts in {aug['hours']:.2f} h "
               f"({aug['speech_hours']:.2f} h of it speech) = {aug['per_hour']:.2f}/hour, "
               f"95% upper bound {aug['per_hour_upper95']:.2f}/hour "
-              f"(target {aug['target_per_hour']}/hour); detector CPU "
+              f"(target {aug['target_per_hour']}/hour); per hour of speech frames "
+              f"{_num(aug['per_speech_hour'])}, upper bound {_num(aug['per_speech_hour_upper95'])}; "
+              f"detector CPU "
               f"{aug['cpu_per_audio_s']:.4f} s per audio second")
         for name, r in aug["per_augmentation"].items():
             print(f"  {name:<14} {r['hours'] * 60:6.1f} min  {r['false_accepts']} FA")

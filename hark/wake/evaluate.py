@@ -346,9 +346,13 @@ def stream_report(runs: list[StreamRun], hours_min: float) -> dict:
     hours = sum(r.negative_s for r in runs) / 3600.0
     audio_s = sum(r.audio_s for r in runs)
     out = rate_summary(len(events), hours)
+    speech_h = sum(r.speech_s for r in runs) / 3600.0
     out.update(
         hours_min=hours_min,
-        speech_hours=sum(r.speech_s for r in runs) / 3600.0,
+        speech_hours=speech_h,
+        # the same events over the frames that hold speech (pauses and silence excluded)
+        per_speech_hour=len(events) / speech_h if speech_h else None,
+        per_speech_hour_upper95=poisson_upper(len(events)) / speech_h if speech_h else None,
         stream_hours=audio_s / 3600.0,
         continuous=True,
         target_per_hour=TARGET_FA_PER_HOUR,
