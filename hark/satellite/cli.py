@@ -39,6 +39,9 @@ def _satellite(args: argparse.Namespace) -> int:
     s = sat.stats
     print(f"wakes {s.wakes}, turns {s.turns_done}, barge-ins {s.barge_ins}, "
           f"reply frames played {s.frames_played}")
+    if s.udp_fallbacks or s.udp_restored:
+        print(f"UDP audio fell back to TCP in {s.udp_fallbacks} turn(s) ({s.frames_resent} "
+              f"frames resent), back on UDP {s.udp_restored} time(s)")
     return 0
 
 
