@@ -1,26 +1,54 @@
-"""Live microphone and speaker through sounddevice (PortAudio)."""
+"""Live microphone and speaker through sounddevice (PortAudio): ``hark listen``.
+
+One turn after another on the local sound card:
+
+1. microphone frames go to :meth:`Assistant.run_turn` until it says the speech ended;
+2. the reply's audio is streamed to the speaker as it arrives (a callback-driven
+   ``OutputStream`` reads from a buffer that can be emptied at once);
+3. meanwhile the microphone goes to a :class:`~hark.pipeline.bargein.PlaybackListener`,
+   which is given every piece of audio the speaker plays, removes that echo and listens
+   for the person. If they speak over the reply, playback stops at once, the turn is
+   closed (its LLM and TTS work cancelled) and their speech, from a short ring of recent
+   echo-free frames, starts the next turn. ``wake.barge_in_speech = false`` turns this off.
+4. after a reply has played out, stale microphone audio is dropped and the next turn
+   starts.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from hark.audio import AudioChunk, resample
-from hark.errors import AudioError
+from hark.audio import SAMPLE_RATE, AudioChunk, resample
+from hark.errors import AudioError, HarkError
+from hark.pipeline.bargein import BargeInDetector, PlaybackListener
 
 log = logging.getLogger(__name__)
 
+RING_S = 1.0  # microphone audio kept while a reply plays: the start of a barge-in
+ECHO_TAIL_S = 0.3  # after the last reply sample is handed over, its echo may still come
+OUTPUT_BLOCK_S = 0.01  # speaker callback period: how soon a flush is heard
+DEFAULT_OUTPUT_RATE = 48000
 
-def open_devices(cfg):
-    """sounddevice, checked: raises AudioError saying plainly when there is no device."""
-    try:
-        import sounddevice as sd
-    except OSError as exc:  # PortAudio library missing
-        raise AudioError(f"PortAudio is not available ({exc})",
-                         fix="apt-get install libportaudio2, or use 'hark demo --input FILE'")
+
+def open_devices(cfg, sd: Any = None):
+    """sounddevice (or the module given), checked: raises AudioError saying plainly when
+    there is no device."""
+    if sd is None:
+        try:
+            import sounddevice as sd
+        except OSError as exc:  # PortAudio library missing
+            raise AudioError(f"PortAudio is not available ({exc})",
+                             fix="apt-get install libportaudio2, or use 'hark demo --input FILE'")
     try:
         devices = sd.query_devices()
     except Exception as exc:
@@ -32,51 +60,366 @@ def open_devices(cfg):
     return sd
 
 
-def run_live(cfg, mode: str = "streaming") -> int:
-    sd = open_devices(cfg)
-    from hark.pipeline.assistant import Assistant
-    from hark.pipeline.events import ReplyAudio, ReplyText, TranscriptEvent
+def _device(name: str) -> int | str | None:
+    """``audio.input_device``/``output_device``: "" = default, digits = an index."""
+    return int(name) if name.isdigit() else (name or None)
 
-    assistant = Assistant.load(cfg)
-    frame = cfg.audio.frame_ms * 16
-    device_in = cfg.audio.input_device or None
-    device_out = cfg.audio.output_device or None
 
-    async def main() -> None:
+def output_rate(sd: Any, device: int | str | None) -> int:
+    """The speaker's own rate (replies are resampled to it), 48 kHz when unknown."""
+    try:
+        rate = int(sd.query_devices(device, "output")["default_samplerate"])
+    except Exception:  # noqa: BLE001 - any trouble: the common rate
+        return DEFAULT_OUTPUT_RATE
+    return rate if rate > 0 else DEFAULT_OUTPUT_RATE
+
+
+class SampleClock:
+    """When a stream's samples were captured or played, from how many came before.
+
+    A callback that runs late (a busy interpreter) must not move its audio in time, or
+    the microphone and the speaker stop lining up for echo removal. The stream's start is
+    the earliest one consistent with every callback so far, let go of slowly (``leak``
+    seconds per second) so a sound card clock a little slower than ours is followed."""
+
+    def __init__(self, rate: int, leak: float = 1e-3):
+        self.rate = rate
+        self.leak = leak
+        self.count = 0
+        self._start: float | None = None
+        self._last = 0.0
+
+    def stamp(self, frames: int, now: float, *, captured: bool) -> float:
+        """Time of the first of ``frames`` samples, given at ``now`` (an input callback
+        comes after its samples were ``captured``; an output one before they play)."""
+        start = now - (self.count + (frames if captured else 0)) / self.rate
+        if self._start is None:
+            self._start = start
+        else:
+            self._start = min(start, self._start + self.leak * (now - self._last))
+        self._last = now
+        t = self._start + self.count / self.rate
+        self.count += frames
+        return t
+
+
+class Player:
+    """Reply audio to the speaker: :meth:`callback` is the ``sd.OutputStream`` callback,
+    fed from a buffer that :meth:`write` appends to and :meth:`flush` empties at once.
+
+    While a reply is under way (from its first :meth:`write` to :meth:`finish` or
+    :meth:`flush`) every block handed to the speaker, silence of an underrun included, is
+    also put on ``played`` as ``(monotonic time, the same audio at 16 kHz)``: the echo
+    reference, on the speaker's own timeline, for the barge-in listener.
+    """
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._chunks: deque[list] = deque()  # [device-rate samples, 16 kHz samples, position]
+        self._pending = 0  # device-rate samples not yet played
+        self._active = False
+        self._zero_frac = 0.0
+        self.clock = SampleClock(rate)
+        self.played: deque[tuple[float, np.ndarray]] = deque()
+        self.samples_played = 0  # reply samples (device rate) handed to the speaker
+
+    def write(self, samples: np.ndarray, rate: int) -> int:
+        """Queue reply audio (any rate); returns the samples queued at the device rate."""
+        dev = resample(np.asarray(samples, np.int16), rate, self.rate)
+        ref = resample(np.asarray(samples, np.int16), rate, SAMPLE_RATE)
+        if len(dev) == 0:
+            return 0
+        with self._lock:
+            self._chunks.append([dev, ref, 0])
+            self._pending += len(dev)
+            self._active = True
+        return len(dev)
+
+    def pending(self) -> int:
+        """Reply samples (device rate) still waiting to be played."""
+        return self._pending
+
+    def flush(self) -> int:
+        """Stop the reply now: drop what has not been played; returns how many samples."""
+        with self._lock:
+            dropped = self._pending
+            self._chunks.clear()
+            self._pending = 0
+            self._active = False
+            self._zero_frac = 0.0
+        return dropped
+
+    def finish(self) -> None:
+        """The reply is over (played out): stop reporting silence as reference."""
+        with self._lock:
+            self._active = False
+            self._zero_frac = 0.0
+
+    def callback(self, outdata, frames: int, time_info, status) -> None:  # PortAudio thread
+        t = self.clock.stamp(frames, time.monotonic(), captured=False)
+        out = outdata[:, 0]
+        refs: list[np.ndarray] = []
+        with self._lock:
+            filled = 0
+            while filled < frames and self._chunks:
+                c = self._chunks[0]
+                dev, ref, pos = c
+                n = min(frames - filled, len(dev) - pos)
+                out[filled:filled + n] = dev[pos:pos + n]
+                # the same stretch of the 16 kHz copy (exact at the chunk's end)
+                refs.append(ref[pos * len(ref) // len(dev):(pos + n) * len(ref) // len(dev)])
+                c[2] = pos = pos + n
+                filled += n
+                if pos == len(dev):
+                    self._chunks.popleft()
+            out[filled:] = 0
+            self._pending -= filled
+            self.samples_played += filled
+            if self._active:
+                if filled < frames:  # underrun: the speaker plays silence, so does the reference
+                    z = (frames - filled) * SAMPLE_RATE / self.rate + self._zero_frac
+                    refs.append(np.zeros(int(z), np.int16))
+                    self._zero_frac = z - int(z)
+                self.played.append((t, np.concatenate(refs) if refs else np.zeros(0, np.int16)))
+
+
+class _EchoFreeDetector(BargeInDetector):
+    """A :class:`BargeInDetector` that keeps the echo-free microphone audio it computes, so
+    a barge-in's first words reach the next turn without the reply mixed in."""
+
+    def __init__(self, vad, **kwargs):
+        super().__init__(vad, **kwargs)
+        self.clean: list[np.ndarray] = []
+
+    def residual(self, frame: np.ndarray) -> np.ndarray | None:
+        res = super().residual(frame)
+        self.clean.append(frame if res is None
+                          else np.clip(res, -32768, 32767).astype(np.int16))
+        return res
+
+
+class _Listener(PlaybackListener):
+    def __init__(self, vad):
+        super().__init__(vad)
+        self.detector = _EchoFreeDetector(vad)
+
+    def take_clean(self) -> np.ndarray | None:
+        """Echo-free audio computed since the last call (None: nothing was computed)."""
+        parts = self.detector.clean
+        if not parts:
+            return None
+        self.detector.clean = []
+        return np.concatenate(parts)
+
+
+@dataclass
+class LiveTurn:
+    """What happened in one live turn (monotonic times), for the log and for tests."""
+
+    transcript: str = ""
+    reply: list[str] = field(default_factory=list)  # the ReplyText pieces
+    events: list[tuple[float, str]] = field(default_factory=list)  # (time, event class)
+    audio_received_s: float = 0.0  # reply audio the turn produced (before any stop)
+    samples_queued: int = 0  # reply samples (device rate) given to the speaker's buffer
+    samples_played: int = 0  # ... and those the speaker played (fewer when interrupted)
+    interrupted: bool = False  # the person spoke over the reply
+    interrupted_at: float | None = None
+    error: str | None = None
+    generator: Any = None  # the turn's run_turn generator (closed when the turn is over)
+
+    def first(self, kind: str) -> float | None:
+        return next((t for t, k in self.events if k == kind), None)
+
+
+class LiveLoop:
+    """Turn after turn on a microphone and a speaker (see the module docstring)."""
+
+    def __init__(self, cfg, sd: Any, assistant, mode: str = "streaming",
+                 max_turns: int | None = None):
+        self.cfg = cfg
+        self.sd = sd
+        self.assistant = assistant
+        self.mode = mode
+        self.max_turns = max_turns
+        self.turns: list[LiveTurn] = []
+        self.frame = cfg.audio.frame_ms * SAMPLE_RATE // 1000
+        self.device_in = _device(cfg.audio.input_device)
+        self.device_out = _device(cfg.audio.output_device)
+        self.player = Player(output_rate(sd, self.device_out))
+        self.listener = self._make_listener() if cfg.wake.barge_in_speech else None
+        self.ring: deque[AudioChunk] = deque(maxlen=max(1, round(RING_S * SAMPLE_RATE / self.frame)))
+        self.mic: asyncio.Queue[AudioChunk] | None = None
+
+    def _make_listener(self) -> _Listener | None:
+        from hark.vad.silero import load_vad
+
+        try:
+            return _Listener(load_vad(self.cfg))
+        except HarkError as exc:
+            log.warning("speech barge-in off: %s", exc)
+            return None
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         mic: asyncio.Queue[AudioChunk] = asyncio.Queue()
+        self.mic = mic
+
+        clock = SampleClock(SAMPLE_RATE)
 
         def on_audio(indata, frames, t, status):  # PortAudio thread
-            chunk = AudioChunk(indata[:, 0].copy(), 16000, time.monotonic())
-            loop.call_soon_threadsafe(mic.put_nowait, chunk)
+            start = clock.stamp(frames, time.monotonic(), captured=True)
+            chunk = AudioChunk(indata[:, 0].copy(), SAMPLE_RATE, start)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
+                loop.call_soon_threadsafe(mic.put_nowait, chunk)
 
-        async def mic_stream():
-            while True:
-                yield await mic.get()
-
-        with sd.InputStream(samplerate=16000, channels=1, dtype="int16", blocksize=frame,
-                            device=device_in, callback=on_audio):
+        rate = self.player.rate
+        with self.sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
+                                 blocksize=self.frame, device=self.device_in,
+                                 callback=on_audio), \
+             self.sd.OutputStream(samplerate=rate, channels=1, dtype="int16",
+                                  blocksize=int(rate * OUTPUT_BLOCK_S), device=self.device_out,
+                                  callback=self.player.callback):
             print("listening (Ctrl-C to stop) ...", flush=True)
-            while True:
-                reply: list[np.ndarray] = []
-                async for ev in assistant.run_turn(mic_stream(), mode=mode):
-                    if isinstance(ev, TranscriptEvent) and ev.transcript.is_final:
-                        print(f"you:  {ev.transcript.text}")
-                    elif isinstance(ev, ReplyText):
-                        print(f"hark: {ev.text}")
-                    elif isinstance(ev, ReplyAudio):
-                        reply.append(ev.chunk.samples)
-                if reply:
-                    audio = np.concatenate(reply)
-                    out = resample(audio, assistant.tts_rate, 48000)
-                    await asyncio.to_thread(sd.play, out, 48000, device=device_out, blocking=True)
-                while not mic.empty():  # don't answer our own voice
-                    mic.get_nowait()
+            start: list[AudioChunk] = []
+            while self.max_turns is None or len(self.turns) < self.max_turns:
+                turn = LiveTurn()
+                self.turns.append(turn)
+                start = await self._turn(turn, start)
 
+    async def _mic_stream(self, start: list[AudioChunk]) -> AsyncIterator[AudioChunk]:
+        for chunk in start:
+            yield chunk
+        assert self.mic is not None
+        while True:
+            yield await self.mic.get()
+
+    def _note(self, turn: LiveTurn, ev) -> None:
+        from hark.pipeline.events import ReplyAudio, ReplyText, TranscriptEvent, TurnEnd
+
+        turn.events.append((time.monotonic(), type(ev).__name__))
+        if isinstance(ev, TranscriptEvent) and ev.transcript.is_final:
+            turn.transcript = ev.transcript.text
+            print(f"you:  {ev.transcript.text}", flush=True)
+        elif isinstance(ev, ReplyText):
+            turn.reply.append(ev.text)
+            print(f"hark: {ev.text}", flush=True)
+        elif isinstance(ev, ReplyAudio):
+            turn.audio_received_s += ev.chunk.duration
+        elif isinstance(ev, TurnEnd):
+            turn.error = ev.error
+
+    async def _turn(self, turn: LiveTurn, start: list[AudioChunk]) -> list[AudioChunk]:
+        """One turn; returns the audio that starts the next one (a barge-in's speech)."""
+        from hark.pipeline.events import SpeechEnded, TurnEnd
+
+        gen = self.assistant.run_turn(self._mic_stream(start), mode=self.mode)
+        turn.generator = gen
+        ended = False
+        async for ev in gen:  # listening: the microphone feeds the turn
+            self._note(turn, ev)
+            if isinstance(ev, TurnEnd):
+                ended = True
+                break
+            if isinstance(ev, SpeechEnded):
+                break
+        if ended:
+            await gen.aclose()
+            return []
+        # answering: the reply plays while the listener hears the room
+        self.ring.clear()
+        played_before = self.player.samples_played
+        reply = asyncio.create_task(self._play_reply(gen, turn))
+        watch = asyncio.create_task(self._watch())
+        try:
+            await asyncio.wait({reply, watch}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            for task in (reply, watch):
+                task.cancel()
+            raise
+        barge = watch.done() and watch.result()
+        next_start: list[AudioChunk] = []
+        if barge:
+            next_start = list(self.ring)
+            if not reply.done():  # the person spoke over the reply: stop it now
+                self.player.flush()
+                turn.interrupted = True
+                turn.interrupted_at = time.monotonic()
+                log.info("barge-in: speech over the reply")
+                print("(interrupted)", flush=True)
+        for task in (reply, watch):
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # (a failed turn raises here)
+        await gen.aclose()  # cancels whatever the turn still had running
+        self.player.finish()
+        self.player.played.clear()
+        turn.samples_played = self.player.samples_played - played_before
+        if self.listener is not None:
+            self.listener.reset()
+        if not barge:  # don't answer our own voice: what the microphone heard is stale
+            while not self.mic.empty():
+                self.mic.get_nowait()
+        self.ring.clear()
+        return next_start
+
+    async def _play_reply(self, gen, turn: LiveTurn) -> None:
+        """The rest of the turn's events; reply audio to the speaker as it comes. Returns
+        once the reply has played out (and its echo died away)."""
+        from hark.pipeline.events import ReplyAudio
+
+        async for ev in gen:
+            self._note(turn, ev)
+            if isinstance(ev, ReplyAudio):
+                turn.samples_queued += self.player.write(ev.chunk.samples, ev.chunk.rate)
+        while self.player.pending() > 0:
+            await asyncio.sleep(OUTPUT_BLOCK_S)
+        await asyncio.sleep(ECHO_TAIL_S)
+
+    async def _watch(self) -> bool:
+        """The microphone while the reply is produced and played: True when the person
+        speaks over it (never returns otherwise). Keeps the recent frames in ``ring``."""
+        assert self.mic is not None
+        lis = self.listener
+        played = self.player.played
+        while True:
+            chunk = await self.mic.get()
+            if lis is None:
+                continue
+            end = chunk.t + chunk.duration
+            # the speaker's output up to the end of this frame, in order: the echo reference
+            while played and played[0][0] <= end:
+                lis.played(played.popleft()[1], SAMPLE_RATE)
+            heard = lis.heard(chunk.samples)
+            clean = lis.take_clean()
+            self.ring.append(chunk if clean is None else AudioChunk(clean, SAMPLE_RATE, chunk.t))
+            if heard:
+                return True
+
+
+def run_live(cfg, mode: str = "streaming", *, assistant=None, sd: Any = None,
+             max_turns: int | None = None, record: list[LiveTurn] | None = None) -> int:
+    """``hark listen``: answer turn after turn on the microphone until Ctrl-C (or
+    ``max_turns``). ``sd`` stands in for the sounddevice module and ``assistant`` for a
+    loaded :class:`~hark.pipeline.assistant.Assistant` (tests); ``record`` receives a
+    :class:`LiveTurn` per turn."""
+    sd = open_devices(cfg, sd)
+    own = assistant is None
+    if own:
+        from hark.pipeline.assistant import Assistant
+
+        assistant = Assistant.load(cfg)
+    live = LiveLoop(cfg, sd, assistant, mode, max_turns)
     try:
-        asyncio.run(main())
+        asyncio.run(live.run())
     except KeyboardInterrupt:
         pass
     finally:
-        assistant.close()
+        if own:
+            assistant.close()
+        if record is not None:
+            record.extend(live.turns)
     return 0
