@@ -4,7 +4,11 @@ Each satellite holds one control connection (TCP, :mod:`hark.transport.control`)
 one :class:`Session`. Its audio travels as RTP packets over UDP (one shared server
 socket; the packet's SSRC says which session it belongs to), over the control
 connection (``audio-chunk`` events: the fallback when UDP does not get through), or
-through shared-memory rings when the satellite runs on this machine.
+through shared-memory rings when the satellite runs on this machine (read on the
+writer's wake-up). The fallback loses nothing: when a turn's UDP audio does not arrive,
+the server keeps what did, tells the satellite the newest sequence number it has
+(``transport`` with ``last_seq``), and the satellite resends the rest over TCP; TCP and
+shared-memory audio is decoded at once, without a jitter buffer.
 
 A turn: the satellite sends ``wake``; the server feeds the session's incoming audio to
 ``assistant.run_turn`` and forwards each event (transcripts, intent, reply text) over
