@@ -87,11 +87,13 @@ class FakeSoundDevice:
             return mic
         return [mic, spk]
 
-    def InputStream(self, *, samplerate, channels, dtype, blocksize, device, callback):  # noqa: N802
+    def InputStream(self, *, samplerate, channels, dtype, blocksize, device, callback,
+                    latency=None):
         assert (samplerate, channels, dtype) == (RATE, 1, "int16")
         return _Stream(lambda stop: self._mic(stop, blocksize, callback))
 
-    def OutputStream(self, *, samplerate, channels, dtype, blocksize, device, callback):  # noqa: N802
+    def OutputStream(self, *, samplerate, channels, dtype, blocksize, device, callback,
+                     latency=None):
         assert (samplerate, channels, dtype) == (OUT_RATE, 1, "int16")
         assert blocksize % 3 == 0
         return _Stream(lambda stop: self._speaker(stop, blocksize, callback))
@@ -259,3 +261,68 @@ def test_no_microphone_is_a_clear_error(cfg):
 
     with pytest.raises(AudioError, match="no microphone"):
         run_live(cfg, sd=NoMic(np.zeros(0)), max_turns=1)
+
+
+def test_no_usable_speaker_is_a_clear_error(cfg, assistant):
+    from hark.errors import AudioError
+
+    class NoSpeaker(FakeSoundDevice):
+        def OutputStream(self, **kwargs):
+            raise RuntimeError("Error opening OutputStream: Invalid number of channels")
+
+    with pytest.raises(AudioError, match="cannot open the speaker") as err:
+        run_live(cfg, assistant=assistant, sd=NoSpeaker(np.zeros(0), limit_s=5.0), max_turns=1)
+    assert "output_device" in err.value.fix
+
+
+# --- the parts, with small fakes -------------------------------------------------------
+
+def test_sample_clock_ignores_late_callbacks():
+    from hark.pipeline.live import SampleClock
+
+    clock = SampleClock(16000)
+    # 512-sample blocks captured every 32 ms from t=100; the third callback runs 50 ms late
+    delays = [0.001, 0.002, 0.050, 0.001, 0.003]
+    stamps = [clock.stamp(512, 100 + 0.032 * (i + 1) + d, captured=True)
+              for i, d in enumerate(delays)]
+    assert stamps == pytest.approx([100.001 + 0.032 * i for i in range(5)], abs=1e-3)
+
+
+def test_sample_clock_follows_a_slow_sound_card():
+    from hark.pipeline.live import SampleClock
+
+    clock = SampleClock(16000)
+    slow = 1.0005  # the card delivers 16000 samples every 1.0005 s
+    for i in range(600):  # 10 minutes in one-second blocks
+        t = clock.stamp(16000, 50 + i * slow, captured=False)
+    assert t == pytest.approx(50 + 599 * slow, abs=0.01)
+
+
+def test_player_streams_flushes_and_reports_the_echo_reference():
+    from hark.pipeline.live import Player
+
+    player = Player(48000)
+    tone = (8000 * np.sin(np.arange(22050) / 10)).astype(np.int16)  # 1 s at 22.05 kHz
+    queued = player.write(tone, 22050)
+    assert queued == player.pending() == pytest.approx(48000, abs=50)
+    out = np.zeros((480, 1), np.int16)
+    player.callback(out, 480, None, None)
+    assert np.abs(out).max() > 0 and player.pending() == queued - 480
+    assert len(player.played) == 1 and len(player.played[0][1]) == 160  # 10 ms at 16 kHz
+    assert player.flush() == queued - 480
+    player.callback(out, 480, None, None)
+    assert not out.any()  # silence at once
+    assert len(player.played) == 1  # no reply: no reference
+    player.played.clear()
+
+    # an underrun inside a reply is silence on the speaker and in the reference
+    player.write(tone[:2205], 22050)  # 100 ms
+    refs = []
+    for _ in range(20):
+        player.callback(out, 480, None, None)
+        refs.append(player.played.pop()[1])
+    assert sum(len(r) for r in refs) == 20 * 160  # the reference keeps the speaker's time
+    assert not np.concatenate(refs)[1700:].any()  # silence after the 100 ms
+    player.finish()
+    player.callback(out, 480, None, None)
+    assert not player.played

@@ -223,6 +223,7 @@ class LiveTurn:
     audio_received_s: float = 0.0  # reply audio the turn produced (before any stop)
     samples_queued: int = 0  # reply samples (device rate) given to the speaker's buffer
     samples_played: int = 0  # ... and those the speaker played (fewer when interrupted)
+    played_out: bool = False  # the whole reply reached the speaker
     interrupted: bool = False  # the person spoke over the reply
     interrupted_at: float | None = None
     error: str | None = None
@@ -276,18 +277,29 @@ class LiveLoop:
                 loop.call_soon_threadsafe(mic.put_nowait, chunk)
 
         rate = self.player.rate
-        with self.sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
-                                 blocksize=self.frame, device=self.device_in,
-                                 callback=on_audio), \
-             self.sd.OutputStream(samplerate=rate, channels=1, dtype="int16",
-                                  blocksize=int(rate * OUTPUT_BLOCK_S), device=self.device_out,
-                                  callback=self.player.callback):
+        with contextlib.ExitStack() as streams:
+            self._open(streams, "microphone", self.sd.InputStream, samplerate=SAMPLE_RATE,
+                       blocksize=self.frame, device=self.device_in, callback=on_audio)
+            self._open(streams, "speaker", self.sd.OutputStream, samplerate=rate,
+                       blocksize=int(rate * OUTPUT_BLOCK_S), device=self.device_out,
+                       callback=self.player.callback)
             print("listening (Ctrl-C to stop) ...", flush=True)
             start: list[AudioChunk] = []
             while self.max_turns is None or len(self.turns) < self.max_turns:
                 turn = LiveTurn()
                 self.turns.append(turn)
                 start = await self._turn(turn, start)
+
+    @staticmethod
+    def _open(streams: contextlib.ExitStack, what: str, kind, **kwargs) -> None:
+        """Open and start a PortAudio stream, or say plainly which device failed."""
+        try:
+            streams.enter_context(kind(channels=1, dtype="int16", latency="low", **kwargs))
+        except Exception as exc:
+            setting = "input_device" if what == "microphone" else "output_device"
+            raise AudioError(f"cannot open the {what}: {exc}",
+                             fix=f"set audio.{setting} (python -m sounddevice lists the "
+                             "devices)") from exc
 
     async def _mic_stream(self, start: list[AudioChunk]) -> AsyncIterator[AudioChunk]:
         for chunk in start:
@@ -333,37 +345,34 @@ class LiveLoop:
         played_before = self.player.samples_played
         reply = asyncio.create_task(self._play_reply(gen, turn))
         watch = asyncio.create_task(self._watch())
+        barge = False
         try:
             await asyncio.wait({reply, watch}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            for task in (reply, watch):
-                task.cancel()
-            raise
-        barge = watch.done() and watch.result()
-        next_start: list[AudioChunk] = []
-        if barge:
-            next_start = list(self.ring)
-            if not reply.done():  # the person spoke over the reply: stop it now
+            barge = watch.done() and watch.result()
+            if barge and not turn.played_out:  # the person spoke over the reply: stop it now
                 self.player.flush()
                 turn.interrupted = True
                 turn.interrupted_at = time.monotonic()
                 log.info("barge-in: speech over the reply")
                 print("(interrupted)", flush=True)
-        for task in (reply, watch):
-            if not task.done():
+        finally:
+            for task in (reply, watch):
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # (a failed turn raises here)
-        await gen.aclose()  # cancels whatever the turn still had running
-        self.player.finish()
-        self.player.played.clear()
-        turn.samples_played = self.player.samples_played - played_before
-        if self.listener is not None:
-            self.listener.reset()
+            results = await asyncio.gather(reply, watch, return_exceptions=True)
+            await gen.aclose()  # cancels whatever the turn still had running
+            self.player.finish()
+            self.player.played.clear()
+            turn.samples_played = self.player.samples_played - played_before
+            if self.listener is not None:
+                self.listener.reset()
+        for result in results:
+            if isinstance(result, Exception):  # the turn itself failed
+                raise result
+        next_start = list(self.ring) if barge else []
+        self.ring.clear()
         if not barge:  # don't answer our own voice: what the microphone heard is stale
             while not self.mic.empty():
                 self.mic.get_nowait()
-        self.ring.clear()
         return next_start
 
     async def _play_reply(self, gen, turn: LiveTurn) -> None:
@@ -377,7 +386,8 @@ class LiveLoop:
                 turn.samples_queued += self.player.write(ev.chunk.samples, ev.chunk.rate)
         while self.player.pending() > 0:
             await asyncio.sleep(OUTPUT_BLOCK_S)
-        await asyncio.sleep(ECHO_TAIL_S)
+        turn.played_out = True
+        await asyncio.sleep(ECHO_TAIL_S)  # speech now starts the next turn, not a barge-in
 
     async def _watch(self) -> bool:
         """The microphone while the reply is produced and played: True when the person
