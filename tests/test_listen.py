@@ -222,13 +222,14 @@ def test_echo_of_the_reply_does_not_interrupt_it(cfg, assistant, speak):
     assert sd.mic_echo_energy > 0  # the echo was there to be ignored
 
 
-def test_speaking_over_the_reply_interrupts_it_and_starts_the_next_turn(cfg, assistant, speak):
+def test_speaking_over_the_reply_interrupts_it_and_starts_the_next_turn(cfg, assistant, speak,
+                                                                        capsys):
     sd = FakeSoundDevice(_pad(0.5, speak("Tell me a story about a dragon.")),
                          echo_gain=0.5, limit_s=40.0)
     sd.cue(0, 1.0, speak("What time is it?").astype(np.float64))  # one second into the story
     story, answer = _live(cfg, assistant, sd, 2)
     assert "dragon" in story.transcript.lower()
-    assert story.interrupted
+    assert story.interrupted and "(interrupted)" in capsys.readouterr().out
     # playback stopped early: what the turn had produced was not all played (its LLM and
     # TTS work, if still running, went with the generator, closed)
     assert story.samples_played < story.samples_queued

@@ -22,8 +22,13 @@ def register(cli) -> None:
     p.add_argument("--mode", choices=["streaming", "baseline"], default="streaming")
     p.add_argument("--fast", action="store_true",
                    help="feed the file as fast as possible instead of in real time")
-    p = cli.add("listen", "answer turn by turn from a live microphone", _listen)
+    p = cli.add("listen", "answer turn by turn from a live microphone", _listen,
+                description="Answer turn after turn on the sound card: the reply is played "
+                "as it is produced, and speaking over it interrupts it (its own echo is "
+                "removed first; --set wake.barge_in_speech=false turns that off).")
     p.add_argument("--mode", choices=["streaming", "baseline"], default="streaming")
+    p.add_argument("--turns", type=int, default=None, metavar="N",
+                   help="stop after N turns (default: until Ctrl-C)")
 
 
 def demo_question_wav(cfg) -> Path:
@@ -129,4 +134,4 @@ def _listen(args) -> int:
     from hark.pipeline.live import run_live
 
     cfg = load_cfg(args)
-    return run_live(cfg, args.mode)
+    return run_live(cfg, args.mode, max_turns=args.turns)
