@@ -387,7 +387,8 @@ class LiveLoop:
         while self.player.pending() > 0:
             await asyncio.sleep(OUTPUT_BLOCK_S)
         turn.played_out = True
-        await asyncio.sleep(ECHO_TAIL_S)  # speech now starts the next turn, not a barge-in
+        if turn.samples_queued:  # its echo: speech now starts the next turn, no barge-in
+            await asyncio.sleep(ECHO_TAIL_S)
 
     async def _watch(self) -> bool:
         """The microphone while the reply is produced and played: True when the person
