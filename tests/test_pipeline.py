@@ -69,7 +69,7 @@ class FakeAsr:
 
 
 class FakeNlu:
-    def recognize(self, text: str):
+    def recognize(self, text: str, context=None, paraphrase: bool = True):
         if "kitchen light" in text:
             return IntentResult("HassTurnOn", {"name": "kitchen light"}, text)
         return None

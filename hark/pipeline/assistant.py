@@ -672,7 +672,8 @@ class Assistant:
         v = self.cfg.vad
         if looks_unfinished(partial):
             return v.eot_long_ms
-        intent = await self.nlu_exec.run(self.nlu.recognize, partial)
+        # templates only: a paraphrase match on half a sentence must not cut the person off
+        intent = await self.nlu_exec.run(self.nlu.recognize, partial, None, False)
         return v.eot_short_ms if intent is not None else self._eot_default()
 
 
