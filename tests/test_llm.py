@@ -113,6 +113,19 @@ def test_saved_prefix_restored_after_eviction(engine, tiny_cfg) -> None:
     assert s.evaluated_tokens < s.prompt_tokens / 3
 
 
+def test_keep_prefix_only_makes_the_same_question_read_again(engine, tiny_cfg) -> None:
+    engine.warm_up(tiny_cfg.llm.system_prompt)
+    list(engine.stream(msgs(tiny_cfg, "Name a planet."), 6))
+    list(engine.stream(msgs(tiny_cfg, "Name a planet."), 6))
+    again = engine.last_stats  # the whole question was still in the cache
+    engine.keep_prefix_only()
+    list(engine.stream(msgs(tiny_cfg, "Name a planet."), 6))
+    fresh = engine.last_stats
+    assert not fresh.restored_prefix  # the system prefix stayed in the cache
+    assert fresh.evaluated_tokens > again.evaluated_tokens
+    assert fresh.reused_tokens == fresh.prompt_tokens - fresh.evaluated_tokens
+
+
 def test_generation_capped_at_max_tokens(engine, tiny_cfg) -> None:
     # a model that never emits its end-of-turn token: the token limit ends it
     text = "".join(engine.stream(msgs(tiny_cfg, "Say hi."), 12, ignore_eos=True))

@@ -286,6 +286,11 @@ async def run_bench(assistant, corpus: list[Utterance], repeat: int = 1,
             order = MODES if (i + r) % 2 == 0 else MODES[::-1]  # alternate who goes first
             for mode in order:
                 n += 1
+                # each turn starts from the system prefix alone: the same question asked
+                # just before (by the other mode) must not leave its words in the cache
+                for engine in (assistant.llm.engine, getattr(assistant.llm, "fallback", None)):
+                    if hasattr(engine, "keep_prefix_only"):
+                        engine.keep_prefix_only()
                 res = await _play_turn(assistant, utt, mode, session=f"bench-{n}",
                                        frame_ms=assistant.cfg.audio.frame_ms)
                 results.append(res)

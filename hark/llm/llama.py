@@ -183,6 +183,13 @@ class LlamaCppEngine:
         with self._lock:
             self._llm.reset()
 
+    def keep_prefix_only(self) -> None:
+        """Drop everything after the system prefix from the KV cache, as if the last turn
+        had been another conversation (benchmarks: no turn reuses an earlier one's words)."""
+        with self._lock:
+            self._llm.n_tokens = min(self._llm.n_tokens,
+                                     self._cached_prefix_len(self._prefix_tokens))
+
     def forget_all(self) -> None:
         """Drop the KV cache and the saved prefix: the next call is fully cold."""
         with self._lock:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 # engine methods a caller may run in the child through :meth:`ProcessEngine._call`
 _REMOTE_METHODS = frozenset({"count_tokens", "render", "prefill", "forget", "forget_all",
-                             "warm_up"})
+                             "keep_prefix_only", "warm_up"})
 _ERRORS: dict[str, type[HarkError]] = {"ModelError": ModelError, "LlmError": LlmError,
                                        "ConfigError": ConfigError}
 
@@ -342,6 +342,9 @@ class ProcessEngine:
 
     def forget_all(self) -> None:
         self._call("forget_all")
+
+    def keep_prefix_only(self) -> None:
+        self._call("keep_prefix_only")
 
     def close(self) -> None:
         """Stop the child (politely, then by force) and the supervisor."""
