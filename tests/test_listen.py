@@ -242,6 +242,25 @@ def test_speaking_over_the_reply_interrupts_it_and_starts_the_next_turn(cfg, ass
     assert not answer.interrupted and answer.samples_played == answer.samples_queued > 0
 
 
+def test_a_finished_timer_is_announced_and_its_echo_is_not_a_turn(cfg, assistant, speak,
+                                                                   capsys):
+    sd = FakeSoundDevice(_pad(0.5, speak("Set a timer for three seconds.")),
+                         echo_gain=0.5, limit_s=40.0)
+    sd.cue(0, 7.0, speak("What time is it?").astype(np.float64))  # after the timer's message
+    timer, asked = _live(cfg, assistant, sd, 2)
+    assert timer.reply and "timer" in " ".join(timer.reply).lower()
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if line.startswith("hark:")]
+    announcement = next(line for line in said if "done" in line.lower() or "up" in line.lower()
+                        or "been" in line.lower())
+    assert said.index(announcement) > 0  # after the timer's confirmation
+    # the announcement was played between the two turns ...
+    assert sd.sound_between(timer.first("TurnEnd"), asked.first("SpeechStarted")) > 0
+    # ... and its echo did not become a turn: the next turn is the person's question
+    assert "what time" in asked.transcript.lower()
+    assert asked.reply and asked.reply[0].startswith("It's")
+
+
 def test_speech_barge_in_can_be_switched_off(cfg, assistant, speak):
     off = copy.deepcopy(cfg)
     off.wake.barge_in_speech = False

@@ -12,6 +12,10 @@ One turn after another on the local sound card:
    echo-free frames, starts the next turn. ``wake.barge_in_speech = false`` turns this off.
 4. after a reply has played out, stale microphone audio is dropped and the next turn
    starts.
+
+What hark says unprompted (a finished timer, through :meth:`Assistant.on_notify`) is
+played between turns; the microphone is muted while it plays and for its echo, so hark
+does not take its own announcement for the person's next turn.
 """
 
 from __future__ import annotations
@@ -244,6 +248,7 @@ class LiveLoop:
         self.mode = mode
         self.max_turns = max_turns
         self.turns: list[LiveTurn] = []
+        self.announcements: list[str] = []  # what was said unprompted, in order
         self.frame = cfg.audio.frame_ms * SAMPLE_RATE // 1000
         self.device_in = _device(cfg.audio.input_device)
         self.device_out = _device(cfg.audio.output_device)
@@ -251,6 +256,10 @@ class LiveLoop:
         self.listener = self._make_listener() if cfg.wake.barge_in_speech else None
         self.ring: deque[AudioChunk] = deque(maxlen=max(1, round(RING_S * SAMPLE_RATE / self.frame)))
         self.mic: asyncio.Queue[AudioChunk] | None = None
+        self._running = False
+        self._in_reply = False
+        self._mute_until = 0.0  # microphone frames captured before this are not a turn's
+        assistant.on_notify(self._announce)
 
     def _make_listener(self) -> _Listener | None:
         from hark.vad.silero import load_vad
@@ -285,10 +294,32 @@ class LiveLoop:
                        callback=self.player.callback)
             print("listening (Ctrl-C to stop) ...", flush=True)
             start: list[AudioChunk] = []
-            while self.max_turns is None or len(self.turns) < self.max_turns:
-                turn = LiveTurn()
-                self.turns.append(turn)
-                start = await self._turn(turn, start)
+            self._running = True
+            try:
+                while self.max_turns is None or len(self.turns) < self.max_turns:
+                    turn = LiveTurn()
+                    self.turns.append(turn)
+                    start = await self._turn(turn, start)
+            finally:
+                self._running = False
+
+    async def _announce(self, session: str, text: str) -> None:
+        """Say ``text`` unprompted (a finished timer), muting the microphone meanwhile."""
+        if not self._running:
+            return  # this loop has ended (the assistant may outlive it)
+        print(f"hark: {text}", flush=True)
+        self.announcements.append(text)
+        self._mute_until = float("inf")
+        try:
+            async for chunk in self.assistant.speak(text):
+                self.player.write(chunk.samples, chunk.rate)
+            while self.player.pending() > 0:
+                await asyncio.sleep(OUTPUT_BLOCK_S)
+        finally:
+            if not self._in_reply:  # a reply's echo reference must go on
+                self.player.finish()
+                self.player.played.clear()
+            self._mute_until = time.monotonic() + ECHO_TAIL_S
 
     @staticmethod
     def _open(streams: contextlib.ExitStack, what: str, kind, **kwargs) -> None:
@@ -306,7 +337,10 @@ class LiveLoop:
             yield chunk
         assert self.mic is not None
         while True:
-            yield await self.mic.get()
+            chunk = await self.mic.get()
+            if chunk.t < self._mute_until:
+                continue  # an announcement or its echo, not the person
+            yield chunk
 
     def _note(self, turn: LiveTurn, ev) -> None:
         from hark.pipeline.events import ReplyAudio, ReplyText, TranscriptEvent, TurnEnd
@@ -341,6 +375,7 @@ class LiveLoop:
             await gen.aclose()
             return []
         # answering: the reply plays while the listener hears the room
+        self._in_reply = True
         self.ring.clear()
         played_before = self.player.samples_played
         reply = asyncio.create_task(self._play_reply(gen, turn))
@@ -365,6 +400,7 @@ class LiveLoop:
             turn.samples_played = self.player.samples_played - played_before
             if self.listener is not None:
                 self.listener.reset()
+            self._in_reply = False
         for result in results:
             if isinstance(result, Exception):  # the turn itself failed
                 raise result
