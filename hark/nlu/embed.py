@@ -551,11 +551,12 @@ class ParaphraseMatcher:
         """The example sentences: sampled from the templates, or read back from the
         cache written the last time the same templates were sampled."""
         digest = self._templates_digest(per_intent, seed, skip)
-        memo = _MEMO_EXAMPLES.get(digest)
-        if memo is not None:
-            return memo
         path = self.cache_dir / f"examples-{digest}.json" if self.cache_dir else None
-        examples: list[_Example] | None = None
+        examples: list[_Example] | None = _MEMO_EXAMPLES.get(digest)
+        if examples is not None:  # sampled before in this process: this home's file too
+            if path is not None and not path.is_file():
+                self._save_examples(path, examples)
+            return examples
         if path is not None and path.is_file():
             try:
                 examples = []
@@ -568,19 +569,22 @@ class ParaphraseMatcher:
         if examples is None:
             examples = self._sample(per_intent, seed, skip)
             if path is not None:
-                rows = [[ex.source, ex.intent,
-                         self._by_name[ex.source].intents.intents[ex.intent].data.index(ex.data),
-                         ex.text, ex.slots, ex.required] for ex in examples]
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(rows), encoding="utf-8")
-                    tmp.replace(path)
-                    _prune(path.parent, "examples-*.json")
-                except OSError as exc:
-                    log.warning("cannot cache example sentences in %s: %s", path, exc)
+                self._save_examples(path, examples)
         _MEMO_EXAMPLES[digest] = examples
         return examples
+
+    def _save_examples(self, path: Path, examples: list[_Example]) -> None:
+        rows = [[ex.source, ex.intent,
+                 self._by_name[ex.source].intents.intents[ex.intent].data.index(ex.data),
+                 ex.text, ex.slots, ex.required] for ex in examples]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rows), encoding="utf-8")
+            tmp.replace(path)
+            _prune(path.parent, "examples-*.json")
+        except OSError as exc:
+            log.warning("cannot cache example sentences in %s: %s", path, exc)
 
     def _sample(self, per_intent: int, seed: int, skip: set[str] | frozenset[str]
                 ) -> list[_Example]:
@@ -638,6 +642,8 @@ class ParaphraseMatcher:
         if memo is not None and memo.shape == (len(self.examples), DIM):
             self.from_cache = True
             self.embed_s = time.perf_counter() - start
+            if self.cache_file is not None and not self.cache_file.is_file():
+                self._save_vectors(memo)  # computed in this process for another home
             return memo
         if self.cache_file is not None:
             try:
@@ -652,16 +658,20 @@ class ParaphraseMatcher:
         vectors = self.embedder.embed([ex.text for ex in self.examples])
         self.embed_s = time.perf_counter() - start
         _MEMO[self.cache_key] = vectors
-        if self.cache_file is not None:
-            try:
-                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.cache_file.with_suffix(".tmp.npy")
-                np.save(tmp, vectors)
-                tmp.replace(self.cache_file)
-                _prune(self.cache_file.parent, "paraphrase-*.npy")
-            except OSError as exc:
-                log.warning("cannot cache example embeddings in %s: %s", self.cache_file, exc)
+        self._save_vectors(vectors)
         return vectors
+
+    def _save_vectors(self, vectors: np.ndarray) -> None:
+        if self.cache_file is None:
+            return
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_suffix(".tmp.npy")
+            np.save(tmp, vectors)
+            tmp.replace(self.cache_file)
+            _prune(self.cache_file.parent, "paraphrase-*.npy")
+        except OSError as exc:
+            log.warning("cannot cache example embeddings in %s: %s", self.cache_file, exc)
 
     # -- matching ------------------------------------------------------------------
 
