@@ -353,7 +353,13 @@ class Assistant:
                     text = (await pending).strip()
                 else:
                     assert audio is not None
-                    text = (await self.asr_exec.run(self.asr.transcribe, audio)).strip()
+                    trace.mark("asr_start")
+
+                    def transcribe() -> str:  # on the ASR thread: when it really begins
+                        trace.mark("asr_begin")
+                        return self.asr.transcribe(audio)
+
+                    text = (await self.asr_exec.run(transcribe)).strip()
                 trace.mark("asr_final")
                 await q.put(TranscriptEvent(Transcript(text, text, True, time.monotonic())))
             trace.info["transcript"] = resp.transcript = text
