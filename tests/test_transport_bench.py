@@ -49,11 +49,13 @@ def test_bench_cli_json(tmp_path, speak):
 
     wav = write_wav(tmp_path / "s.wav", speak("What time is it?"), 16000)
     out = tmp_path / "r.json"
+    png = tmp_path / "r.png"
     assert main(["bench", "transport", "--input", str(wav), "--no-wer", "--loss", "0.05",
-                 "--jitter-ms", "20", "--json", str(out)]) == 0
+                 "--jitter-ms", "20", "--json", str(out), "--plot", str(png)]) == 0
     res = json.loads(out.read_text())
     assert set(res["one_way_ms"]) >= {"p50", "p95"}
     assert {"lost_frames", "concealed_frames", "late_frames"} <= set(res)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_shm_bench_reads_every_frame_from_another_process():

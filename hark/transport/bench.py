@@ -171,7 +171,51 @@ async def run_transport(samples: np.ndarray, imp: Impairment, codec: str = "opus
         "frame_ms": frame_ms,
         "_received": received,
         "_rate": rx.rate,
+        "_latencies": latencies,
     }
+
+
+def plot_transport(res: dict, latencies: list[float], path: str, target_ms: float = 40.0) -> str:
+    """PNG: one-way latency of every played frame over the stream (with p50, p95 and the
+    target), its distribution, and what happened to the frames (lost, recovered, late)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2),
+                                        gridspec_kw={"width_ratios": [2.2, 1.2, 1.2]})
+    imp = res.get("impairment_settings", {})
+    title = (f"{res['codec']} {res['frame_ms']} ms frames, loss {imp.get('loss', 0):.0%}, "
+             f"jitter 0-{imp.get('jitter_ms', 0):.0f} ms, reorder {imp.get('reorder', 0):.0%}, "
+             f"duplicates {imp.get('duplicate', 0):.0%}")
+    ow = res["one_way_ms"]
+    ax1.plot(range(len(latencies)), latencies, ".", ms=3, color="#1f77b4")
+    for y, label, style in ((ow["p50"], "p50", "-"), (ow["p95"], "p95", "--"),
+                            (target_ms, "target", ":")):
+        if y is not None:
+            ax1.axhline(y, ls=style, color="#d62728" if "target" in label else "#555",
+                        lw=1, label=f"{label} {y:.1f} ms")
+    ax1.set_xlabel("played frame")
+    ax1.set_ylabel("one-way added latency (ms)")
+    ax1.set_title(title, fontsize=9)
+    ax1.legend(fontsize=8, loc="upper right")
+    ax2.hist(latencies, bins=30, color="#1f77b4")
+    ax2.set_xlabel("one-way added latency (ms)")
+    ax2.set_ylabel("frames")
+    ax2.set_title("distribution", fontsize=10)
+    names = ["lost", "FEC-recovered", "PLC", "late", "duplicates\ndropped"]
+    vals = [res["lost_frames"], res["fec_recovered_frames"], res["plc_frames"],
+            res["late_frames"], res["duplicates_dropped"]]
+    ax3.bar(names, vals, color=["#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"])
+    ax3.set_title(f"{res['frames']} frames sent", fontsize=10)
+    ax3.tick_params(axis="x", labelsize=8)
+    for i, v in enumerate(vals):
+        ax3.text(i, v, str(v), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # --- same host: the shared-memory ring ------------------------------------------------

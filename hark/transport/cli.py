@@ -37,6 +37,7 @@ def _bench_transport(args: argparse.Namespace) -> int:
                                     cfg.transport.jitter_min_ms, cfg.transport.jitter_max_ms,
                                     cfg.transport.fec))
     received, rate = res.pop("_received"), res.pop("_rate")
+    latencies = res.pop("_latencies")
     if args.save:
         write_wav(args.save, received, rate)
     if not args.no_wer:
@@ -66,6 +67,11 @@ def _bench_transport(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2))
+    if args.plot:
+        from hark.transport.bench import plot_transport
+
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        print(f"plot: {plot_transport(res, latencies, args.plot)}")
     return 0
 
 
@@ -103,6 +109,8 @@ def register(cli) -> None:
     p.add_argument("--no-wer", action="store_true", help="skip the Whisper transcriptions")
     p.add_argument("--save", default="", help="write the received audio to this WAV")
     p.add_argument("--json", default="", help="write the results as JSON here")
+    p.add_argument("--plot", default="", help="write a PNG here: latency per frame, its "
+                   "distribution, lost/recovered/late frames")
     p.add_argument("--path", choices=["udp", "shm"], default="udp",
                    help="udp: impaired RTP over loopback (default); shm: the same-host "
                    "shared-memory ring from another process, read on wake-up vs polled")
