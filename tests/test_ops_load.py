@@ -108,7 +108,7 @@ def test_speech_end_offset_finds_the_last_word(speak):
     assert rms(after) < 0.05 * rms(voiced)  # what follows the end is (near) silence
 
 
-def test_two_satellites_two_turns_each(stack, utterances):
+def test_two_satellites_two_turns_each(stack, utterances, tmp_path):
     commands = [u for u in utterances.values() if u.kind == "command"]
     before = len(stack.traces)
     res = stack.call(run_load("127.0.0.1", stack.server.control_port, commands, 2, 2,
@@ -121,6 +121,10 @@ def test_two_satellites_two_turns_each(stack, utterances):
         if t["outcome"] == "completed":
             assert t["total_ms"] > 0 and t["reply"] and t["transcript"]
     assert res["total_ms"]["n"] == res["completed"]
+    from hark.server.loadbench import plot_load  # the PNG drawn from these very turns
+
+    png = plot_load({"runs": [res]}, str(tmp_path / "load.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     new = stack.traces[before:]
     assert len(new) == 4 - res["refused"]
     assert res["server_spans_ms"]["total"]["n"] == sum("total" in t.spans_ms() for t in new)

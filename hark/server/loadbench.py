@@ -370,6 +370,53 @@ def _print(run: dict[str, Any]) -> None:
           f"p50 {k['question']['p50']} / p95 {k['question']['p95']} ms)")
 
 
+def plot_load(out: dict[str, Any], path: str) -> str:
+    """PNG: end of speech to first audio of every turn per satellite count (commands and
+    questions apart, with the 1 s command target), and what became of the turns."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = out["runs"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    colors = {"command": "#1f77b4", "question": "#ff7f0e"}
+    labelled: set[str] = set()
+    for i, run in enumerate(runs):
+        for j, kind in enumerate(("command", "question")):
+            vals = [t["total_ms"] for t in run["turns"]
+                    if t["kind"] == kind and t["outcome"] == "completed" and t["total_ms"]]
+            if not vals:
+                continue
+            x = i + (j - 0.5) * 0.3
+            ax1.boxplot([vals], positions=[x], widths=0.25, showfliers=False)
+            jitter = np.linspace(-0.06, 0.06, len(vals))
+            ax1.plot(np.full(len(vals), x) + jitter, vals, "o", ms=4, alpha=0.7,
+                     color=colors[kind], label=None if kind in labelled else kind + "s")
+            labelled.add(kind)
+    ax1.axhline(1000, ls=":", color="#d62728", lw=1, label="command target p95 1 s")
+    ax1.set_xticks(range(len(runs)), [f"{r['satellites']} satellite(s)" for r in runs])
+    ax1.set_ylabel("end of speech -> first reply audio (ms)")
+    ax1.set_title("completed turns", fontsize=10)
+    ax1.legend(fontsize=8)
+    labels = [str(r["satellites"]) for r in runs]
+    bottom = np.zeros(len(runs))
+    for key, color in (("completed", "#2ca02c"), ("refused", "#ff7f0e"),
+                       ("errors", "#9467bd"), ("lost", "#d62728")):
+        vals = np.array([r[key] for r in runs], float)
+        ax2.bar(labels, vals, bottom=bottom, color=color, label=key)
+        bottom += vals
+    ax2.set_xlabel("satellites at once")
+    ax2.set_ylabel("turns")
+    ax2.set_title("outcomes (refused = spoken 'busy')", fontsize=10)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _bench_load(args) -> int:
     from hark.cli import load_cfg
     from hark.errors import ConfigError
@@ -407,6 +454,9 @@ def _bench_load(args) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2))
         print(f"wrote {path}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        print(f"plot: {plot_load(out, args.plot)}")
     return 0 if all(r["lost"] == 0 for r in out["runs"]) else 1
 
 
@@ -417,6 +467,8 @@ def register(cli) -> None:
                    "1,2,4,8 runs one round per count (default 4)")
     p.add_argument("--turns", type=int, default=5, help="turns per satellite (default 5)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG: latency per turn and "
+                   "outcomes per satellite count")
     p.add_argument("--server", metavar="HOST:PORT",
                    help="a running 'hark serve' (control port); default: start one here")
     p.add_argument("--seed", type=int, default=0, help="utterance and pause choice")
