@@ -170,19 +170,25 @@ class JitterBuffer:
             return None
         return self.due(self._next)
 
+    def _take(self, k: int) -> PlayoutFrame:
+        """Frame ``k`` from its packet (counted as played), or a frame to conceal (no
+        payload; the next packet's, when it is here, for FEC)."""
+        pkt = self._packets.pop(k, None)
+        if pkt is not None:
+            self.stats.played += 1
+            self._played.append(k)
+            return PlayoutFrame(k, self.due(k), pkt.payload, timestamp=pkt.timestamp)
+        nxt = self._packets.get(k + 1)
+        return PlayoutFrame(k, self.due(k), None, nxt.payload if nxt else None)
+
     def pop(self, now: float) -> list[PlayoutFrame]:
         """Every frame whose playout time has come, in order."""
         out: list[PlayoutFrame] = []
         while not self._idle and self._next is not None and self.due(self._next) <= now:
             k = self._next
-            pkt = self._packets.pop(k, None)
-            if pkt is not None:
-                out.append(PlayoutFrame(k, self.due(k), pkt.payload, timestamp=pkt.timestamp))
-                self.stats.played += 1
-                self._played.append(k)
-            else:
-                nxt = self._packets.get(k + 1)
-                out.append(PlayoutFrame(k, self.due(k), None, nxt.payload if nxt else None))
+            frame = self._take(k)
+            out.append(frame)
+            if frame.lost:
                 if self._highest > k:
                     self.stats.lost += 1
                 else:
@@ -201,17 +207,11 @@ class JitterBuffer:
         if self._idle or self._next is None or self._offset is None:
             return out
         while self._next <= self._highest:
-            k = self._next
-            pkt = self._packets.pop(k, None)
-            if pkt is not None:
-                out.append(PlayoutFrame(k, self.due(k), pkt.payload, timestamp=pkt.timestamp))
-                self.stats.played += 1
-                self._played.append(k)
-            else:
-                nxt = self._packets.get(k + 1)
-                out.append(PlayoutFrame(k, self.due(k), None, nxt.payload if nxt else None))
+            frame = self._take(self._next)
+            out.append(frame)
+            if frame.lost:
                 self.stats.lost += 1
-            self._next = k + 1
+            self._next += 1
         self._packets.clear()
         self._idle = True
         self._tail_concealed = 0

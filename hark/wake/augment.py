@@ -113,17 +113,22 @@ def mix_noise(speech: np.ndarray, noise: np.ndarray, snr_db: float, offset: int 
     return np.clip(s + gain * n, -32768, 32767).astype(np.int16)
 
 
-def speech_seconds(samples: np.ndarray, rate: int = SAMPLE_RATE) -> float:
-    """Seconds of 10 ms frames that hold speech by energy: within 30 dB of the loudest
-    frame and 10 dB above the recording's noise floor (a rough, model-free VAD)."""
+def loud_frames(samples: np.ndarray, rate: int = SAMPLE_RATE, floor_db: float = 30.0
+                ) -> np.ndarray:
+    """Mask of the 10 ms frames whose energy is within ``floor_db`` of the loudest frame
+    and 10 dB above the recording's noise floor (a rough, model-free VAD)."""
     hop = rate // 100
     n = len(samples) // hop
     if n == 0:
-        return 0.0
+        return np.zeros(0, bool)
     x = samples[: n * hop].astype(np.float32).reshape(n, hop)
     db = 10 * np.log10((x ** 2).mean(axis=1) + 1e-3)
-    thresh = max(db.max() - 30.0, np.percentile(db, 10) + 10.0)
-    return float((db > thresh).sum() * hop / rate)
+    return db > max(db.max() - floor_db, np.percentile(db, 10) + 10.0)
+
+
+def speech_seconds(samples: np.ndarray, rate: int = SAMPLE_RATE) -> float:
+    """Seconds of 10 ms frames that hold speech by energy (:func:`loud_frames`)."""
+    return float(loud_frames(samples, rate).sum() * (rate // 100) / rate)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from hark.wake.augment import (
     concat_stream,
     conditions,
     locate,
+    loud_frames,
     mix_noise,
     mixed_condition,
     perturb_clip,
@@ -72,19 +73,10 @@ def audio_files(folder: str | Path) -> list[Path]:
 
 
 def keyword_end_s(samples: np.ndarray, rate: int = SAMPLE_RATE, floor_db: float = 30.0) -> float:
-    """End of the last loud stretch: the last 10 ms frame whose energy is within
-    ``floor_db`` of the loudest frame and above the noise floor by 10 dB (the recordings
-    hold one isolated keyword, so this is where the keyword ends)."""
-    hop = rate // 100
-    n = len(samples) // hop
-    if n == 0:
-        return 0.0
-    x = samples[: n * hop].astype(np.float32).reshape(n, hop)
-    db = 10 * np.log10((x ** 2).mean(axis=1) + 1e-3)
-    noise = np.percentile(db, 10)
-    thresh = max(db.max() - floor_db, noise + 10.0)
-    loud = np.nonzero(db > thresh)[0]
-    return float((loud[-1] + 1) * hop / rate) if len(loud) else 0.0
+    """End of the last loud stretch (:func:`~hark.wake.augment.loud_frames`): the
+    recordings hold one isolated keyword, so this is where the keyword ends."""
+    loud = np.nonzero(loud_frames(samples, rate, floor_db))[0]
+    return float((loud[-1] + 1) * (rate // 100) / rate) if len(loud) else 0.0
 
 
 def poisson_upper(k: int, conf: float = 0.95) -> float:
