@@ -289,3 +289,101 @@ def test_cli_eval_writes_json(tmp_path, capsys):
     assert 0.0 <= report["accuracy"] <= 1.0
     assert report["ms_per_sentence"]["p95"] >= report["ms_per_sentence"]["p50"] > 0
     assert "HassTurnOn" in report["per_intent"]
+
+
+def test_eval_reads_every_home_assistant_test_file_shape(tmp_path):
+    """Context beside or under the intent, ``{value: X}`` slots, lists, mappings,
+    responses and metadata: all read; a test whose slots are not a mapping is refused."""
+    from hark.errors import ConfigError
+    from hark.nlu.base import IntentResult
+    from hark.nlu.evaluate import is_right
+
+    path = tmp_path / "shapes.yaml"
+    path.write_text(textwrap.dedent("""\
+        language: en
+        tests:
+          - sentences: ["dim it"]
+            context: {area: Den}
+            intent: {name: HassLightSet, slots: {area: Den, brightness: 10}}
+            response: Brightness set
+          - sentences: "open the den blinds"
+            intent:
+              name: HassTurnOn
+              context: {area: Den}
+              slots:
+                area: {value: Den}
+                device_class: {value: [blind, shutter]}
+            metadata: {comment: older files wrap values}
+          - sentences: ["is the radio on"]
+            intent:
+              name: HassGetState
+              slots: {name: Radio, state: [on, playing], alternate: {idle: not playing}}
+        """))
+    light, cover, state = load_cases(path)
+    assert light.context == {"area": "Den"} and light.slots == {"area": "Den", "brightness": 10}
+    assert cover.sentence == "open the den blinds" and cover.context == {"area": "Den"}
+    assert cover.slots == {"area": "Den", "device_class": ["blind", "shutter"]}
+
+    def result(intent, **slots):
+        return IntentResult(name=intent, slots=slots, text="", source="hassil")
+
+    assert is_right(cover, result("HassTurnOn", area="den", device_class="shutter"))
+    assert not is_right(cover, result("HassTurnOn", area="den", device_class="blind",
+                                      domain="cover"))  # an extra slot is wrong
+    assert is_right(state, result("HassGetState", name="Radio", state="playing",
+                                  alternate={"idle": "not playing"}))
+    assert not is_right(state, result("HassGetState", name="Radio", state="on",
+                                      alternate={"idle": "off"}))
+    assert is_right(light, result("HassLightSet", area="den", brightness=10.0))
+    assert not is_right(light, result("HassLightSet", area="den", brightness=10.0),
+                        exact_case=True)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tests:\n  - sentences: [where is ann]\n    intent: {name: X, slots: ann}\n")
+    with pytest.raises(ConfigError, match="test #1: 'slots' must be a mapping"):
+        load_cases(bad)
+
+
+@pytest.fixture(scope="module")
+def plain_stage() -> IntentStage:
+    """hark's own sentences and Home Assistant's, no user domains, no paraphrases."""
+    cfg = Config()
+    cfg.nlu.builtin_domains = []
+    cfg.nlu.embedding_fallback = False
+    home = Home(areas=[Area("Den"), Area("Porch")], entities=[
+        Entity("Den Switch", "switch", "Den"), Entity("Porch Lamp", "light", "Porch"),
+        Entity("Porch Temperature", "sensor", "Porch",
+               attributes={"device_class": "temperature"}),
+        Entity("Radio", "media_player", "Den")])
+    return IntentStage(cfg, home=home)
+
+
+@pytest.mark.parametrize("sentence, slots", [
+    ("start a 2 minute and 20 second timer", {"minutes": 2, "seconds": 20}),
+    ("set a 3 hour and 5 minute timer", {"hours": 3, "minutes": 5}),
+    ("start a 12 minute tea timer", {"minutes": 12, "name": "tea"}),  # a name still works
+])
+def test_durations_are_not_read_as_a_timer_name(plain_stage, sentence, slots):
+    result = plain_stage.match(sentence)
+    assert result is not None and result.name == "HassStartTimer"
+    assert result.slots == slots
+
+
+def test_free_text_keeps_its_capitals(plain_stage):
+    result = plain_stage.match("Add Oat Milk to my shopping list")
+    assert result.name == "HassShoppingListAddItem" and result.slots == {"item": "Oat Milk"}
+    result = plain_stage.match("um, start a 4 minute Earl Grey timer please")
+    assert result.slots == {"minutes": 4, "name": "Earl Grey"}
+
+
+def test_fuzzy_does_not_drop_or_rewrite_words(plain_stage):
+    # The name is already there word for word: "correcting" would only drop the verb
+    # (and "den switch" alone reads as "turn it on").
+    assert plain_stage._fuzzy(normalize("flip den switch")) is None
+    assert plain_stage._fuzzy(normalize("hit den switch")) is None
+    # "the" is not a misheard "porch": a different question, not a misheard name.
+    assert plain_stage._fuzzy(normalize("what is the temperature")) is None
+    # ... while a misheard name is still corrected.
+    result = plain_stage.match("turn on the porch lammp")
+    assert result is not None and result.source == "fuzzy"
+    assert result.slots == {"name": "Porch Lamp"}

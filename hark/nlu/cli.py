@@ -108,7 +108,8 @@ def _eval(args) -> int:
     report["text_cases"] = [str(p) for p in args.text_cases]
     report["fixtures"] = args.fixtures or "(config [home])"
     if report["sentences"]:
-        print(f"commands: {report['sentences']}  accuracy: {report['accuracy']:.1%}")
+        print(f"commands: {report['sentences']}  accuracy: {report['accuracy']:.1%}  "
+              f"(with exact capitals: {report['accuracy_exact_case']:.1%})")
     if report["rejects"]:
         print(f"open questions: {report['rejects']}  rejected: {report['rejection_rate']:.1%}")
     ms = report["ms_per_sentence"]

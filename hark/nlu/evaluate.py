@@ -13,7 +13,11 @@ Text-case files have the shape of the home-assistant/intents repository's test f
 
 A sentence is right when the intent name and every slot are right (no slot missing, no
 extra slot; values compared case-insensitively with surrounding spaces stripped, numbers
-as numbers; a list of expected values means any of them).
+as numbers; a list of expected values means any of them; ``{value: X}`` is X; a mapping
+is compared key by key). ``accuracy_exact_case`` also compares text with its capitals, as
+Home Assistant's own test runner does.
+``context`` (e.g. ``{area: Kitchen}``, the satellite's room) may sit under ``intent``
+or beside it; ``response`` and ``metadata`` are ignored.
 """
 
 from __future__ import annotations
@@ -51,35 +55,69 @@ def load_cases(path: str | Path) -> list[Case]:
     cases: list[Case] = []
     for i, test in enumerate(data.get("tests") or []):
         intent = test.get("intent") or {}
-        if not intent.get("name") or not test.get("sentences"):
+        if not isinstance(intent, dict) or not intent.get("name") or not test.get("sentences"):
             raise ConfigError(f"{path}: test #{i + 1} needs 'sentences' and 'intent: {{name}}'")
-        for sentence in test["sentences"]:
-            cases.append(Case(str(sentence), intent["name"], dict(intent.get("slots") or {}),
-                              path.name, dict(intent.get("context") or {})))
+        sentences = test["sentences"]
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        slots = intent.get("slots") or {}
+        if not isinstance(slots, dict):
+            raise ConfigError(f"{path}: test #{i + 1}: 'slots' must be a mapping, got {slots!r}")
+        # The satellite's context (e.g. its area) sits under the intent or, in some
+        # files, beside it; both are read (the intent's wins).
+        context = {**dict(test.get("context") or {}), **dict(intent.get("context") or {})}
+        for sentence in sentences:
+            cases.append(Case(str(sentence), intent["name"],
+                              {k: _slot_value(v) for k, v in slots.items()},
+                              path.name, context))
     for sentence in data.get("rejects") or []:
         cases.append(Case(str(sentence), None, {}, path.name))
     return cases
 
 
-def _same(expected: Any, actual: Any) -> bool:
+def _slot_value(value: Any) -> Any:
+    """An expected slot value: ``{value: X}`` (older test files) is X; a list means
+    any of its items."""
+    if isinstance(value, dict) and "value" in value:
+        return _slot_value(value["value"])
+    if isinstance(value, list):
+        return [_slot_value(v) for v in value]
+    return value
+
+
+def _same(expected: Any, actual: Any, exact_case: bool = False) -> bool:
+    """``actual`` is ``expected``: numbers as numbers, text with surrounding spaces
+    stripped and (unless ``exact_case``) case-insensitively."""
+    if isinstance(expected, dict):  # a fixed mapping the template sets, key by key
+        if not isinstance(actual, dict) or set(map(str, expected)) != set(map(str, actual)):
+            return False
+        by_key = {str(k): v for k, v in actual.items()}
+        return all(_same(v, by_key[str(k)], exact_case) for k, v in expected.items())
     if isinstance(expected, list):
-        return any(_same(e, actual) for e in expected)
+        if isinstance(actual, list):  # both lists: the same values, any order
+            return len(expected) == len(actual) and all(
+                any(_same(e, a, exact_case) for a in actual) for e in expected)
+        return any(_same(e, actual, exact_case) for e in expected)
     if isinstance(expected, (int, float)) and not isinstance(expected, bool):
         try:
             return abs(float(actual) - float(expected)) < 1e-6
         except (TypeError, ValueError):
             return False
+    if exact_case:
+        return str(expected).strip() == str(actual).strip()
     return str(expected).strip().casefold() == str(actual).strip().casefold()
 
 
-def is_right(case: Case, result: IntentResult | None) -> bool:
+def is_right(case: Case, result: IntentResult | None, exact_case: bool = False) -> bool:
+    """The right intent with every slot right, no slot missing and none extra (or, for
+    a sentence that must be rejected, no intent)."""
     if case.intent is None:
         return result is None
     if result is None or result.name != case.intent:
         return False
     if set(case.slots) != set(result.slots):
         return False
-    return all(_same(v, result.slots[k]) for k, v in case.slots.items())
+    return all(_same(v, result.slots[k], exact_case) for k, v in case.slots.items())
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -99,6 +137,7 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
     per_intent: dict[str, dict[str, Any]] = {}
     wrong: list[dict[str, Any]] = []
     right_commands = 0
+    right_exact_case = 0  # also every text value with Home Assistant's exact capitals
     right_rejects = 0
     for case in cases:
         start, cpu_start = time.perf_counter(), time.thread_time()
@@ -111,11 +150,12 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
         row["total"] += 1
         if ok:
             right_commands += case.intent is not None
+            right_exact_case += case.intent is not None and is_right(case, result, True)
             right_rejects += case.intent is None
             continue
         row["errors"] += 1
         wrong.append({
-            "sentence": case.sentence, "file": case.source,
+            "sentence": case.sentence, "file": case.source, "context": case.context,
             "expected": {"intent": case.intent, "slots": case.slots},
             "got": None if result is None else {"intent": result.name, "slots": result.slots,
                                                 "source": result.source},
@@ -146,6 +186,7 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
     return {
         "sentences": len(commands),
         "accuracy": right_commands / len(commands) if commands else None,
+        "accuracy_exact_case": right_exact_case / len(commands) if commands else None,
         "rejects": len(rejects),
         "rejection_rate": right_rejects / len(rejects) if rejects else None,
         "ms_per_sentence": {

@@ -89,6 +89,43 @@ def normalize(text: str) -> str:
     return " ".join(words)
 
 
+# Words a speech recognizer does not mishear a name as: a fuzzy correction that would
+# turn one of these into part of a name ("the temperature" -> "outside temperature")
+# is a different sentence, not a misheard one.
+_FUNCTION_WORDS = {
+    "a", "an", "the", "my", "your", "our", "this", "that", "these", "those", "all", "any",
+    "every", "each", "in", "on", "at", "to", "of", "for", "from", "by", "with", "into",
+    "off", "up", "down", "and", "or", "is", "are", "was", "it", "its", "me", "i", "you",
+    "what", "what's", "which", "how", "who", "where", "when", "there", "here",
+}
+
+
+def _plausible_correction(span: str, value: str) -> bool:
+    """Could ``span`` be ``value`` misheard? Not when the value is already there word
+    for word with other words around it (the correction would only delete words, e.g.
+    "toggle kitchen switch" -> "kitchen switch"), nor when a function word would become
+    a different word of the value."""
+    words, target = span.split(), value.split()
+    n = len(target)
+    if any(words[i:i + n] == target for i in range(len(words) - n + 1)):
+        return False
+    if len(words) == n:
+        return not any(w != t and w in _FUNCTION_WORDS for w, t in zip(words, target))
+    return True
+
+
+def _original_span(value: str, original: str) -> str:
+    """``value`` (matched in the normalized, lower-case text) as written in ``original``:
+    free text such as a timer name or a media title keeps its capitals ("The Office")."""
+    words = value.split()
+    if not words:
+        return value
+    text = unicodedata.normalize("NFKC", original).replace("’", "'")
+    pattern = r"(?<!\w)" + r"\W+".join(re.escape(w) for w in words) + r"(?!\w)"
+    found = re.search(pattern, text, flags=re.IGNORECASE)
+    return found.group(0) if found else value
+
+
 @dataclass
 class Matcher:
     """One set of hassil intents with the lists it is matched with."""
@@ -284,11 +321,11 @@ class IntentStage:
             return None
         if context is None:
             context = {"area": self.area} if self.area else {}
-        result = self._strict(norm, context)
+        result = self._strict(norm, context, original)
         if result is not None:
             return dataclasses.replace(result, text=original)
         if self.fuzzy:
-            corrected = self._fuzzy(norm, context)
+            corrected = self._fuzzy(norm, context, original)
             if corrected is not None:
                 return dataclasses.replace(corrected, text=original)
         if paraphrase and self.paraphrase is not None:
@@ -301,8 +338,14 @@ class IntentStage:
                 return dataclasses.replace(found, text=original)
         return None
 
-    def _strict(self, text: str, context: dict[str, Any] | None = None
-                ) -> IntentResult | None:
+    def _strict(self, text: str, context: dict[str, Any] | None = None,
+                original: str = "") -> IntentResult | None:
+        """The first matcher's match, in matcher order; but a match that needed a
+        wildcard (free text such as a timer name) gives way to a later matcher's match
+        without one, as hassil itself prefers literal text within one set of intents:
+        "start a 5 minute and 10 second timer" is two durations, not a timer named
+        "and 10 second". Wildcard values are taken from ``original`` as written."""
+        fallback: IntentResult | None = None
         for matcher in self.matchers:
             try:
                 found = recognize_best(text, matcher.intents, slot_lists=matcher.slot_lists,
@@ -312,20 +355,32 @@ class IntentStage:
                 log.exception("intent matching failed in domain %s for %r",
                               matcher.domain, text)
                 continue
-            if found is not None:
-                slots = {e.name: _plain(e.value) for e in found.entities_list}
-                return IntentResult(name=found.intent.name, slots=slots, text=text,
-                                    source="hassil", domain=matcher.domain)
-        return None
+            if found is None:
+                continue
+            slots = {}
+            for e in found.entities_list:
+                value = _plain(e.value)
+                if e.is_wildcard and isinstance(value, str) and original:
+                    value = _original_span(value, original)
+                slots[e.name] = value
+            result = IntentResult(name=found.intent.name, slots=slots, text=text,
+                                  source="hassil", domain=matcher.domain)
+            if not any(e.is_wildcard for e in found.entities_list):
+                return result
+            if fallback is None:
+                fallback = result
+        return fallback
 
-    def _fuzzy(self, text: str, context: dict[str, Any] | None = None
-               ) -> IntentResult | None:
+    def _fuzzy(self, text: str, context: dict[str, Any] | None = None,
+               original: str = "") -> IntentResult | None:
         """Replace word spans that are clearly a misheard slot value, then re-match.
 
         A span is corrected only when its closest value scores at least
         ``fuzzy_min_score`` and beats the runner-up by ``fuzzy_margin``; the runner-up
         may be a shorter value inside the span ("kitchen like": "kitchen light" 80 vs
         the area "kitchen" 74), which is an alternative reading, so nothing is changed.
+        Nor is a correction that only drops words or rewrites a function word
+        (:func:`_plausible_correction`).
         """
         if not self._vocab:
             return None
@@ -346,8 +401,10 @@ class IntentStage:
             order = scores[row].argsort()[::-1]
             best = float(scores[row][order[0]])
             second = float(scores[row][order[1]]) if len(order) > 1 else 0.0
-            if best >= self.fuzzy_min_score and best - second >= self.fuzzy_margin:
-                candidates.append((best, end - start, start, end, self._vocab[order[0]]))
+            value = self._vocab[order[0]]
+            if (best >= self.fuzzy_min_score and best - second >= self.fuzzy_margin
+                    and _plausible_correction(gram, value)):
+                candidates.append((best, end - start, start, end, value))
         if not candidates:
             return None
         candidates.sort(reverse=True)
@@ -364,7 +421,7 @@ class IntentStage:
             out += words[pos:start] + [value]
             pos = end
         out += words[pos:]
-        result = self._strict(" ".join(out), context)
+        result = self._strict(" ".join(out), context, original)
         if result is None:
             return None
         confidence = min(score for *_, score in chosen) / 100.0
