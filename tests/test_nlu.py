@@ -387,3 +387,34 @@ def test_fuzzy_does_not_drop_or_rewrite_words(plain_stage):
     result = plain_stage.match("turn on the porch lammp")
     assert result is not None and result.source == "fuzzy"
     assert result.slots == {"name": "Porch Lamp"}
+
+
+def test_coverage_splits_errors_by_cause(plain_stage, tmp_path):
+    """Bare hassil on the installed templates decides whether an error is the
+    templates' (a test for another intents version) or hark's own layers'."""
+    from hark.nlu.evaluate import coverage
+
+    path = tmp_path / "cases.yaml"
+    path.write_text(textwrap.dedent("""\
+        language: en
+        tests:
+          - sentences: ["turn on the porch lamp"]
+            intent: {name: HassTurnOn, slots: {name: Porch Lamp}}
+          - sentences: ["open the porch lamp"]
+            intent: {name: HassOpenLamp, slots: {name: Porch Lamp}}
+        """))
+    cases = load_cases(path)
+    report = evaluate(plain_stage, cases)
+    assert report["accuracy"] == 0.5
+    counts = coverage(plain_stage, cases, report)
+    assert counts == {"covered": 1, "accuracy_on_covered": 1.0,
+                      "errors_by_class": {"templates": 1, "hark": 0}}
+    assert report["errors"][0]["class"] == "templates"
+    # Had hark got the covered sentence wrong, that error would be hark's own.
+    report["errors"].append({"sentence": "turn on the porch lamp", "file": "cases.yaml",
+                             "expected": {"intent": "HassTurnOn",
+                                          "slots": {"name": "Porch Lamp"}}})
+    counts = coverage(plain_stage, cases, report)
+    assert counts["errors_by_class"]["hark"] == 1 and counts["accuracy_on_covered"] == 0.0
+    assert report["errors"][-1]["bare"] == {"intent": "HassTurnOn",
+                                            "slots": {"name": "Porch Lamp"}}

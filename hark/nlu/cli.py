@@ -27,6 +27,10 @@ def register(cli) -> None:
     p.add_argument("--fixtures", metavar="FILE.yaml",
                    help="the home (areas, entities) in the shape of home-assistant/intents "
                         "tests/en/_fixtures.yaml, in place of [home] in the config")
+    p.add_argument("--coverage", action="store_true",
+                   help="also match each sentence with bare hassil against the installed "
+                        "home-assistant-intents templates: accuracy on the sentences they "
+                        "cover, and each error classed 'templates' or 'hark'")
     p.add_argument("--json", metavar="PATH", help="write the full report here")
     # The speech-to-intent evaluation lives beside the constrained recognizer.
     try:
@@ -96,7 +100,7 @@ def _check(args) -> int:
 
 def _eval(args) -> int:
     from hark.cli import load_cfg
-    from hark.nlu.evaluate import evaluate, load_cases
+    from hark.nlu.evaluate import coverage, evaluate, load_cases
     from hark.nlu.home import home_from_fixtures
     from hark.nlu.recognizer import load_nlu
 
@@ -105,11 +109,19 @@ def _eval(args) -> int:
     stage = load_nlu(cfg, home=home)
     cases = [case for path in args.text_cases for case in load_cases(path)]
     report = evaluate(stage, cases)
+    if args.coverage:
+        report["coverage"] = coverage(stage, cases, report)
     report["text_cases"] = [str(p) for p in args.text_cases]
     report["fixtures"] = args.fixtures or "(config [home])"
     if report["sentences"]:
         print(f"commands: {report['sentences']}  accuracy: {report['accuracy']:.1%}  "
               f"(with exact capitals: {report['accuracy_exact_case']:.1%})")
+    cov = report.get("coverage")
+    if cov and cov["covered"]:
+        print(f"covered by the installed templates (bare hassil right): {cov['covered']}  "
+              f"hark's accuracy on them: {cov['accuracy_on_covered']:.1%}  errors: "
+              f"{cov['errors_by_class']['templates']} outside the templates, "
+              f"{cov['errors_by_class']['hark']} hark's own")
     if report["rejects"]:
         print(f"open questions: {report['rejects']}  rejected: {report['rejection_rate']:.1%}")
     ms = report["ms_per_sentence"]
@@ -129,7 +141,8 @@ def _eval(args) -> int:
     for name, row in report["per_intent"].items():
         print(f"{name:32} {row['total']:5d} {row['errors']:6d}")
     for err in report["errors"]:
-        print(f"  wrong: {err['sentence']!r} expected {err['expected']} got {err['got']}")
+        tag = f"[{err['class']}] " if "class" in err else ""
+        print(f"  wrong: {tag}{err['sentence']!r} expected {err['expected']} got {err['got']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

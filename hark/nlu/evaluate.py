@@ -128,6 +128,54 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def bare_match(stage: Any, case: Case) -> IntentResult | None:
+    """``case`` matched by hassil alone against the installed home-assistant-intents
+    templates (all of them) and the stage's home: none of hark's normalization, own
+    sentences, fuzzy correction or paraphrases. What the templates themselves cover."""
+    from hassil import Intents, recognize_best
+    from home_assistant_intents import get_intents
+
+    from hark.nlu.recognizer import _plain
+
+    intents = getattr(stage, "_bare_intents", None)
+    if intents is None:
+        intents = Intents.from_dict(get_intents(stage.language))
+        stage._bare_intents = intents
+    found = recognize_best(case.sentence, intents, slot_lists=stage.home_lists,
+                           intent_context=case.context or None, language=stage.language,
+                           best_slot_name="name")
+    if found is None:
+        return None
+    return IntentResult(name=found.intent.name, text=case.sentence, source="bare",
+                        slots={e.name: _plain(e.value) for e in found.entities_list})
+
+
+def coverage(stage: Any, cases: list[Case], report: dict[str, Any]) -> dict[str, Any]:
+    """Split ``report``'s errors by cause: ``templates`` when bare hassil on the installed
+    templates gets the case wrong too (a test for another intents version, an intent the
+    package lacks), ``hark`` when the templates get it right and hark's own layers do
+    not. Adds ``class`` and ``bare`` to each error; returns the counts."""
+    commands = [c for c in cases if c.intent is not None]
+    covered = [c for c in commands if is_right(c, bare_match(stage, c))]
+    wrong = {(e["file"], e["sentence"], repr(e["expected"])) for e in report["errors"]}
+    covered_right = sum((c.source, c.sentence, repr({"intent": c.intent, "slots": c.slots}))
+                        not in wrong for c in covered)
+    by_class = {"templates": 0, "hark": 0}
+    lookup = {(c.source, c.sentence, repr({"intent": c.intent, "slots": c.slots})): c
+              for c in commands}
+    for err in report["errors"]:
+        case = lookup.get((err["file"], err["sentence"], repr(err["expected"])))
+        if case is None:  # a sentence that had to be rejected
+            continue
+        bare = bare_match(stage, case)
+        err["class"] = "hark" if is_right(case, bare) else "templates"
+        err["bare"] = None if bare is None else {"intent": bare.name, "slots": bare.slots}
+        by_class[err["class"]] += 1
+    return {"covered": len(covered),
+            "accuracy_on_covered": covered_right / len(covered) if covered else None,
+            "errors_by_class": by_class}
+
+
 def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
     """Run every case through ``stage.match`` (uncached) and score it."""
     commands = [c for c in cases if c.intent is not None]
