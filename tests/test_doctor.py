@@ -117,6 +117,23 @@ def test_cpu_flags_parsing():
     assert doctor.check_cpu()[0].status == (OK if {"avx2", "fma"} <= real else WARN)
 
 
+def test_llama_build_checked_against_the_cpu():
+    from hark.config import Config
+
+    cfg = Config()
+    avx512_cpu = "flags : fpu avx avx2 fma f16c avx512f avx512bw avx512vl avx512dq\n"
+    avx2_build = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+    [c] = doctor.check_llama(cfg, avx512_cpu, avx2_build)
+    assert c.status == WARN and "AVX-512" in c.detail
+    assert "-DGGML_AVX512=ON" in c.fix and "GGML_NATIVE=OFF" in c.fix
+    [c] = doctor.check_llama(cfg, avx512_cpu, avx2_build + "AVX512 = 1 | ")
+    assert c.status == OK
+    [c] = doctor.check_llama(cfg, "flags : fpu avx avx2 fma\n", avx2_build)
+    assert c.status == OK  # no AVX-512 on this CPU: nothing to gain
+    [c] = doctor.check_llama(cfg, "flags : fpu avx avx2 fma\n", "CPU : SSE3 = 1 | AVX = 1 | ")
+    assert c.status == WARN and "without AVX2" in c.detail
+
+
 def test_thread_oversubscription_warns():
     cfg = Config()
     cfg.llm.n_threads = len(os.sched_getaffinity(0)) + 8
