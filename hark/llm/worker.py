@@ -201,8 +201,15 @@ class _Child:
         return int(self.process.pid or 0)
 
 
-def _how_it_died(process: multiprocessing.process.BaseProcess) -> str:
+def _how_it_died(process: multiprocessing.process.BaseProcess, wait_s: float = 1.0) -> str:
+    # The exit status may be a moment late, or being collected by the supervisor thread
+    # (then this thread's waitpid sees no child and exitcode stays None until that
+    # thread has stored it): look again for up to ``wait_s``.
     code = process.exitcode
+    deadline = time.monotonic() + wait_s
+    while code is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        code = process.exitcode
     if code is None:
         return "stopped answering"
     if code < 0:
