@@ -61,6 +61,10 @@ def test_satellite_gets_spoken_answer(cfg, assistant, speak, tmp_path, path):
     assert "time" in " ".join(sat.stats.transcripts).lower()
     reply = " ".join(sat.stats.replies)
     assert reply
+    # the reply's packets were paced so that none came after its playout time (a server
+    # that sent one packet and then the rest a whole reply later lost the first words)
+    jitter = sat._receiver.jitter.stats
+    assert jitter.played > 0 and jitter.late == 0, jitter
     # the answer came back as audio: transcribe the satellite's output WAV
     answer = read_audio(tmp_path / "answer.wav")
     assert len(answer) / 16000 > 0.8

@@ -464,6 +464,7 @@ class Server:
         await s.conn.send("audio-start", {"rate": sender.wire_rate, "codec": s.codec})
         s.playing = True
         start = None
+        sent = 0  # packets sent so far: the pacing clock (push() makes a chunk's at once)
         frame_s = s.frame_ms / 1000.0
         try:
             async for chunk in chunks:
@@ -471,7 +472,8 @@ class Server:
                     if start is None:
                         start = time.monotonic()
                     self._send_packet(s, pkt)
-                    ahead = start + sender.frames_sent * frame_s - time.monotonic() - 0.08
+                    sent += 1
+                    ahead = start + sent * frame_s - time.monotonic() - 0.08
                     if ahead > 0:
                         await asyncio.sleep(ahead)
             for pkt in sender.flush():
