@@ -192,6 +192,20 @@ def test_jitter_idle_then_new_talk_spurt_and_seq_wrap():
     assert not out[0].lost
 
 
+def test_jitter_stream_resuming_after_a_stall_is_played_not_dropped():
+    # one packet, then nothing for 1.5 s (the buffer conceals a few frames and goes idle),
+    # then the same stream goes on with the next sequence numbers and no marker
+    jb = JitterBuffer(frame_ms=20, jitter_min_ms=10)
+    jb.push(_pkt(500), 0.0)
+    jb.pop(0.5)
+    assert jb.next_due() is None  # idle
+    results = [jb.push(_pkt(501 + k), 1.5 + k * 0.02) for k in range(10)]
+    assert results == ["ok"] * 10 and jb.stats.late == 0
+    out = jb.pop(2.0)[:10]
+    assert [fr.payload[0] for fr in out] == [(501 + k) & 0xFF for k in range(10)]
+    assert jb.target_ms < 15  # the stall was a pause, not jitter
+
+
 @pytest.mark.parametrize("second_start", [100, 40000, 65500])
 def test_jitter_new_stream_after_pause_plays_whatever_its_numbers(second_start):
     jb = JitterBuffer(frame_ms=20, jitter_min_ms=20)

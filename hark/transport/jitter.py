@@ -101,7 +101,10 @@ class JitterBuffer:
         "dropped" (too far ahead)."""
         ext = self._extend(pkt.seq)
         if self._idle and self._next is not None and (
-                pkt.marker or not -64 <= ext - self._next <= self.max_ahead):
+                pkt.marker or not -64 <= ext - self._next <= self.max_ahead
+                # the stream goes on after a stall that the buffer played through (its
+                # frames concealed, then idle): newer than anything received, so not late
+                or self._highest < ext < self._next):
             ext = self._reanchor(pkt.seq, now)  # a new stream after a pause
         if ext in self._packets or ext in self._played:
             self.stats.duplicates += 1
