@@ -225,6 +225,10 @@ class SatelliteConfig:
 @dataclass
 class SchedConfig:
     realtime: bool = True  # SCHED_FIFO for audio/inference threads where permitted
+    # also SCHED_RR for ASR/LLM/TTS: off by default, as RR time slices (100 ms) measured
+    # worse under load on 2 cores (hark bench load, 4 satellites: commands p95 1.76 s vs
+    # 0.69 s with inference at normal priority)
+    realtime_inference: bool = False
     rt_priority: int = 10
     pin_cores: dict[str, list[int]] = field(default_factory=dict)  # stage -> cores
     mlock: bool = False

@@ -37,7 +37,7 @@ log = logging.getLogger("hark.sched")
 
 AUDIO_STAGES = frozenset({"audio", "capture", "playback", "vad", "wake", "transport",
                           "rtp", "loop", "server"})
-INFERENCE_STAGES = frozenset({"asr", "llm", "tts", "nlu", "intent"})
+INFERENCE_STAGES = frozenset({"asr", "grammar", "llm", "tts", "nlu", "intent"})
 
 MCL_CURRENT = 1
 MCL_FUTURE = 2
@@ -204,7 +204,12 @@ def apply_stage_sched(stage: str, cfg: Any) -> list[SchedResult]:
     sc = cfg.sched
     results: list[SchedResult] = []
     try:
-        if sc.realtime:
+        if sc.realtime and stage in INFERENCE_STAGES and not getattr(
+                sc, "realtime_inference", True):
+            results.append(SchedResult("realtime", stage, False,
+                                       "sched.realtime_inference is false: normal priority",
+                                       skipped=True))
+        elif sc.realtime:
             results.append(set_realtime(stage, sc.rt_priority))
         else:
             results.append(SchedResult("realtime", stage, False,

@@ -70,6 +70,21 @@ def test_inference_stages_get_round_robin_below_audio():
     assert out["policy"] == os.SCHED_RR and out["prio"] == 9
 
 
+def test_inference_stays_at_normal_priority_unless_asked():
+    cfg = Config()
+    assert cfg.sched.realtime and not cfg.sched.realtime_inference  # the defaults
+    out = _in_thread(lambda: sched.apply_stage_sched("asr", cfg))
+    [rt] = [r for r in out["result"] if r.setting == "realtime"]
+    assert rt.skipped and "realtime_inference" in rt.detail
+    assert out["policy"] == os.SCHED_OTHER  # the kernel agrees
+    if _can_rt():
+        cfg.sched.realtime_inference = True
+        out = _in_thread(lambda: sched.apply_stage_sched("asr", cfg))
+        assert out["policy"] == os.SCHED_RR
+        out = _in_thread(lambda: sched.apply_stage_sched("vad", Config()))
+        assert out["policy"] == os.SCHED_FIFO  # the audio path is real-time either way
+
+
 def test_bad_priority_is_reported_not_raised():
     r = sched.set_realtime("vad", 1000)
     assert not r.ok and "outside" in r.detail and "sched.rt_priority" in r.fix

@@ -325,10 +325,19 @@ async def _in_process(cfg: Any, counts: list[int], turns: int, seed: int, timeou
     from hark.pipeline.assistant import Assistant
     from hark.server.server import Server
 
+    from hark.sched import apply_loop_sched
+
     cfg.server.control_port = 0
     cfg.server.rtp_port = 0
+    # the server as 'hark serve' runs it: the LLM in its worker process, and the same
+    # scheduling for the event loop, every stage thread and the worker (a real-time LLM
+    # worker beside normal-priority stage threads would starve them)
+    if cfg.llm.isolation == "auto":
+        cfg.llm.isolation = "process"
+    if cfg.sched.realtime:
+        apply_loop_sched(cfg)
     log.info("loading and warming models...")
-    assistant = Assistant.load(cfg)
+    assistant = Assistant.load(cfg, sched=cfg.sched.realtime)
     speak = piper_speaker(cfg)
     utterances = make_utterances(speak)
     server = Server(cfg, assistant)
