@@ -9,9 +9,12 @@ inherit the setting). So the server calls :func:`apply_stage_sched` at the start
 stage thread, e.g. as ``StageExecutor(name, on_start=lambda: apply_stage_sched(name, cfg))``.
 
 Policy: audio-path stages (capture, VAD, wake word, transport, the event loop) get
-``SCHED_FIFO`` at ``sched.rt_priority``; inference stages (ASR, LLM, TTS) get
+``SCHED_FIFO`` at ``sched.rt_priority``. Inference stages (ASR, grammar, LLM, TTS) stay
+at normal priority unless ``sched.realtime_inference`` is set; then they get
 ``SCHED_RR`` one step lower, so audio always pre-empts inference while inference threads
-of equal priority share the CPU in time slices rather than starving one another.
+of equal priority share the CPU in time slices. It is off by default because those
+slices are 100 ms: on 2 cores with 4 satellites, commands waited behind a question's LLM
+slices (``hark bench load``: command p95 1.76 s with real-time inference, 0.69 s without).
 Memory locking (``mlockall``) is process-wide and applied once.
 
 Wiring: the event loop thread calls :func:`apply_loop_sched` (real-time inference threads
