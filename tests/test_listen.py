@@ -246,7 +246,8 @@ def test_a_finished_timer_is_announced_and_its_echo_is_not_a_turn(cfg, assistant
                                                                    capsys):
     sd = FakeSoundDevice(_pad(0.5, speak("Set a timer for three seconds.")),
                          echo_gain=0.5, limit_s=40.0)
-    sd.cue(0, 7.0, speak("What time is it?").astype(np.float64))  # after the timer's message
+    # the person asks 3 s after the announcement (the room's second reply onset) began
+    sd.cue(1, 3.0, speak("What time is it?").astype(np.float64))
     timer, asked = _live(cfg, assistant, sd, 2)
     assert timer.reply and "timer" in " ".join(timer.reply).lower()
     out = capsys.readouterr().out
