@@ -249,17 +249,18 @@ def test_a_finished_timer_is_announced_and_its_echo_is_not_a_turn(cfg, assistant
     # the person asks 3 s after the announcement (the room's second reply onset) began
     sd.cue(1, 3.0, speak("What time is it?").astype(np.float64))
     timer, asked = _live(cfg, assistant, sd, 2)
-    assert timer.reply and "timer" in " ".join(timer.reply).lower()
     out = capsys.readouterr().out
+    assert timer.reply and "timer" in " ".join(timer.reply).lower(), (timer, out)
     said = [line for line in out.splitlines() if line.startswith("hark:")]
-    announcement = next(line for line in said if "done" in line.lower() or "up" in line.lower()
-                        or "been" in line.lower())
+    announcement = next((line for line in said if "done" in line.lower()
+                         or "up" in line.lower() or "been" in line.lower()), None)
+    assert announcement is not None, out
     assert said.index(announcement) > 0  # after the timer's confirmation
     # the announcement was played between the two turns ...
     assert sd.sound_between(timer.first("TurnEnd"), asked.first("SpeechStarted")) > 0
     # ... and its echo did not become a turn: the next turn is the person's question
-    assert "what time" in asked.transcript.lower()
-    assert asked.reply and asked.reply[0].startswith("It's")
+    assert "what time" in asked.transcript.lower(), (asked, out)
+    assert asked.reply and asked.reply[0].startswith("It's"), (asked, out)
 
 
 def test_speech_barge_in_can_be_switched_off(cfg, assistant, speak):
