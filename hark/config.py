@@ -62,6 +62,10 @@ class AsrConfig:
     streaming: bool = True  # decode while the person speaks (LocalAgreement)
     partial_interval_ms: int = 500  # new audio (and idle time) between partial decodes
     partial_min_ms: int = 1500  # no partial decodes on shorter speech (commands, short questions)
+    # partial decodes on a second Whisper instance in the idle scheduling class (Linux
+    # SCHED_IDLE): they use only spare CPU, so one still running at the end of speech
+    # never delays the final decode; false: partials share the main instance
+    idle_partials: bool = True
     initial_prompt: str = ""  # vocabulary hint passed to Whisper
 
 

@@ -124,6 +124,19 @@ def set_realtime(stage: str, priority: int, tid: int = 0) -> SchedResult:
     return SchedResult("realtime", stage, True, f"{name} priority {prio}")
 
 
+def set_idle(stage: str, tid: int = 0) -> SchedResult:
+    """Put thread ``tid`` (0 = the calling thread) in ``SCHED_IDLE``: it runs only when
+    no ordinary or real-time thread wants the CPU. Threads it creates afterwards inherit
+    the class (so do the worker threads of an engine constructed on it)."""
+    if not _is_linux() or not hasattr(os, "SCHED_IDLE"):
+        return SchedResult("idle", stage, False, f"not supported on {sys.platform}")
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:
+        return SchedResult("idle", stage, False, f"SCHED_IDLE refused ({_why(exc)})")
+    return SchedResult("idle", stage, True, "SCHED_IDLE")
+
+
 def set_normal(tid: int = 0) -> None:
     """Return a thread to the ordinary time-sharing class (used by tests and shutdown)."""
     if _is_linux():

@@ -5,6 +5,8 @@ agreement rules)."""
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import json
 import re
 
@@ -13,7 +15,7 @@ import pytest
 
 from hark.asr.base import AsrEngine
 from hark.asr.streaming import StreamingTranscriber, common_prefix, norm_word
-from hark.asr.whisper import WhisperAsr, load_asr
+from hark.asr.whisper import WhisperAsr, load_asr, load_idle_asr
 from hark.audio import read_audio
 from hark.config import Config
 from hark.errors import AudioError, ModelError
@@ -262,3 +264,26 @@ def test_filler_hallucinations_dropped_only_when_unsure(asr, monkeypatch, text, 
     monkeypatch.setattr(asr.model, "transcribe", lambda audio, **kw: ([seg], None))
     audio = np.random.default_rng(0).normal(0, 1000, RATE).astype(np.int16)
     assert asr.transcribe(audio) == (text.strip() if kept else "")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_idle_engine_computes_in_the_idle_class_and_transcribes(cfg, speak):
+    """The partial-transcript engine's CTranslate2 threads (its worker and the OpenMP
+    team it starts) are all in SCHED_IDLE, and it hears what the main engine hears."""
+    before = set(os.listdir("/proc/self/task"))
+    engine, res = load_idle_asr(cfg)
+    assert res.ok, res
+    assert engine is not None
+    made = set(os.listdir("/proc/self/task")) - before  # built and warmed up: all there
+    policies = {}
+    for tid in made:
+        try:
+            policies[tid] = os.sched_getscheduler(int(tid))
+        except ProcessLookupError:  # a short-lived thread that has exited
+            pass
+    assert len(policies) >= 2  # the model's worker thread and its compute team
+    assert set(policies.values()) == {os.SCHED_IDLE}, policies
+    # the thread that built it came back unchanged: this one is still ordinary
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    text = engine.transcribe(speak("What time is it?"))
+    assert words(text) == ["what", "time", "is", "it"]

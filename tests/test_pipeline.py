@@ -377,3 +377,42 @@ def test_looks_complete(text, complete):
     from hark.pipeline.assistant import looks_complete
 
     assert looks_complete(text) is complete
+
+
+def test_partials_run_on_the_partial_engine_and_the_final_on_the_main_one():
+    """With a separate partial engine (hark serve's default: an idle-class Whisper), every
+    decode made while the person speaks goes to it, on its own thread, and the decode at
+    the pause goes to the main engine, so a partial still running never queues before it."""
+    import threading
+
+    log = Log()
+    threads: dict[str, set[str]] = {"main": set(), "partial": set()}
+
+    class Recording(FakeAsr):
+        def __init__(self, log, name):
+            super().__init__(log)
+            self.name = name
+
+        def transcribe(self, samples, prompt=""):
+            threads[self.name].add(threading.current_thread().name)
+            self.log.add(f"{self.name}:{len(samples) // 512}")
+            return super().transcribe(samples, prompt)
+
+
+    script = {1: "speech_start", 14: "pause", 18: "speech_end"}
+    cfg = Config()
+    cfg.asr.partial_interval_ms = 64
+    cfg.asr.partial_min_ms = 0
+    a = Assistant(cfg, vad_factory=lambda: ScriptedEndpointer(script),
+                  asr=Recording(log, "main"), nlu=FakeNlu(), handlers=FakeHandlers(log),
+                  llm=FakeLlm(log, ["ok."]), tts=FakeTts(log),
+                  partial_asr=Recording(log, "partial"))
+    events = asyncio.run(collect(a.run_turn(mic(24, pace=0.03))))
+    a.close()
+    assert isinstance(events[-1], TurnEnd) and events[-1].error is None
+    partial = [int(s.split(":")[1]) for s in log.items if s.startswith("partial:")]
+    main = [int(s.split(":")[1]) for s in log.items if s.startswith("main:")]
+    assert partial and all(n < 14 for n in partial)  # while speaking
+    assert main and all(n >= 14 for n in main)  # at the pause: the whole utterance
+    assert threads["main"] and threads["partial"]
+    assert not threads["main"] & threads["partial"]  # two threads, no queue between them

@@ -136,6 +136,29 @@ def test_utterance_holds_pre_roll_and_speech(vad, cfg, speak):
     assert abs(ep.speech_samples - ((LEAD_S + end) * RATE - lead)) <= 2 * FRAME_SAMPLES
 
 
+
+def test_spoken_ms_counts_from_the_onset_not_the_pre_roll(vad, cfg, speak):
+    """The pipeline's 'speech long enough for partial decodes' rule reads spoken_ms: time
+    since the speech onset, without the pre-roll the utterance also holds."""
+    said = speak("Set a timer for five minutes.")
+    ep = Endpointer(vad, cfg.vad)
+    assert ep.spoken_ms == 0.0
+    seen = []
+    for c in frames(np.concatenate([silence(LEAD_S), said]), 320, RATE, T0):
+        started = any(e.kind == "speech_start" for e in ep.process(c))
+        if started:
+            onset_s = ep.speech_start_t - T0
+        if ep.spoken_ms:
+            seen.append((c.t + c.duration - T0, ep.spoken_ms, len(ep.utterance())))
+    at, spoken, utt_len = seen[-1]
+    # measured from the onset, to the whole VAD frames processed so far
+    assert abs(spoken / 1000 - (at - onset_s)) <= 2 * FRAME_S
+    # shorter than the utterance by the pre-roll
+    assert utt_len / RATE - spoken / 1000 == pytest.approx(cfg.vad.pre_roll_ms / 1000,
+                                                           abs=2 * FRAME_S)
+    # it never goes down while the person speaks
+    assert all(b[1] >= a[1] for a, b in zip(seen, seen[1:]))
+
 def test_silence_and_noise_give_no_speech(vad, cfg):
     rng = np.random.default_rng(7)
     ep = Endpointer(vad, cfg.vad)

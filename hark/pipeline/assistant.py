@@ -189,7 +189,7 @@ class _GrammarFeed:
 
 class Assistant:
     def __init__(self, cfg: Config, *, vad_factory, asr, nlu, handlers, llm, tts,
-                 grammar_factory=None, sched: bool = False):
+                 grammar_factory=None, sched: bool = False, partial_asr=None):
         self.cfg = cfg
         # speech straight to intent: () -> SpeechIntentRecognizer, one per concurrent turn
         self._grammar_factory = grammar_factory
@@ -205,6 +205,10 @@ class Assistant:
         self.tts = tts
         self.tts_rate: int = tts.sample_rate
         self.asr_exec = self._executor("asr", sched)
+        # partial transcripts while the person speaks: a second engine (idle class, see
+        # hark.asr.whisper.load_idle_asr) on its own thread, or the main one
+        self.partial_asr = partial_asr or asr
+        self.partial_exec = StageExecutor("asr-partial") if partial_asr else self.asr_exec
         self.nlu_exec = self._executor("nlu", sched)
         self.llm_exec = self._executor("llm", sched)
         self.tts_exec = self._executor("tts", sched)
@@ -229,7 +233,7 @@ class Assistant:
     def load(cls, cfg: Config, warm: bool = True, sched: bool = False) -> Assistant:
         """Load every model once (and warm each up, so the first turn is as fast as the
         tenth). Raises :class:`hark.errors.ModelError` naming the fix when one is missing."""
-        from hark.asr.whisper import load_asr
+        from hark.asr.whisper import load_asr, load_idle_asr
         from hark.llm.service import load_llm
         from hark.nlu.handlers import load_handlers
         from hark.nlu.recognizer import load_nlu
@@ -239,6 +243,12 @@ class Assistant:
 
         t0 = time.monotonic()
         asr = load_asr(cfg)
+        partial_asr, partial_sched = None, None
+        if cfg.asr.streaming and cfg.asr.idle_partials:
+            partial_asr, partial_sched = load_idle_asr(cfg, warm=warm)
+            if partial_asr is None:
+                log.info("partial transcripts share the main Whisper instance: %s",
+                         partial_sched)
         nlu = load_nlu(cfg)
         handlers = load_handlers(cfg, nlu)
         llm = load_llm(cfg)
@@ -257,7 +267,10 @@ class Assistant:
                 grammar_factory = functools.partial(SpeechIntentRecognizer, domains)
 
         self = cls(cfg, vad_factory=vad_factory, asr=asr, nlu=nlu, handlers=handlers,
-                   llm=llm, tts=tts, grammar_factory=grammar_factory, sched=sched)
+                   llm=llm, tts=tts, grammar_factory=grammar_factory, sched=sched,
+                   partial_asr=partial_asr)
+        if partial_sched is not None:
+            self.sched_results.append(partial_sched)
         if grammar_factory is not None:
             self._grammar_pool.append(grammar_factory())
         log.info("models loaded in %.1f s", time.monotonic() - t0)
@@ -293,8 +306,8 @@ class Assistant:
                 await res
 
     def close(self) -> None:
-        for ex in (self.asr_exec, self.nlu_exec, self.llm_exec, self.tts_exec,
-                   self.grammar_exec):
+        for ex in {self.asr_exec, self.partial_exec, self.nlu_exec, self.llm_exec,
+                   self.tts_exec, self.grammar_exec}:
             ex.shutdown()
         closer = getattr(self.handlers, "close", None)
         if closer:
@@ -520,10 +533,9 @@ class Assistant:
         partial_task: asyncio.Task | None = None
         last_partial_len = partial_done_len = 0
         partial_every = int(self.cfg.asr.partial_interval_ms * 16)
-        partial_min = int(self.cfg.asr.partial_min_ms * 16)
         speech_end_t: float | None = None
         partial_len, partial_text = 0, ""  # the latest partial decode: its audio, its words
-        streamer = StreamingTranscriber(self.asr, self.cfg.asr)  # LocalAgreement partials
+        streamer = StreamingTranscriber(self.partial_asr, self.cfg.asr)  # LocalAgreement
         started = False
         grammar = _GrammarFeed(self) if streaming and self._grammar_factory else None
         try:
@@ -595,9 +607,11 @@ class Assistant:
                                 self._prefill(text, session)
                     n = len(ep.utterance())
                     # A decode in flight at the pause delays the final one (one ASR
-                    # thread), so partials run only on longer speech, leave the thread
+                    # thread), so partials run only on longer speech (counted from the
+                    # onset: the utterance also holds the pre-roll), leave the thread
                     # idle between passes, and never start in a silence that may be the end.
-                    if (partial_task is None and n >= partial_min
+                    spoken = getattr(ep, "spoken_ms", n / 16)
+                    if (partial_task is None and spoken >= self.cfg.asr.partial_min_ms
                             and n - last_partial_len >= partial_every
                             and n - partial_done_len >= partial_every
                             and ep.silence_ms == 0):
@@ -605,7 +619,7 @@ class Assistant:
                         snapshot = ep.utterance()
                         partial_len, partial_text = len(snapshot), ""
                         partial_task = asyncio.create_task(
-                            self.asr_exec.run(self._partial, streamer, snapshot))
+                            self.partial_exec.run(self._partial, streamer, snapshot))
             if not started:
                 trace.info["error"] = NO_SPEECH
                 yield TurnEnd(trace, "", "", error=NO_SPEECH)

@@ -182,6 +182,14 @@ class Endpointer:
         return events
 
     @property
+    def spoken_ms(self) -> float:
+        """How long the person has been speaking: ms from the speech onset (not the
+        pre-roll before it) to now, pauses included; 0 before speech started."""
+        if self._utt_first < 0:
+            return 0.0
+        return (self._frame_idx - self._start_frame) * self.frame_ms
+
+    @property
     def speech_samples(self) -> int:
         """How many samples of :meth:`utterance` lead up to the end of the last speech
         frame (0 before speech started). The streaming transcriber uses it to tell
