@@ -32,6 +32,14 @@ COMMAND_MODULES = [
 ]
 
 
+# Import names of the packages only the server installs (pyproject's "server" extra).
+SERVER_PACKAGES = frozenset({
+    "faster_whisper", "ctranslate2", "llama_cpp", "piper", "hassil",
+    "home_assistant_intents", "rapidfuzz", "pocketsphinx", "wyoming", "matplotlib",
+    "aiohttp", "prometheus_client",
+})
+
+
 class CommandTree:
     """Sub-commands addressed by path: ``cli.add("bench latency", ...)`` creates the
     ``bench`` group on first use."""
@@ -70,14 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=lambda a: (parser.print_help(), 2)[1])
     tree = CommandTree(parser)
+    missing: dict[str, str] = {}
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(name)
+            importlib.import_module(name).register(tree)
         except ModuleNotFoundError as exc:
             if exc.name == name:  # area not written yet
                 continue
+            if exc.name and exc.name.split(".")[0] in SERVER_PACKAGES:
+                # a satellite-only install (HARK_ROLE=satellite scripts/setup.sh) has no
+                # server packages: those commands are left out, the rest work
+                missing[name] = exc.name
+                continue
             raise
-        module.register(tree)
+    if missing:
+        parser.epilog = ("not installed here (satellite-only install): the commands of "
+                         + ", ".join(sorted(missing)) + "; install the server packages "
+                         "with 'bash scripts/setup.sh' (HARK_ROLE=server) to get them")
     return parser
 
 

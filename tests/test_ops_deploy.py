@@ -1,6 +1,6 @@
 """deploy/: the Dockerfiles install through scripts/setup.sh (what CI runs) and copy only
 paths that exist; the systemd units pass `systemd-analyze verify` and name real commands.
-(No container engine here: the images themselves are built elsewhere.)"""
+(No container engine in CI: the images were built and run with buildah, see deploy/README.md.)"""
 
 from __future__ import annotations
 

