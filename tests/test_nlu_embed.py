@@ -45,6 +45,8 @@ def test_fallback_is_on_by_default_and_uses_the_onnx_encoder(stage):
      {"name": "Living Room Lamp", "brightness": 40}),
     ("how is the weather", "HassGetWeather", {}),
     ("what's the time right now", "HassGetCurrentTime", {}),
+    # an indirect question asks what its wh-clause asks
+    ("do you know what time it is", "HassGetCurrentTime", {}),
 ])
 def test_paraphrases_hassil_misses_are_recognized(stage, sentence, intent, slots):
     assert stage.match(sentence, paraphrase=False) is None  # hassil + fuzzy alone miss it
@@ -61,6 +63,8 @@ def test_paraphrases_hassil_misses_are_recognized(stage, sentence, intent, slots
     "cancel culture explained",
     "what is a timer in electronics",
     "set the temperature to 68",  # which room? (no area known): not guessed
+    "do you know why the kitchen is so cold",  # indirect, still a why
+    "do you know who turned on the kitchen light",
 ])
 def test_questions_near_commands_are_still_rejected(stage, question):
     assert stage.match(question) is None
@@ -79,6 +83,7 @@ def test_open_questions_stay_rejected_with_the_fallback(stage):
     ("home_commands.yaml", 0.97),
     ("home_commands_heldout.yaml", 0.97),
     ("home_commands_heldout2.yaml", 0.95),  # measured 49/51 (issue 5)
+    ("home_commands_heldout3.yaml", 0.95),  # 41/43 on its one blind run, 42/43 since
 ])
 def test_command_files_with_the_fallback(stage, name, at_least):
     report = evaluate(stage, load_cases(EVAL / name))

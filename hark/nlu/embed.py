@@ -424,7 +424,9 @@ class _Example:
     required: dict[str, str]  # the slots its template always says
 
 
-_POLITE = re.compile(r"^(?:(?:could|can|would|will) you (?:please )?|please |i (?:want|need|would like|'d like) (?:you )?to |i'd like you to |go ahead and |just )+")
+# Openings that carry no meaning of their own, the indirect question's among them: "do
+# you know what time it is" asks what "what time is it" asks.
+_POLITE = re.compile(r"^(?:(?:could|can|would|will) you (?:please )?|please |i (?:want|need|would like|'d like) (?:you )?to |i'd like you to |go ahead and |just |(?:do|does|did) you (?:happen to )?know |tell me |any idea |i wonder |i'm wondering )+")
 
 
 # Question words by the kind of answer they ask for: a question that paraphrases a
@@ -435,7 +437,7 @@ _QUESTION_KINDS = {
     **dict.fromkeys(("is", "are", "was", "were", "do", "does", "did", "should", "can",
                      "could", "would", "will", "shall", "has", "have"), "yes/no"),
     "why": "why", "who": "who", "whom": "who", "whose": "who", "when": "when",
-    "where": "where",
+    "where": "where", "if": "yes/no", "whether": "yes/no",
 }
 
 
