@@ -372,6 +372,10 @@ def test_grammar_partial_at_the_pause_prepares_the_answer_and_shortens_the_turn(
 @pytest.mark.parametrize("text,complete", [
     ("Why is the sky blue?", True), ("What is the capital of France.", True),
     ("Why is the", False), ("Tell me about the.", False), ("what is", False),
+    # a full stop closes any fragment Whisper heard: only a question's opening makes it
+    # a finished question ("In two seconds," of "..., turn off the light" is not)
+    ("In two seconds.", False), ("Turn off the.", False), ("Who wrote Hamlet.", True),
+    ("Tell me a joke?", True),
 ])
 def test_looks_complete(text, complete):
     from hark.pipeline.assistant import looks_complete

@@ -252,3 +252,31 @@ def test_spoken_timer_command_runs_when_it_fires_and_is_announced(assistant, spe
     assert said == ["It's been 2 seconds. Turning off the kitchen light."]
     assert [(c.name, c.slots) for c in home.calls[before:]] == [
         ("HassTurnOff", {"name": "kitchen light"})]
+
+
+def test_a_pause_after_the_opening_words_does_not_end_the_turn(assistant, speak):
+    """"In two seconds, ... turn off the kitchen light" with a 0.4 s pause after
+    the comma: the speculative transcript at the pause ("In two seconds.") is not a
+    finished request, so the turn waits and the whole command is heard. (Its full stop
+    once counted as a complete sentence and ended the turn 350 ms into the pause.)"""
+    import asyncio
+
+    from hark.audio import frames, paced
+    from hark.pipeline.events import TranscriptEvent, TurnEnd
+
+    async def run():
+        pad = np.zeros(8000, np.int16)
+        audio = np.concatenate([pad, speak("In two seconds,"), np.zeros(3200, np.int16),
+                                speak("turn off the kitchen light."), np.zeros(24000, np.int16)])
+        mic = paced(frames(audio, 512), realtime=True)
+        return [ev async for ev in assistant.run_turn(mic)]
+
+    events = asyncio.run(run())
+    assistant.handlers.timers.cancel_all()  # not left to fire into other tests
+    end = events[-1]
+    assert isinstance(end, TurnEnd) and end.error is None, end
+    # the work started at the pause was thrown away when the person went on
+    assert end.trace.info.get("speculative_discarded", 0) >= 1, (end.trace.info, end.transcript, {k: round(v - end.trace.marks["speech_start"], 3) for k, v in end.trace.marks.items()})
+    # and the turn's transcript is the whole sentence, not its opening words
+    heard = [e.transcript.text for e in events if isinstance(e, TranscriptEvent)]
+    assert "kitchen light" in end.transcript.lower(), (end.transcript, heard)

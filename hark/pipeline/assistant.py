@@ -78,10 +78,24 @@ def looks_unfinished(text: str) -> bool:
     return not text.strip() or bool(_UNFINISHED.search(text.strip()))
 
 
+# A sentence opening as a question does. Whisper closes whatever it heard with a full
+# stop when the audio stops, so a full stop alone says little: "In two seconds." (the
+# first words of "In two seconds, turn off the light") is not a finished request.
+_QUESTION_OPENING = re.compile(
+    r"^(what|what's|whats|why|who|who's|whom|whose|how|how's|when|where|where's|which|"
+    r"is|are|was|were|can|could|do|does|did|will|would|should|shall|has|have)\b",
+    re.IGNORECASE,
+)
+
+
 def looks_complete(text: str) -> bool:
-    """Whisper punctuated it as a finished sentence and it does not end mid-phrase."""
+    """A finished question: Whisper closed it with a question mark, or with a full stop
+    or an exclamation mark after a question's opening words, and it does not end
+    mid-phrase. (A command is recognized as complete by the intent matcher instead.)"""
     t = text.strip()
-    return t.endswith(("?", ".", "!")) and not looks_unfinished(t.rstrip("?.!"))
+    if not t.endswith(("?", ".", "!")) or looks_unfinished(t.rstrip("?.!")):
+        return False
+    return t.endswith("?") or bool(_QUESTION_OPENING.match(t))
 
 
 class _TtsCache:
