@@ -82,3 +82,68 @@ def test_playback_listener_with_satellite_frames(vad, speak):
     mic[20000:20000 + len(person)] += person[: len(mic) - 20000]
     at = run(mic)
     assert at is not None and at >= 20000
+
+
+def _room(reply: np.ndarray, rt60: float, drr_db: float, delay: int = 640,
+          seed: int = 1) -> np.ndarray:
+    """The reply as a microphone hears it in a reverberant room: a direct path after
+    ``delay`` samples plus an exponentially decaying diffuse tail (reverberation time
+    ``rt60`` s) ``drr_db`` below it, at half the level, with a little room noise."""
+    rng = np.random.default_rng(seed)
+    n = int(rt60 * 16000)
+    t = np.arange(n) / 16000
+    tail = rng.normal(0, 1, n) * np.exp(-6.9 * t / rt60)
+    tail[:80] = 0.0  # 5 ms before the first reflections
+    h = np.zeros(delay + n)
+    h[delay] = 1.0
+    h[delay:] += tail * np.sqrt(10 ** (-drr_db / 10) / np.sum(tail ** 2))
+    return np.convolve(reply.astype(float), h)[: len(reply)] * 0.5 + rng.normal(0, 30, len(reply))
+
+
+REPLY = ("It is three fifteen in the afternoon, and your timer has two minutes left. "
+         "The weather is sunny.")
+
+
+@pytest.mark.parametrize("rt60, drr_db", [(0.2, 6), (0.4, 0), (0.6, 6), (0.6, 0)])
+def test_reverberant_echo_needs_the_adaptive_canceller(vad, speak, rt60, drr_db):
+    """A room's echo is the reply smeared by reverberation: one delayed gain leaves most
+    of it and the VAD hears the assistant's own voice; WebRTC's AEC3 removes it."""
+    reply = speak(REPLY)
+    mic = _room(reply, rt60, drr_db)
+    aec = BargeInDetector(vad, canceller="webrtc")
+    aec.start(reply)
+    assert _run(aec, mic) is None
+    sub = BargeInDetector(vad, canceller="subtract")
+    sub.start(reply)
+    assert _run(sub, mic) is not None
+
+
+def test_person_over_a_reverberant_echo_is_heard(vad, speak):
+    reply = speak(REPLY)
+    person = speak("Stop. Turn on the kitchen light.").astype(float)
+    mic = _room(reply, 0.4, 0)
+    start = 32000  # two seconds into the reply
+    mic[start:start + len(person)] += person[: len(mic) - start]
+    det = BargeInDetector(vad, canceller="webrtc")
+    det.start(reply)
+    at = _run(det, mic)
+    assert at is not None and start <= at < start + 8000  # within half a second
+
+
+def test_the_canceller_keeps_what_it_learnt_for_the_next_reply(vad, speak):
+    """The room is the same for every reply: the second reply's echo is cancelled from
+    its first frames on, by the same canceller."""
+    det = BargeInDetector(vad, canceller="webrtc")
+    first = speak(REPLY)
+    det.start(first)
+    assert _run(det, _room(first, 0.4, 0)) is None
+    aec = det._aec
+    second = speak("Your timer is done.")
+    det.start(second)
+    assert det._aec is aec
+    assert _run(det, _room(second, 0.4, 0, seed=2)) is None
+
+
+def test_unknown_canceller_is_a_clear_error(vad):
+    with pytest.raises(ValueError, match="wake.echo_canceller"):
+        BargeInDetector(vad, canceller="magic")
