@@ -147,27 +147,3 @@ def test_the_canceller_keeps_what_it_learnt_for_the_next_reply(vad, speak):
 def test_unknown_canceller_is_a_clear_error(vad):
     with pytest.raises(ValueError, match="wake.echo_canceller"):
         BargeInDetector(vad, canceller="magic")
-
-
-def test_canceller_output_keeps_step_with_the_microphone(vad):
-    """Any frame size in, as many samples out, the stream only delayed: one 10 ms block
-    here plus AEC3's own 8 ms (with nothing playing, it passes the microphone through)."""
-    det = BargeInDetector(vad, canceller="webrtc")
-    det.start(np.zeros(16000))
-    rng = np.random.default_rng(3)
-    mic = (rng.normal(0, 2000, 9000)).astype(np.int16)
-    out = []
-    i = 0
-    for n in [512, 320, 512, 100, 1000, 512, 37] * 4:
-        frame = mic[i:i + n]
-        i += len(frame)
-        res = det.residual(frame)
-        assert res is not None and len(res) == len(frame)
-        out.append(res)
-    got = np.concatenate(out)
-    assert len(got) == i and np.all(got[:160] == 0)
-    # what came out is the microphone a fixed few ms later (the canceller's high-pass aside)
-    a = got[2000:7000]
-    cc = [np.corrcoef(a, mic[2000 - lag:7000 - lag].astype(float))[0, 1] for lag in range(321)]
-    lag = int(np.argmax(cc))
-    assert cc[lag] > 0.9 and 160 <= lag <= 320, (lag, cc[lag])

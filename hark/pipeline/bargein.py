@@ -103,9 +103,7 @@ class BargeInDetector:
 
                 self._aec = EchoCanceller(sample_rate=16000)
             self._aec_in = np.zeros(0, np.int16)
-            # one block of silence ahead: the output lags the microphone by 10 ms, so
-            # every frame in has a frame out
-            self._aec_out = np.zeros(AEC_BLOCK, np.int16)
+            self._aec_out = np.zeros(0, np.int16)
             self._aec_pos = 0
 
     def extend(self, more: np.ndarray) -> None:
@@ -119,8 +117,9 @@ class BargeInDetector:
         return seg
 
     def residual(self, frame: np.ndarray) -> np.ndarray | None:
-        """The frame with the reply's echo removed (``webrtc``: 10 ms late); None while
-        ``subtract`` is still measuring the echo delay (the first frames of playback)."""
+        """The frame with the reply's echo removed; None while there is nothing to hand
+        out yet (``subtract``: the echo delay is still being measured in the first
+        frames of playback; ``webrtc``: the first frame, under one 10 ms block)."""
         if self.canceller == "webrtc":
             return self._cancel(frame)
         x = frame.astype(np.float64)
@@ -144,7 +143,7 @@ class BargeInDetector:
     def _cancel(self, frame: np.ndarray) -> np.ndarray:
         """AEC3 over 10 ms blocks: microphone sample i was captured while reference
         sample i played (the room's delay is the canceller's to find). Hands out as
-        many samples as came in."""
+        many samples as came in, 0-9 ms late (zeros until the first block is done)."""
         self._aec_in = np.concatenate([self._aec_in, np.asarray(frame, np.int16)])
         done = [self._aec_out]
         while len(self._aec_in) >= AEC_BLOCK:
@@ -153,6 +152,8 @@ class BargeInDetector:
             self._aec_pos += AEC_BLOCK
             done.append(self._aec.process(near, np.clip(far, -32768, 32767).astype(np.int16)))
         out = np.concatenate(done)
+        if len(out) < len(frame):  # the very first frame: pad the front
+            out = np.concatenate([np.zeros(len(frame) - len(out), np.int16), out])
         out, self._aec_out = out[:len(frame)], out[len(frame):]
         return out.astype(np.float64)
 
