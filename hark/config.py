@@ -193,9 +193,6 @@ class WakeConfig:
     earcon: bool = False
     followup_s: float = 4.0  # speech within this long after a reply needs no wake word
     barge_in_speech: bool = True  # speech over the reply interrupts it (its echo removed)
-    # how the reply's echo is removed first: "webrtc" (WebRTC AEC3: follows a room's
-    # reverberation) | "subtract" (one delayed gain: exact only for a dry echo path)
-    echo_canceller: str = "webrtc"
 
 
 @dataclass

@@ -1,48 +1,17 @@
 """Barge-in: notice the person talking over the reply, but not the reply's own echo.
 
 While a reply plays, the microphone hears the loudspeaker. We know exactly what is being
-played, so the reply's echo is removed from each microphone frame with that reply as the
-reference, and what is left (the residual) goes through the VAD; only speech in the
-residual is a barge-in. Two echo removers (``wake.echo_canceller``):
-
-``webrtc`` (default)
-    WebRTC's acoustic echo canceller (AEC3, through pywebrtc-audio) on 10 ms blocks, the
-    reference lined up with the microphone by capture time: an adaptive filter that
-    follows a room's reverberation and finds the delay itself. One canceller serves
-    every reply, so what it learnt of the room stays learnt. About a second into its
-    first reply it locks onto the echo's delay and lets up to ~200 ms of echo through
-    (seen at 0.86-0.99 s in 32 simulated rooms and voices, never longer than 6 VAD
-    frames), so over each reply's first ``AEC_SETTLE_S`` speech must last
-    ``AEC_SETTLE_SPEECH_MS`` to count. ~1% of a core.
-``subtract``
-    The echo path's delay found once by cross-correlation, then each frame's echo
-    removed with one least-squares gain: exact for a delayed, attenuated echo, but the
-    reverberant echo of every simulated room (reverberation time 0.2-0.6 s) triggered
-    it within 0.35 s.
+played, so each microphone frame is compared with the reply audio around the same moment:
+the echo path's delay is found once by cross-correlation, then each frame's
+echo is removed with a least-squares gain fitted against the delayed reference. What is
+left (the residual) goes through the VAD; only speech in the residual is a barge-in.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from hark.vad.base import VadEngine
-
-log = logging.getLogger(__name__)
-
-CANCELLERS = ("webrtc", "subtract")
-AEC_BLOCK = 160  # WebRTC's audio processing works on 10 ms blocks (16 kHz)
-AEC_SETTLE_S = 1.5
-AEC_SETTLE_SPEECH_MS = 288
-
-
-def webrtc_available() -> bool:
-    try:
-        import pywebrtc_audio  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def echo_delay(mic: np.ndarray, ref: np.ndarray, max_delay: int) -> int:
@@ -64,19 +33,7 @@ class BargeInDetector:
     """
 
     def __init__(self, vad: VadEngine, threshold: float = 0.6, min_speech_ms: int = 96,
-                 max_delay_ms: int = 200, rate: int = 16000, canceller: str = "webrtc"):
-        if canceller not in CANCELLERS:
-            raise ValueError(f"echo canceller must be one of {', '.join(CANCELLERS)}, "
-                             f"not {canceller!r} (wake.echo_canceller)")
-        if canceller == "webrtc" and not webrtc_available():
-            log.warning("pywebrtc-audio is not installed: barge-in removes the echo by "
-                        "subtraction, which a reverberant room defeats (run make setup)")
-            canceller = "subtract"
-        self.canceller = canceller
-        self._aec = None  # the WebRTC canceller, made at the first reply, kept for all
-        self._aec_in = np.zeros(0, np.int16)  # microphone samples not yet a whole block
-        self._aec_out = np.zeros(0, np.int16)  # echo-free samples not yet handed out
-        self._aec_pos = 0  # reference index of the next block
+                 max_delay_ms: int = 200, rate: int = 16000):
         self.vad = vad
         self.threshold = threshold
         self.frame = vad.frame_samples
@@ -97,14 +54,6 @@ class BargeInDetector:
         self.run = 0
         self.triggered = False
         self.vad.reset()
-        if self.canceller == "webrtc":
-            if self._aec is None:
-                from pywebrtc_audio import EchoCanceller
-
-                self._aec = EchoCanceller(sample_rate=16000)
-            self._aec_in = np.zeros(0, np.int16)
-            self._aec_out = np.zeros(0, np.int16)
-            self._aec_pos = 0
 
     def extend(self, more: np.ndarray) -> None:
         self.ref = np.concatenate([self.ref, more.astype(np.float64)])
@@ -117,11 +66,8 @@ class BargeInDetector:
         return seg
 
     def residual(self, frame: np.ndarray) -> np.ndarray | None:
-        """The frame with the reply's echo removed; None while there is nothing to hand
-        out yet (``subtract``: the echo delay is still being measured in the first
-        frames of playback; ``webrtc``: the first frame, under one 10 ms block)."""
-        if self.canceller == "webrtc":
-            return self._cancel(frame)
+        """The frame with the reply's echo removed; None while the echo delay is still
+        being measured (the first few frames of playback)."""
         x = frame.astype(np.float64)
         self.pos += len(x)
         if self.delay is None:
@@ -140,23 +86,6 @@ class BargeInDetector:
         gain = max(0.0, float(x @ r) / energy)
         return x - gain * r
 
-    def _cancel(self, frame: np.ndarray) -> np.ndarray:
-        """AEC3 over 10 ms blocks: microphone sample i was captured while reference
-        sample i played (the room's delay is the canceller's to find). Hands out as
-        many samples as came in, 0-9 ms late (zeros until the first block is done)."""
-        self._aec_in = np.concatenate([self._aec_in, np.asarray(frame, np.int16)])
-        done = [self._aec_out]
-        while len(self._aec_in) >= AEC_BLOCK:
-            near, self._aec_in = self._aec_in[:AEC_BLOCK], self._aec_in[AEC_BLOCK:]
-            far = self._reference(self._aec_pos, AEC_BLOCK)
-            self._aec_pos += AEC_BLOCK
-            done.append(self._aec.process(near, np.clip(far, -32768, 32767).astype(np.int16)))
-        out = np.concatenate(done)
-        if len(out) < len(frame):  # the very first frame: pad the front
-            out = np.concatenate([np.zeros(len(frame) - len(out), np.int16), out])
-        out, self._aec_out = out[:len(frame)], out[len(frame):]
-        return out.astype(np.float64)
-
     def process(self, frame: np.ndarray) -> bool:
         """One microphone frame (``vad.frame_samples`` int16 samples). True once the
         person has spoken for ``min_speech_ms`` over the playback."""
@@ -165,10 +94,7 @@ class BargeInDetector:
             return self.triggered
         p = self.vad.probability(np.clip(res, -32768, 32767).astype(np.int16))
         self.run = self.run + 1 if p >= self.threshold else 0
-        need = self.need
-        if self.canceller == "webrtc" and self._aec_pos < AEC_SETTLE_S * 16000:
-            need = max(need, AEC_SETTLE_SPEECH_MS * 16 // self.frame)  # still settling
-        if self.run >= need:
+        if self.run >= self.need:
             self.triggered = True
         return self.triggered
 
