@@ -601,11 +601,15 @@ class Assistant:
                 if resp is not None and resp.intent_matched:
                     ep.set_eot_ms(vcfg.eot_short_ms)  # the speculative answer is a command
                 elif resp is not None and resp.transcript and not resp.eot_checked:
-                    # what was said up to the pause reads as a whole sentence: a shorter
-                    # wait than for an unknown ending
+                    # what was said up to the pause reads as a whole question: a shorter
+                    # wait than for an unknown ending; a sentence that does not end
+                    # mid-phrase no longer needs the long wait an earlier partial's
+                    # ending ("... about") asked for
                     resp.eot_checked = True
                     if looks_complete(resp.transcript):
                         ep.set_eot_ms(vcfg.eot_complete_ms)
+                    elif not looks_unfinished(resp.transcript.rstrip("?.!")):
+                        ep.set_eot_ms(self._eot_default())
                 # partial transcripts while speaking
                 if streaming and started and self.cfg.asr.streaming and resp is None:
                     if partial_task is not None and partial_task.done():
