@@ -190,6 +190,11 @@ class TtsConfig:
 class WakeConfig:
     keyword: str = "alexa"  # alexa | hey_jarvis | hey_mycroft | okay_nabu | path to .json
     refractory_s: float = 2.0
+    # second stage run when the first fires: "openwakeword" (its models are CC BY-NC-SA
+    # 4.0, non-commercial) | "none"
+    verifier: str = "openwakeword"
+    verifier_threshold: float = 0.10
+    verifier_wait_s: float = 0.5  # how long the second stage may listen on after the first
     earcon: bool = False
     followup_s: float = 4.0  # speech within this long after a reply needs no wake word
     barge_in_speech: bool = True  # speech over the reply interrupts it (its echo removed)

@@ -74,7 +74,7 @@ fi
 
 # 4. Models: download, assemble, verify sha256 (no-op when already assembled).
 if [ "$ROLE" = satellite ]; then
-  # the wake word models ship inside pymicro-wakeword; the VAD (barge-in, follow-ups)
+  # the wake word models ship inside pymicro-wakeword and pyopen-wakeword; the VAD (barge-in, follow-ups)
   # comes from faster-whisper's wheel, read without installing it
   step "models (satellite)"
   "$VENV/bin/hark" models pull silero-vad-v6

@@ -117,8 +117,12 @@ class Satellite:
         self.stats = SatelliteStats()
         host, _, port = cfg.satellite.server.rpartition(":")
         self.server_host, self.server_port = host or "127.0.0.1", int(port or 10700)
+        # the wake word's second stage may confirm up to its wait after the keyword: the
+        # audio of that wait is sent with the turn too
+        wait_s = getattr(getattr(detector, "verifier", None), "wait_s", 0.0) or 0.0
         self._pre_roll: deque[np.ndarray] = deque(
-            maxlen=max(1, int(FOLLOWUP_PRE_ROLL_S * 1000 / FRAME_MS)))
+            maxlen=max(1, int(max(FOLLOWUP_PRE_ROLL_S, PRE_ROLL_S + wait_s) * 1000 / FRAME_MS)
+                       + 1))
         self._stop = asyncio.Event()
         self.conn: Connection | None = None
         self.session: str = ""
@@ -245,8 +249,10 @@ class Satellite:
                 await self._start_turn(followup=True)  # (stops an open turn's reply)
         if wake is not None:
             self.stats.wakes += 1
-            log.info("wake word '%s' (%.2f)", wake.keyword, wake.probability)
-            await self._start_turn(followup=False)
+            late_s = getattr(wake, "late_s", 0.0)
+            log.info("wake word '%s' (%.2f%s)", wake.keyword, wake.probability,
+                     f", confirmed {late_s * 1000:.0f} ms later" if late_s else "")
+            await self._start_turn(followup=False, pre_roll_s=PRE_ROLL_S + late_s)
         elif not self._streaming and not self._turn_open and now < self._followup_until \
                 and self._followup_gate is not None:
             gate = self._followup_gate

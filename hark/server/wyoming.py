@@ -151,9 +151,13 @@ class HarkWyomingHandler(AsyncEventHandler):
     # --- audio --------------------------------------------------------------------------
     def _start_wake(self, names: list[str] | None) -> None:
         from hark.wake.detector import KEYWORDS, WakeWordDetector
+        from hark.wake.verifier import load_verifier
 
         name = next((n for n in (names or []) if n in KEYWORDS), self.cfg.wake.keyword)
-        self.detector = WakeWordDetector(name, refractory_s=self.cfg.wake.refractory_s)
+        verifier = load_verifier(self.cfg.wake.verifier, name, self.cfg.wake.verifier_threshold,
+                                 self.cfg.wake.verifier_wait_s)
+        self.detector = WakeWordDetector(name, refractory_s=self.cfg.wake.refractory_s,
+                                         verifier=verifier)
 
     async def _audio(self, chunk: WyChunk) -> None:
         c = self.converter.convert(chunk)

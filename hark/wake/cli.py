@@ -47,6 +47,7 @@ def _eval_wake(args: argparse.Namespace) -> int:
         second_stage_report,
         stream_report,
         threshold_sweep,
+        verifier_report,
     )
 
     cfg = load_cfg(args)
@@ -54,8 +55,15 @@ def _eval_wake(args: argparse.Namespace) -> int:
     snrs = _floats(args.augment_snrs)
     if args.hours_min < 0:
         raise ConfigError("--hours-min must be at least 0")
-    det = WakeWordDetector(args.keyword or cfg.wake.keyword, threshold=args.threshold,
-                           refractory_s=cfg.wake.refractory_s, confirm=args.confirm)
+    from hark.wake.verifier import load_verifier
+
+    keyword = args.keyword or cfg.wake.keyword
+    vthreshold = (args.verifier_threshold if args.verifier_threshold is not None
+                  else cfg.wake.verifier_threshold)
+    verifier = load_verifier(args.verifier or cfg.wake.verifier, keyword, vthreshold)
+    det = WakeWordDetector(keyword, threshold=args.threshold,
+                           refractory_s=cfg.wake.refractory_s, confirm=args.confirm,
+                           verifier=verifier)
     noise = read_audio(args.noise) if args.noise else None
     aug_noise_path = args.augment_noise or args.noise
     aug_noise = read_audio(aug_noise_path) if aug_noise_path else None
@@ -66,6 +74,8 @@ def _eval_wake(args: argparse.Namespace) -> int:
     out = res.to_dict()
     out.update(keyword=det.keyword, threshold=det.threshold, refractory_s=det.refractory_s,
                confirm=det.confirm,
+               verifier=("openwakeword" if verifier is not None else "none"),
+               verifier_threshold=verifier.threshold if verifier is not None else None,
                noise=args.noise, snr_db=args.snr if args.noise else None)
     lat = out["latency_ms"]
     print(f"keyword {det.keyword} (threshold {det.threshold}, confirm {det.confirm}): detected {res.detected}/{res.positives} "
@@ -74,7 +84,12 @@ def _eval_wake(args: argparse.Namespace) -> int:
           f"(95% upper bound {out['false_accepts_per_hour_upper95']:.1f}/hour)")
     if lat["p50"] is not None:
         print(f"latency after keyword end: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms")
-    print(f"CPU {out['cpu_per_audio_s']:.4f} s per audio second")
+    print(f"CPU {out['cpu_per_audio_s']:.4f} s per audio second (both stages)")
+    if verifier is not None:
+        vm = out["verifier_ms"]
+        print(f"second stage (openWakeWord, threshold {verifier.threshold}): {vm['checks']} checks"
+              + (f", {vm['p50']:.0f} ms p50 / {vm['p95']:.0f} ms p95 each (in the latency above)"
+                 if vm["checks"] else ""))
     if res.missed:
         print("missed:", ", ".join(res.missed))
     if res.false_accept_files:
@@ -114,6 +129,22 @@ def _eval_wake(args: argparse.Namespace) -> int:
         print("distinct triggers: " + ", ".join(
             f"{k} x{n}" for k, n in {**aug["sources"]["by_recording"],
                                      **aug["sources"]["by_noise_position"]}.items()))
+        if verifier is not None:
+            neg_v = res.negative_verifications + [v for r in runs for v in r.verifications]
+            vr = verifier_report(res.positive_runs, neg_v, verifier.threshold)
+            out["verifier"] = vr
+            ps, ns = vr["positive_scores"], vr["negative_scores"]
+            print(f"second stage scores: keyword recordings min {_num(ps['min'])} "
+                  f"(median {_num(ps['median'])}, n {ps['n']}); first-stage candidates without "
+                  f"the keyword max {_num(ns['max'])} (n {ns['n']})")
+            for f in vr["folds"]:
+                h, c = f["held_out"], f["held_out_at_configured"]
+                print(f"  verifier threshold chosen {f['fold']}: {f['chosen_threshold']:.3f}; held "
+                      f"out keeps {h['candidates_kept']}/{h['candidates']} keywords and "
+                      f"{h['false_accepts_kept']}/{h['negative_candidates']} non-keyword "
+                      f"candidates (at {vr['threshold']}: {c['candidates_kept']}/{c['candidates']},"
+                      f" {c['false_accepts_kept']}/{c['negative_candidates']})")
+        # the replayed studies below are of the first stage's score alone
         out["threshold_sweep"] = threshold_sweep(res.positive_runs, runs, rule, SWEEP)
         if args.cv:
             cv = cross_validate(res.positive_runs, runs, rule)
@@ -181,4 +212,8 @@ def register(cli) -> None:
                    help="consecutive 10 ms features the score must stay above the threshold")
     p.add_argument("--second-stage", action="store_true",
                    help="compare second-stage checks (confirm counts) per half")
+    p.add_argument("--verifier", default="", choices=["", "openwakeword", "none"],
+                   help="second stage (default: wake.verifier)")
+    p.add_argument("--verifier-threshold", type=float, default=None,
+                   help="least second-stage score accepted (default: wake.verifier_threshold)")
     p.add_argument("--json", default="", help="write the results as JSON here")

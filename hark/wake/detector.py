@@ -21,7 +21,9 @@ rejected: every false accept on augmented real speech had speech around it, and 
 a fresh state on a 1 s window Silero scored the kitchen-noise transients as speech too.
 
 A Whisper second-stage check was tried and rejected: 450-800 ms per check on a busy
-2-core CPU, and whisper-tiny does not reliably transcribe a lone "Alexa".
+2-core CPU, and whisper-tiny does not reliably transcribe a lone "Alexa". The second
+stage that is used is another keyword network (:mod:`hark.wake.verifier`): a candidate
+is reported only when openWakeWord, run on the last 2 s of audio, agrees.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 
 from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.errors import AudioError, ConfigError, ModelError
+from hark.wake.verifier import AudioHistory, load_verifier
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ class WakeEvent:
     stream_s: float  # audio position of the detection, seconds since the stream started
     t: float  # monotonic time of that audio position (from the chunk's ``t``; 0 if unknown)
     probability: float  # the phase-mean score that crossed the threshold
+    #: how long after the first stage fired the second stage confirmed it (the audio of
+    #: that wait follows the keyword: a satellite sends it with the turn)
+    late_s: float = 0.0
 
 
 def load_micro_wakeword(keyword: str):
@@ -90,7 +96,10 @@ class WakeWordDetector:
     """
 
     def __init__(self, keyword: str = "alexa", *, threshold: float = DEFAULT_THRESHOLD,
-                 refractory_s: float = 2.0, confirm: int = DEFAULT_CONFIRM):
+                 refractory_s: float = 2.0, confirm: int = DEFAULT_CONFIRM,
+                 verifier=None):
+        """``verifier``: a second stage with ``accepts(audio) -> (bool, score)`` and a
+        ``window_s`` (:class:`hark.wake.verifier.OpenWakeWordVerifier`), or None."""
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"wake threshold must be between 0 and 1, got {threshold}")
         if confirm < 1:
@@ -106,6 +115,10 @@ class WakeWordDetector:
         self.cpu_s = 0.0  # process time spent in process(), for benchmarks
         #: set to a list to record the score after every 10 ms feature (evaluation)
         self.scores: list[float] | None = None
+        self.verifier = verifier
+        self._history = AudioHistory(verifier.window_s) if verifier is not None else None
+        #: every second-stage check: stream time, first-stage score, verifier score, verdict
+        self.verifications: list[dict] = []
         self.reset()
 
     def reset(self) -> None:
@@ -119,6 +132,11 @@ class WakeWordDetector:
         self._n_features = 0
         self._blocked_until = -1.0
         self._above = 0  # consecutive features at or above the threshold
+        self._vetoed = False  # the verifier rejected this run above the threshold
+        self._pending: dict | None = None  # a second-stage check still listening
+        self.verifications = []
+        if self._history is not None:
+            self._history.clear()
         self.score = 0.0
 
     @property
@@ -142,8 +160,11 @@ class WakeWordDetector:
         else:
             samples, chunk_t = np.asarray(chunk), 0.0
         samples = samples.astype(np.int16, copy=False)
+        if self._history is not None:
+            self._history.append(samples)
         first = self._n_features
         event: WakeEvent | None = None
+        started_now = False
         for feats in self._features.process_streaming(samples.tobytes()):
             for phase, model in enumerate(self._models):
                 if self._n_features < phase:
@@ -156,15 +177,72 @@ class WakeWordDetector:
             if self.scores is not None:
                 self.scores.append(self.score)
             self._above = self._above + 1 if self.score >= self.threshold else 0
-            if event is None and self._above >= self.confirm \
-                    and self.stream_s >= self._blocked_until:
-                self._blocked_until = self.stream_s + self.refractory_s
-                offset = (self._n_features - first) * FEATURE_STEP_S
-                event = WakeEvent(self.keyword, self.stream_s,
-                                  chunk_t + offset if chunk_t else 0.0, self.score)
+            if not self._above:
+                self._vetoed = False
+            if event is None and self._pending is None and self._above >= self.confirm \
+                    and not self._vetoed and self.stream_s >= self._blocked_until:
+                if self._start_check():
+                    event = self._fire(chunk_t, (self._n_features - first) * FEATURE_STEP_S)
+                else:
+                    started_now = self._pending is not None
+        if self._pending is not None and not started_now:
+            event = self._continue_check(samples, chunk_t,
+                                         (self._n_features - first) * FEATURE_STEP_S) or event
         return event
+
+    def _fire(self, chunk_t: float, offset: float, late_s: float = 0.0) -> WakeEvent:
+        self._blocked_until = self.stream_s + self.refractory_s
+        return WakeEvent(self.keyword, self.stream_s, chunk_t + offset if chunk_t else 0.0,
+                         self.score, late_s)
+
+    def _start_check(self) -> bool:
+        """A first-stage candidate: True to report it now. With a verifier, its check
+        starts on the audio heard so far; if that is not yet enough, the check stays
+        pending and goes on with the audio that follows (:meth:`_continue_check`)."""
+        if self.verifier is None or self._history is None:
+            return True
+        vscore = self.verifier.start(self._history.get())
+        self._pending = {"stream_s": round(self.stream_s, 3), "score": round(self.score, 4),
+                         "verifier_score": vscore, "ms": self.verifier.last_ms,
+                         "until": self.stream_s + self.verifier.wait_s}
+        if vscore >= self.verifier.threshold:
+            self._end_check(True)
+            return True
+        return False
+
+    def _continue_check(self, samples: np.ndarray, chunk_t: float,
+                        offset: float) -> WakeEvent | None:
+        p = self._pending
+        assert p is not None and self.verifier is not None
+        vscore = self.verifier.feed(samples)
+        p["verifier_score"] = max(p["verifier_score"], vscore)
+        p["ms"] = self.verifier.last_ms
+        if p["verifier_score"] >= self.verifier.threshold:
+            self._end_check(True)
+            return self._fire(chunk_t, offset, late_s=self.stream_s - p["stream_s"])
+        if self.stream_s >= p["until"]:
+            self._end_check(False)
+            # a first stage still above its threshold is not checked again until it falls
+            self._vetoed = self._above > 0
+        return None
+
+    def _end_check(self, ok: bool) -> None:
+        p = self._pending
+        assert p is not None and self.verifier is not None
+        self._pending = None
+        self.verifications.append({
+            "stream_s": p["stream_s"], "score": p["score"],
+            "verifier_score": round(p["verifier_score"], 4), "accepted": ok,
+            "waited_s": round(self.stream_s - p["stream_s"], 3), "ms": round(p["ms"], 1)})
+        if not ok:
+            log.debug("wake word candidate at %.2f s (score %.3f) rejected by the verifier "
+                      "(%.3f < %.3f)", p["stream_s"], p["score"], p["verifier_score"],
+                      self.verifier.threshold)
 
 
 def load_wake(cfg) -> WakeWordDetector:
-    """The detector configured in ``cfg.wake``."""
-    return WakeWordDetector(cfg.wake.keyword, refractory_s=cfg.wake.refractory_s)
+    """The detector configured in ``cfg.wake``, with its second stage."""
+    verifier = load_verifier(cfg.wake.verifier, cfg.wake.keyword,
+                             cfg.wake.verifier_threshold, cfg.wake.verifier_wait_s)
+    return WakeWordDetector(cfg.wake.keyword, refractory_s=cfg.wake.refractory_s,
+                            verifier=verifier)

@@ -53,7 +53,8 @@ from hark.wake.detector import FEATURE_STEP_S, WakeWordDetector
 __all__ = ["Rule", "StreamRun", "WakeEval", "audio_files", "cross_validate", "detections",
            "evaluate", "evaluate_noise_only", "evaluate_positive_robustness",
            "evaluate_streams", "keyword_end_s", "mix_noise", "operating_point", "poisson_upper",
-           "second_stage_report", "split_halves", "stream_report", "threshold_sweep"]
+           "second_stage_report", "split_halves", "stream_report", "threshold_sweep",
+           "verifier_report"]
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 CHUNK = 320  # 20 ms, what a satellite feeds
@@ -144,6 +145,8 @@ class StreamRun:
     negative_s: float  # the recordings only (gaps excluded): the hours FA/h divides by
     speech_s: float = 0.0  # of which frames hold speech by energy
     cpu_s: float = 0.0  # detector CPU time
+    #: second-stage checks (the detector's ``verifications``, each with its ``file``)
+    verifications: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
         out = rate_summary(len(self.events), self.negative_s / 3600.0)
@@ -167,6 +170,9 @@ class WakeEval:
     positive_peaks: dict[str, float] = field(default_factory=dict)
     #: each positive recording's score trace (for threshold and second-stage studies)
     positive_runs: list[StreamRun] = field(default_factory=list)
+    #: second-stage checks on the negative recordings (each with its ``file``)
+    negative_verifications: list[dict] = field(default_factory=list)
+    verifier_ms: list[float] = field(default_factory=list)  # wall time of each check
 
     def to_dict(self) -> dict:
         fa = rate_summary(self.false_accepts, self.negative_s / 3600.0)
@@ -183,6 +189,9 @@ class WakeEval:
             "negative_hours": self.negative_s / 3600.0,
             "missed": self.missed,
             "false_accept_files": self.false_accept_files,
+            "verifier_ms": {"checks": len(self.verifier_ms),
+                            "p50": percentile(self.verifier_ms, 50),
+                            "p95": percentile(self.verifier_ms, 95)},
         }
 
 
@@ -199,7 +208,8 @@ def _stream(det: WakeWordDetector, samples: np.ndarray) -> list[tuple[float, flo
 
 
 def _trace(det: WakeWordDetector, audio: np.ndarray) -> tuple[list[tuple[float, float]], np.ndarray]:
-    """Stream audio from a reset detector; its detections and its score trace."""
+    """Stream audio from a reset detector; its detections and its score trace (its
+    second-stage checks are left in ``det.verifications``)."""
     det.scores = []
     try:
         hits = _stream(det, audio)
@@ -207,6 +217,14 @@ def _trace(det: WakeWordDetector, audio: np.ndarray) -> tuple[list[tuple[float, 
     finally:
         det.scores = None
     return hits, scores
+
+
+def _located(verifications: list[dict], segments: list[Segment]) -> list[dict]:
+    out = []
+    for v in verifications:
+        file, t_file = locate(segments, v["stream_s"])
+        out.append({**v, "file": file, "time_in_file_s": round(t_file, 2)})
+    return out
 
 
 def _events(hits: list[tuple[float, float]], scores: np.ndarray, segments: list[Segment],
@@ -244,15 +262,21 @@ def evaluate(det: WakeWordDetector, positives: list[Path], negatives: list[Path]
                 seg = [Segment(path.name, PAD_S, PAD_S + len(clean) / SAMPLE_RATE)]
                 run = StreamRun(Condition("positive"), seg, scores,
                                 _events(hits, scores, seg, "positive"), len(audio) / SAMPLE_RATE,
-                                0.0)
+                                0.0, verifications=_located(det.verifications, seg))
                 res.positive_runs.append(run)
+                res.verifier_ms += [v["ms"] for v in det.verifications]
                 if hits:
                     res.detected += 1
                     end = PAD_S + keyword_end_s(clean)
-                    res.latencies_ms.append((hits[0][0] - end) * 1000.0)
+                    # a detection is reported once the second stage has agreed
+                    checked = [v["ms"] for v in det.verifications if v["accepted"]][:1]
+                    res.latencies_ms.append((hits[0][0] - end) * 1000.0 + sum(checked))
                 else:
                     res.missed.append(path.name)
             else:
+                seg = [Segment(path.name, PAD_S, PAD_S + len(clean) / SAMPLE_RATE)]
+                res.negative_verifications += _located(det.verifications, seg)
+                res.verifier_ms += [v["ms"] for v in det.verifications]
                 res.negative_s += len(clean) / SAMPLE_RATE
                 if hits:
                     res.false_accepts += len(hits)
@@ -328,7 +352,8 @@ def run_condition(det: WakeWordDetector, clips: list[tuple[str, np.ndarray]], co
         for e in events:  # where in the noise recording the detection fell
             pos = (round(e["time_in_stream_s"] * SAMPLE_RATE) + offset) % len(noise)
             e["noise_at_s"] = round(pos / SAMPLE_RATE, 2)
-    run = StreamRun(cond, segments, scores, events, len(stream) / SAMPLE_RATE, neg_s, speech, cpu)
+    run = StreamRun(cond, segments, scores, events, len(stream) / SAMPLE_RATE, neg_s, speech, cpu,
+                    verifications=_located(det.verifications, segments))
     return run
 
 
@@ -565,6 +590,53 @@ def choose_confirm_cv(pos_runs: list[StreamRun], neg_runs: list[StreamRun], thre
                                                 Rule(threshold, refractory_s, confirms[0]), hp, hn),
         })
     return folds
+
+
+def verifier_report(pos_runs: list[StreamRun], neg_verifications: list[dict],
+                    threshold: float) -> dict:
+    """The second stage on its own: the scores it gave every first-stage candidate (the
+    best per positive recording; each candidate in speech without the keyword), and its
+    threshold chosen on one half of the files and tested on the other, both ways.
+
+    Choice rule: the geometric mean of the training half's highest negative score and
+    lowest positive score when they separate, else the lowest positive score."""
+    pos = {}
+    for r in pos_runs:
+        scores = [v["verifier_score"] for v in r.verifications]
+        if scores:
+            pos[r.segments[0].file] = max(scores)
+    neg = [(v["file"], v["verifier_score"]) for v in neg_verifications]
+    pos_a, pos_b = split_halves(sorted(pos))
+    neg_a, neg_b = split_halves(sorted({f for f, _ in neg}))
+
+    def point(t: float, pf: set[str], nf: set[str]) -> dict:
+        p = [s for f, s in pos.items() if f in pf]
+        n = [s for f, s in neg if f in nf]
+        return {"threshold": round(t, 4), "candidates_kept": sum(s >= t for s in p),
+                "candidates": len(p), "false_accepts_kept": sum(s >= t for s in n),
+                "negative_candidates": len(n)}
+
+    folds = []
+    for name, (tp, tn), (hp, hn) in (("A->B", (pos_a, neg_a), (pos_b, neg_b)),
+                                     ("B->A", (pos_b, neg_b), (pos_a, neg_a))):
+        p = [s for f, s in pos.items() if f in tp]
+        n = [s for f, s in neg if f in tn]
+        lo, hi = (min(p) if p else 1.0), (max(n) if n else 0.0)
+        chosen = math.sqrt(max(hi, 1e-4) * lo) if hi < lo else lo
+        folds.append({"fold": name, "chosen_threshold": round(chosen, 4),
+                      "train": point(chosen, tp, tn), "held_out": point(chosen, hp, hn),
+                      "held_out_at_configured": point(threshold, hp, hn)})
+    return {
+        "threshold": threshold,
+        "positive_scores": {"min": min(pos.values()) if pos else None,
+                            "p05": percentile(list(pos.values()), 5),
+                            "median": percentile(list(pos.values()), 50), "n": len(pos)},
+        "negative_scores": {"max": max((s for _, s in neg), default=None),
+                            "p95": percentile([s for _, s in neg], 95), "n": len(neg)},
+        "negative_top": sorted(({"file": f, "score": s} for f, s in neg),
+                               key=lambda d: -d["score"])[:10],
+        "folds": folds,
+    }
 
 
 def load_clips(files: list[Path]) -> list[tuple[str, np.ndarray]]:
