@@ -579,3 +579,77 @@ def test_satellite_from_raw_pcm_on_stdin(wake_wav, tmp_path):
     assert sat.stats.wakes == 1 and sat.stats.turns_done == 1
     assert sum(fake.heard.values()) > 0.4 * 16000
     assert _tone_energy(tmp_path / "o.wav")[1] > 0.8
+
+
+def test_audio_heard_while_the_wake_word_is_verified_is_sent_with_the_turn(wake_wav, tmp_path):
+    """openWakeWord confirms Piper's "Alexa" about 0.25 s after microWakeWord fired; the
+    words said in that time reach the server all the same."""
+    async def go(verifier: str):
+        cfg = _cfg(shm="never")
+        server, fake = await _start(cfg)
+        sat = _satellite(cfg, wake_wav, tmp_path / f"{verifier}.wav")
+        sat_cfg = sat.cfg
+        assert sat_cfg.wake.verifier == "openwakeword"  # the default
+        if verifier == "none":
+            from hark.wake.detector import WakeWordDetector
+
+            sat.detector = WakeWordDetector("alexa", refractory_s=sat_cfg.wake.refractory_s)
+        try:
+            await asyncio.wait_for(sat.run(), 30)
+        finally:
+            await server.stop()
+        return sat, sum(fake.heard.values())
+
+    checked, heard = asyncio.run(go("openwakeword"))
+    (check,) = checked.detector.verifications
+    assert check["accepted"] and check["waited_s"] > 0.1
+    alone, heard_alone = asyncio.run(go("none"))
+    assert checked.stats.wakes == alone.stats.wakes == 1
+    # the same speech either way (without sending the wait's audio: ~0.25 s less)
+    assert abs(heard - heard_alone) < 0.08 * 16000, (heard, heard_alone)
+
+
+@pytest.mark.parametrize("with_seq", [True, False])
+def test_turn_audio_that_beats_its_wake_event_is_kept(with_seq):
+    """UDP (and shared memory) audio can reach the server before the "wake" event on
+    the TCP channel; the event names the turn's first packet, and those early packets
+    go to the new turn (an event without it: they are lost, as before)."""
+    async def go():
+        server, fake = await _start(_cfg(shm="never"))
+        try:
+            conn, welcome = await _raw_client(server)
+            await conn.send("transport", {"audio": "udp"})
+            loop = asyncio.get_running_loop()
+            tx, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                        remote_addr=("127.0.0.1",
+                                                                     server.rtp_port))
+            from hark.transport.stream import RtpStreamSender
+            sender = RtpStreamSender("opus", 16000, ssrc=welcome["ssrc"])
+            first = sender.seq
+            rng = np.random.default_rng(3)
+            loud = rng.normal(0, 6000, 16000).astype(np.int16)  # 1 s of loud noise
+            early, late = loud[:8000], loud[8000:]
+            for pkt in sender.push(early):  # 0.5 s of the turn, before its wake event
+                tx.sendto(pkt.pack())
+            await asyncio.sleep(0.1)  # the server has read them by now
+            await conn.send("wake", {"seq": first} if with_seq else {})
+            await asyncio.sleep(0.05)
+            for part in (late, np.zeros(16000, np.int16)):
+                for i in range(0, len(part), 320):
+                    for pkt in sender.push(part[i:i + 320]):
+                        tx.sendto(pkt.pack())
+                    await asyncio.sleep(0.02)
+            for _ in range(100):
+                if fake.turn_speech:
+                    break
+                await asyncio.sleep(0.05)
+            tx.close()
+            return list(fake.turn_speech)
+        finally:
+            await server.stop()
+
+    (speech,) = asyncio.run(go())
+    if with_seq:
+        assert speech >= 0.9 * 16000, speech  # both halves of the loud second
+    else:
+        assert speech <= 0.6 * 16000, speech  # the early half went to no turn

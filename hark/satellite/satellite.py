@@ -279,9 +279,15 @@ class Satellite:
         self._followup_until = 0.0
         if self._followup_gate is not None:
             self._followup_gate.reset()
+        if self._sender is None:  # one RTP stream per connection; each turn a talk spurt
+            self._sender = RtpStreamSender(self._welcome.get("codec", "opus"), SAMPLE_RATE,
+                                           self._welcome.get("frame_ms", 20),
+                                           self.cfg.transport.fec, ssrc=self._welcome["ssrc"])
         try:
+            # "seq": the turn's first packet, so a server that reads the audio (UDP,
+            # shared memory) before this event still gives it to the new turn
             await self.conn.send("wake", {"keyword": self.detector.keyword,
-                                          "followup": followup})
+                                          "followup": followup, "seq": self._sender.seq})
         except (ConnectionError, OSError):
             return
         self._turn_open = True
@@ -290,10 +296,6 @@ class Satellite:
         self._reply_started = False
         if self.cfg.wake.earcon and not followup:
             self.sink.write(earcon(), SAMPLE_RATE)
-        if self._sender is None:  # one RTP stream per connection; each turn a talk spurt
-            self._sender = RtpStreamSender(self._welcome.get("codec", "opus"), SAMPLE_RATE,
-                                           self._welcome.get("frame_ms", 20),
-                                           self.cfg.transport.fec, ssrc=self._welcome["ssrc"])
         keep = max(1, round(pre_roll_s * 1000 / FRAME_MS))
         for f in list(self._pre_roll)[-keep:]:
             self._send_audio(f)

@@ -30,6 +30,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,9 @@ class ServerStats:
     llm_worker_restarts: int = 0  # crashed LLM worker processes restarted (hark.llm.worker)
 
 
+RECENT_PACKETS = 64  # uplink packets kept for a turn whose audio beat its "wake" event
+
+
 @dataclass
 class Session:
     """One connected satellite."""
@@ -109,6 +113,9 @@ class Session:
     udp_fallbacks: int = 0  # turns whose audio moved from UDP to TCP mid-turn
     fell_back: bool = False  # the current turn's audio moved from UDP to TCP
     info: dict[str, Any] = field(default_factory=dict)
+    #: the last uplink packets, turn or not: a turn's first packets can be read before
+    #: its "wake" event (UDP and shared memory do not wait for the TCP control channel)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_PACKETS))
 
 
 class Server:
@@ -337,6 +344,14 @@ class Server:
                                        tc.jitter_max_ms)
         s.fell_back = False
         s.turn = self._spawn(self._turn(s, s.inbox, follow_up=bool(ev.data.get("followup"))))
+        first = ev.data.get("seq")
+        if isinstance(first, int) and not isinstance(first, bool):
+            # this turn's packets that arrived before this event went to no turn (or to
+            # the one it interrupts): give them to this one
+            early = [(p, o) for p, o in s.recent if (p.seq - first) & 0xFFFF < 0x8000]
+            s.recent.clear()
+            for pkt, ordered in early:
+                self._accept_packet(s, pkt, ordered)
         if s.audio_path == "udp" and tc.tcp_audio_fallback == "auto":
             self._spawn(self._udp_watchdog(s, s.packets_up))
 
@@ -403,6 +418,7 @@ class Server:
         if pkt.ssrc != s.ssrc_up or s.receiver is None or pkt.pt == PT_PROBE:
             self.stats.packets_dropped_unknown += 1
             return
+        s.recent.append((pkt, ordered))
         if s.inbox is None:  # no turn: audio is not wanted
             return
         s.packets_up += 1
