@@ -18,7 +18,11 @@ class PiperTts:
     """Piper voice. ``synthesize`` yields a chunk per sentence, so the first sentence can
     play while the next is synthesized."""
 
-    def __init__(self, model_path: str | Path, length_scale: float = 1.0, use_cuda: bool = False):
+    def __init__(self, model_path: str | Path, length_scale: float = 1.0, use_cuda: bool = False,
+                 deterministic: bool = False):
+        """``deterministic``: no random variation (VITS noise off), so one text always
+        gives the same audio (tests); otherwise each synthesis varies a little, as
+        Piper intends."""
         from piper import PiperVoice
         from piper.config import SynthesisConfig
 
@@ -31,7 +35,9 @@ class PiperTts:
             raise ModelError(f"Piper voice {path} failed to load: {exc}",
                              fix="hark models verify; hark models pull --force") from exc
         self.sample_rate: int = self.voice.config.sample_rate
-        self._syn = SynthesisConfig(length_scale=length_scale)
+        self._syn = (SynthesisConfig(length_scale=length_scale, noise_scale=0.0,
+                                     noise_w_scale=0.0) if deterministic
+                     else SynthesisConfig(length_scale=length_scale))
         self._lock = threading.Lock()  # one onnxruntime session: one synthesis at a time
 
     def synthesize(self, text: str) -> Iterator[AudioChunk]:
@@ -48,11 +54,11 @@ class PiperTts:
             pass
 
 
-def load_tts(cfg) -> PiperTts:
+def load_tts(cfg, deterministic: bool = False) -> PiperTts:
     """The TTS engine named in ``cfg.tts``."""
     from hark.models.store import resolve
 
     if cfg.tts.engine != "piper":
         raise ModelError(f"unknown tts.engine '{cfg.tts.engine}'", fix='set tts.engine = "piper"')
     path = resolve(cfg.tts.voice, cfg.models_dir, kind="tts")
-    return PiperTts(path, cfg.tts.length_scale, cfg.tts.use_cuda)
+    return PiperTts(path, cfg.tts.length_scale, cfg.tts.use_cuda, deterministic)
