@@ -420,3 +420,22 @@ def test_partials_run_on_the_partial_engine_and_the_final_on_the_main_one():
     assert main and all(n >= 14 for n in main)  # at the pause: the whole utterance
     assert threads["main"] and threads["partial"]
     assert not threads["main"] & threads["partial"]  # two threads, no queue between them
+
+
+def test_grammar_command_gives_way_when_whisper_heard_more_words():
+    from hark.nlu.base import IntentResult
+    from hark.pipeline.assistant import _unless_said_more
+    from hark.trace import Trace
+
+    heard = ("turn off the kitchen lights",
+             IntentResult(name="HassTurnOff", slots={"name": "kitchen light"}, text=""))
+    trace = Trace()
+    # open transcription heard the same command (plural, punctuation and case aside)
+    assert _unless_said_more(heard, "Turn off the kitchen light.", trace) is heard
+    assert _unless_said_more(heard, "", trace) is heard  # no partial yet
+    assert _unless_said_more(heard, "Turn off the kitchen light in", trace) is heard  # one
+    assert "grammar_overruled" not in trace.info
+    # ... or more than the grammar's sentence holds: Whisper decides
+    assert _unless_said_more(heard, "Turn off the kitchen light in two", trace) is None
+    assert trace.info["grammar_overruled"] == 1
+    assert _unless_said_more(None, "anything at all", trace) is None

@@ -549,6 +549,7 @@ class Assistant:
         partial_every = int(self.cfg.asr.partial_interval_ms * 16)
         speech_end_t: float | None = None
         partial_len, partial_text = 0, ""  # the latest partial decode: its audio, its words
+        heard_words = ""  # the words of the latest partial decode that had any
         streamer = StreamingTranscriber(self.partial_asr, self.cfg.asr)  # LocalAgreement
         started = False
         grammar = _GrammarFeed(self) if streaming and self._grammar_factory else None
@@ -568,6 +569,7 @@ class Assistant:
                         covers = getattr(ep, "speech_samples", None)
                         covered = covers is not None and partial_len >= covers + 1600
                         heard = await grammar.peek() if grammar else None
+                        heard = _unless_said_more(heard, heard_words, trace)
                         if heard is not None:
                             # the constrained recognizer already hears a known command:
                             # end the turn after a short pause, prepare the answer now
@@ -618,6 +620,7 @@ class Assistant:
                         partial_done_len = len(ep.utterance())
                         text = partial_text = part.text if part else ""
                         if text:
+                            heard_words = text
                             yield TranscriptEvent(part)
                             eot = await self._eot_for(text)
                             ep.set_eot_ms(eot)
@@ -649,6 +652,7 @@ class Assistant:
             yield SpeechEnded(speech_end_t)
             await _cancel(partial_task)
             heard = await grammar.finish() if grammar else None
+            heard = _unless_said_more(heard, heard_words, trace)
             if heard is not None:  # a known command, heard straight from the speech
                 text, intent = heard
                 trace.info["speech_intent"] = True
@@ -717,6 +721,26 @@ class Assistant:
 
 async def _text_of(task: asyncio.Task) -> str:
     return (await task).text
+
+
+def _stem(word: str) -> str:
+    w = re.sub(r"[^a-z0-9']", "", word.lower())
+    return w[:-1] if len(w) > 3 and w.endswith("s") else w
+
+
+def _unless_said_more(heard, partial: str, trace) -> tuple | None:
+    """The grammar recognizer's (text, intent), unless open transcription has already
+    heard at least two words that its sentence lacks ("turn off the kitchen light in
+    two" against the grammar's "turn off the kitchen lights": a command with more to
+    it than the templates know, which Whisper then reads in full)."""
+    if heard is None or not partial:
+        return heard
+    said = {_stem(w) for w in heard[0].split()}
+    extra = {_stem(w) for w in partial.split()} - said - {""}
+    if len(extra) >= 2:
+        trace.info["grammar_overruled"] = trace.info.get("grammar_overruled", 0) + 1
+        return None
+    return heard
 
 
 def _same_intent(a: IntentResult | None, b: IntentResult | None) -> bool:
