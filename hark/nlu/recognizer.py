@@ -240,7 +240,7 @@ class IntentStage:
         nlu = self.cfg.nlu
         try:
             return ParaphraseMatcher(
-                load_embedder(nlu.embedding_backend),
+                load_embedder(nlu.embedding_backend, nlu.embedding_threads),
                 [Source(m.domain, m.intents, m.slot_lists) for m in self.matchers],
                 examples_per_intent=nlu.embedding_examples,
                 threshold=nlu.embedding_threshold, margin=nlu.embedding_margin,
