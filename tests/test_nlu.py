@@ -102,6 +102,8 @@ def stage(domains_dir) -> IntentStage:
     ("set the volume to 30", "HassSetVolume", {"volume": 30}),
     ("repeat that", "HarkRepeat", {}),
     ("stop", "HassNevermind", {}),
+    ("never mind that", "HassNevermind", {}),
+    ("forget about it", "HassNevermind", {}),
 ])
 def test_home_commands_match_with_slots(stage, sentence, intent, slots):
     result = stage.match(sentence)
