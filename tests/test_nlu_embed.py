@@ -153,3 +153,25 @@ def test_bad_backend_is_a_clear_error():
 
     with pytest.raises(ModelError, match="embedding_backend"):
         embed.load_embedder("torch")
+
+
+def test_a_room_inside_a_device_name_is_not_read_as_the_room(stage):
+    """'brighten the kitchen light' names the Kitchen Light: the nearest examples that
+    need a room ('... the kitchen lights to 80 percent') must not set every light in the
+    kitchen; without a device example close enough it is no command at all."""
+    result = stage.match("brighten the kitchen light to 80 percent")
+    assert result is None or result.slots.get("name", "").lower() == "kitchen light", result
+    assert result is None or "area" not in result.slots
+
+
+def test_hark_extends_home_assistant_sentences(stage):
+    """ha_extra.yaml: phrasings the package has no template for, matched strictly."""
+    volume = stage.match("set the volume of the tv to 40 percent", paraphrase=False)
+    assert volume is not None and volume.source == "hassil"
+    assert (volume.name, volume.slots) == ("HassSetVolume", {"name": "TV", "volume_level": 40})
+    lights = stage.match("set the bedroom lights to 50 percent", paraphrase=False)
+    assert lights is not None and (lights.name, lights.slots) == (
+        "HassLightSet", {"area": "Bedroom", "brightness": 50, "domain": "light"})
+    # a light's name with a room in it stays that light
+    one = stage.match("set the kitchen light to 50 percent", paraphrase=False)
+    assert one is not None and one.slots == {"name": "Kitchen Light", "brightness": 50}

@@ -789,6 +789,8 @@ class ParaphraseMatcher:
                     return None
                 continue
             said, value = found
+            if slot == "area" and self._names_a_device(src, ex.data, norm, said):
+                return None  # "the kitchen light" is a light, not the kitchen
             slots[slot] = value
             norm = norm.replace(said, " | ", 1)
         numbers = [(_number(m.group(1)), (m.group(2) or "").lower())
@@ -805,6 +807,17 @@ class ParaphraseMatcher:
         for key, value in (ex.data.slots or {}).items():
             slots.setdefault(key, value)
         return slots, norm
+
+    def _names_a_device(self, src: Source, data: Any, norm: str, area_said: str) -> bool:
+        """Whether the words heard as a room are part of a longer device name said in
+        the text (any device: the example's own domain may not have it)."""
+        from hassil.intents import TextSlotList
+
+        names = src.list(data, "name")
+        if not isinstance(names, TextSlotList):
+            return False
+        named = self._spot(names, data, norm, any_context=True)
+        return named is not None and area_said in named[0] and len(named[0]) > len(area_said)
 
     def _block_lists(self, src: Source, data: Any) -> dict[str, str]:
         """slot name -> list name for every list reference in a block's sentences."""
@@ -834,14 +847,16 @@ class ParaphraseMatcher:
         return self._refs[key]
 
     @staticmethod
-    def _spot(slot_list: Any, data: Any, norm: str) -> tuple[str, Any] | None:
-        """The longest value of a text list said in ``norm`` (" word word ")."""
+    def _spot(slot_list: Any, data: Any, norm: str, any_context: bool = False
+              ) -> tuple[str, Any] | None:
+        """The longest value of a text list said in ``norm`` (" word word "); only values
+        that fit ``data``'s required context unless ``any_context``."""
         from hassil import sample_expression
         from hassil.expression import TextChunk
 
         best: tuple[str, Any] | None = None
         for value in slot_list.values:
-            if not _fits(value, data):
+            if not any_context and not _fits(value, data):
                 continue
             expr = value.text_in
             forms = [expr.text] if isinstance(expr, TextChunk) else sample_expression(expr)

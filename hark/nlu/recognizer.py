@@ -226,6 +226,7 @@ class IntentStage:
         if data is None:
             raise ConfigError(f"nlu.language: home-assistant-intents has no sentences for "
                               f"{self.language!r}", fix='use nlu.language = "en"')
+        data = _with_extra_sentences(data)
         intents = Intents.from_dict(data)
         # Keep the sentences for device domains this home has (and every sentence not
         # tied to a domain: timers, time, weather, lists...): fewer templates, faster.
@@ -445,6 +446,28 @@ class IntentStage:
             if matcher.domain == domain:
                 return matcher.responses
         return {}
+
+
+HA_EXTRA = Path(__file__).with_name("ha_extra.yaml")
+
+
+def _with_extra_sentences(data: dict, path: Path = HA_EXTRA) -> dict:
+    """Home Assistant's intent data with hark's extra sentences (``ha_extra.yaml``)
+    appended to each intent's ``data`` (a copy: the package's cached dict is shared)."""
+    import copy
+
+    import yaml
+
+    extra = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    out = copy.copy(data)
+    out["intents"] = dict(data.get("intents", {}))
+    for name, intent in (extra.get("intents") or {}).items():
+        if name not in out["intents"]:
+            continue  # an intent this version of the package does not have
+        merged = dict(out["intents"][name])
+        merged["data"] = list(merged.get("data", [])) + list(intent.get("data", []))
+        out["intents"][name] = merged
+    return out
 
 
 def load_nlu(cfg: Config, home: Home | None = None) -> IntentStage:
