@@ -60,7 +60,8 @@ def _eval_wake(args: argparse.Namespace) -> int:
     keyword = args.keyword or cfg.wake.keyword
     vthreshold = (args.verifier_threshold if args.verifier_threshold is not None
                   else cfg.wake.verifier_threshold)
-    verifier = load_verifier(args.verifier or cfg.wake.verifier, keyword, vthreshold)
+    verifier = load_verifier(args.verifier or cfg.wake.verifier, keyword, vthreshold,
+                             cfg.wake.verifier_wait_s)
     det = WakeWordDetector(keyword, threshold=args.threshold,
                            refractory_s=cfg.wake.refractory_s, confirm=args.confirm,
                            verifier=verifier)

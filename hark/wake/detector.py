@@ -98,8 +98,10 @@ class WakeWordDetector:
     def __init__(self, keyword: str = "alexa", *, threshold: float = DEFAULT_THRESHOLD,
                  refractory_s: float = 2.0, confirm: int = DEFAULT_CONFIRM,
                  verifier=None):
-        """``verifier``: a second stage with ``accepts(audio) -> (bool, score)`` and a
-        ``window_s`` (:class:`hark.wake.verifier.OpenWakeWordVerifier`), or None."""
+        """``verifier``: a second stage (:class:`hark.wake.verifier.OpenWakeWordVerifier`:
+        ``start(audio)`` and ``feed(samples)`` return scores, against its ``threshold``,
+        over ``window_s`` of history and for up to ``wait_s`` after the first stage), or
+        None."""
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"wake threshold must be between 0 and 1, got {threshold}")
         if confirm < 1:

@@ -58,7 +58,7 @@ DEFAULT_WINDOW_S = 2.0
 LEAD_S = 0.5
 #: how long the check may go on listening after the first stage fired. openWakeWord
 #: scores a keyword once it has heard its end, which on real voices is already the case
-#: when microWakeWord fires (0.98-1.0 at once), but Piper's "Alexa" needs 0.32 s more.
+#: when microWakeWord fires, but Piper's "Alexa" needs 0.22-0.32 s more.
 DEFAULT_WAIT_S = 0.5
 
 #: hark's keyword name -> openWakeWord built-in model
@@ -85,6 +85,8 @@ class OpenWakeWordVerifier:
             raise ConfigError(f"wake.verifier_threshold must be between 0 and 1, got {threshold}")
         if not 1.0 <= window_s <= 8.0:
             raise ConfigError(f"the verifier window must be 1-8 s, got {window_s}")
+        if not 0.0 <= wait_s <= 2.0:
+            raise ConfigError(f"wake.verifier_wait_s must be 0-2 s, got {wait_s}")
         try:
             from pyopen_wakeword import Model, OpenWakeWord, OpenWakeWordFeatures
         except ImportError as exc:
@@ -94,14 +96,11 @@ class OpenWakeWordVerifier:
         self.keyword = keyword
         self.threshold = threshold
         self.window_s = window_s
-        if not 0.0 <= wait_s <= 2.0:
-            raise ConfigError(f"wake.verifier_wait_s must be 0-2 s, got {wait_s}")
         self.wait_s = wait_s
         self._model = OpenWakeWord.from_builtin(Model(KEYWORDS[keyword]))
         self._features = OpenWakeWordFeatures.from_builtin()
         self._lock = threading.Lock()
-        self.checks = 0
-        self.last_ms = 0.0  # wall time of the last check
+        self.last_ms = 0.0  # wall time of the last start() or feed()
 
     def start(self, audio: np.ndarray) -> float:
         """Begin a check on the audio heard up to a first-stage detection (16 kHz int16;
@@ -114,7 +113,6 @@ class OpenWakeWordVerifier:
             # reset() pretends 8 s of silence were heard; scoring only the window is 5x
             # cheaper and the lead above gives the first embeddings their context
             self._features.new_audio_samples = 0
-            self.checks += 1
         return self.feed(x)
 
     def feed(self, samples: np.ndarray) -> float:
@@ -133,12 +131,6 @@ class OpenWakeWordVerifier:
     def score(self, audio: np.ndarray) -> float:
         """The best score over ``audio`` on its own (a fresh check)."""
         return self.start(audio)
-
-    def accepts(self, audio: np.ndarray) -> tuple[bool, float]:
-        """(accepted, score) for the audio heard up to a first-stage detection, without
-        waiting for more."""
-        s = self.score(audio)
-        return s >= self.threshold, s
 
 
 class AudioHistory:
