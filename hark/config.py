@@ -183,7 +183,7 @@ class TtsConfig:
     use_cuda: bool = False
     cache_phrases: bool = True
     first_chunk_min_chars: int = 12  # chunker: shortest clause handed to TTS first
-    first_chunk_max_words: int = 4  # ...or this many words when no punctuation came (0: off)
+    first_chunk_max_words: int = 3  # ...or this many words when no punctuation came (0: off)
     chunk_max_chars: int = 120
 
 

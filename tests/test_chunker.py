@@ -95,3 +95,23 @@ def test_first_chunk_word_limit_without_punctuation():
     # never cut right after a word that leans on the next one
     c = SpeechChunker(12, 120, first_max_words=2)
     assert c.push("Turn the ") == [] and c.push("kitchen ") == ["Turn the kitchen"]
+
+
+def test_trim_silence_keeps_the_voice_and_a_little_quiet_around_it():
+    import numpy as np
+
+    from hark.tts.base import trim_silence
+
+    rate = 1000  # 1 sample per ms
+    voice = np.full(200, 5000, dtype=np.int16)
+    audio = np.concatenate([np.zeros(60, np.int16), voice, np.zeros(250, np.int16)])
+    both = trim_silence(audio, rate, 15, 40)
+    assert len(both) == 15 + 200 + 40 and both[15] == 5000 and both[14] == 0
+    lead_only = trim_silence(audio, rate, 15, None)
+    assert len(lead_only) == 15 + 200 + 250
+    tail_only = trim_silence(audio, rate, None, 40)
+    assert len(tail_only) == 60 + 200 + 40
+    # less silence than asked for: nothing to cut; all-quiet audio is left as it is
+    assert len(trim_silence(audio[50:], rate, 15, 300)) == len(audio) - 50
+    quiet = np.zeros(100, np.int16)
+    assert trim_silence(quiet, rate, 15, 40) is quiet

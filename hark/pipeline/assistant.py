@@ -51,11 +51,16 @@ from hark.pipeline.events import (
     TurnEvent,
 )
 from hark.trace import Trace
+from hark.tts.base import trim_silence
 
 log = logging.getLogger(__name__)
 
 NO_SPEECH = "no speech"
 APOLOGY = "Sorry, something went wrong on my side."
+# silence kept before a spoken phrase, and after one cut mid-sentence (Piper puts ~60 ms
+# before and 100-250 ms after every phrase)
+TTS_LEAD_MS = 15
+TTS_TAIL_MS = 40
 
 # A partial transcript ending in one of these words is probably unfinished ("turn on the").
 _UNFINISHED = re.compile(
@@ -356,11 +361,28 @@ class Assistant:
                 trace.mark("tts_first_audio")
                 yield AudioChunk(samples, self.tts_rate, time.monotonic())
             return
-        parts = []
+        parts: list[np.ndarray] = []
+        # A phrase cut mid-sentence flows into the next: its last piece loses the long
+        # trailing silence (so that piece is held until the synthesis ends).
+        mid_sentence = not text.rstrip("\"')]").endswith((".", "!", "?", "…"))
+        held: AudioChunk | None = None
         async for chunk in self.tts_exec.iterate(lambda: self.tts.synthesize(text)):
-            trace.mark("tts_first_audio")
+            if not parts:  # the first word starts at once
+                chunk = AudioChunk(trim_silence(chunk.samples, self.tts_rate, TTS_LEAD_MS, None),
+                                   chunk.rate, chunk.t)
+            if held is not None:
+                trace.mark("tts_first_audio")
+                yield held
             parts.append(chunk.samples)
+            if mid_sentence:
+                held = chunk
+                continue
+            trace.mark("tts_first_audio")
             yield chunk
+        if held is not None:
+            trace.mark("tts_first_audio")
+            parts[-1] = trim_silence(held.samples, self.tts_rate, None, TTS_TAIL_MS)
+            yield AudioChunk(parts[-1], held.rate, held.t)
         if cache:
             self.tts_cache.put(text, parts)
 
