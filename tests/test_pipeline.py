@@ -439,3 +439,33 @@ def test_grammar_command_gives_way_when_whisper_heard_more_words():
     assert _unless_said_more(heard, "Turn off the kitchen light in two", trace) is None
     assert trace.info["grammar_overruled"] == 1
     assert _unless_said_more(None, "anything at all", trace) is None
+
+
+class SilenceTts(FakeTts):
+    """Like Piper: every phrase comes with 60 ms of silence before and 250 ms after."""
+
+    def synthesize(self, text: str):
+        self.log.add(f"tts:{text}")
+        yield AudioChunk(np.concatenate([np.zeros(960, np.int16), np.full(1600, 5000, np.int16),
+                                         np.zeros(4000, np.int16)]), 16000, time.monotonic())
+
+
+def test_spoken_phrases_start_at_once_and_a_phrase_cut_mid_sentence_flows_on():
+    log = Log()
+    llm = FakeLlm(log, ["Romeo ", "and ", "Juliet ", "were ", "written ", "by ", "William ",
+                        "Shakespeare."], delay=0.005)
+    a, _ = make(log, llm, {1: "speech_start", 4: "speech_end"})
+    a.tts = SilenceTts(log)
+    a.cfg.tts.first_chunk_max_words = 3
+    events = asyncio.run(collect(a.run_turn(mic(10))))
+    a.close()
+    spoken: list[tuple[str, int]] = []  # (phrase, samples of its audio)
+    for e in events:
+        if isinstance(e, ReplyText):
+            spoken.append((e.text, 0))
+        elif isinstance(e, ReplyAudio) and spoken:
+            spoken[-1] = (spoken[-1][0], spoken[-1][1] + len(e.chunk.samples))
+    assert spoken == [
+        ("Romeo and Juliet", 240 + 1600 + 640),  # 15 ms before, 40 ms after: flows on
+        ("were written by William Shakespeare.", 240 + 1600 + 4000),  # a sentence's pause
+    ]
