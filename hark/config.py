@@ -151,6 +151,9 @@ class LlmConfig:
     # threads, 1.63 s with 1); set 1 on a box busy with other work
     n_threads: int = 2
     n_threads_batch: int = 2
+    # the answer's generation pauses while its first phrase is synthesized (at most 1 s):
+    # on 2 cores Piper took 77 ms for a first phrase beside a generating LLM, 49 ms alone
+    hold_for_first_phrase: bool = True
     n_batch: int = 256
     ttft_budget_ms: int = 600  # quality profile slower than this to first token: use fast
     n_gpu_layers: int = 0  # -1 = all layers on the GPU (CUDA build of llama.cpp)

@@ -119,6 +119,40 @@ def test_closing_the_stream_cancels_generation_in_the_child(worker: ProcessEngin
     assert "".join(pieces).strip() and worker.last_stats.prompt_tokens > 0
 
 
+def _no_tokens_while_held(engine, cfg: Config) -> None:
+    """Pull a never-ending answer on a thread; hold it after the first token: nothing
+    more comes (but a token already on its way) until it is let go, then all of it."""
+    stream = engine.stream(msgs(cfg, "Tell me a long story."), 24, ignore_eos=True)
+    got: list[str] = [next(stream)]
+    puller = threading.Thread(target=lambda: got.extend(stream), daemon=True)
+    engine.hold(True)
+    puller.start()
+    time.sleep(0.3)
+    while_held = len(got)
+    time.sleep(0.3)  # both looks within the hold (it ends by itself after HOLD_MAX_S)
+    assert len(got) == while_held <= 3
+    engine.hold(False)
+    puller.join(30)
+    assert not puller.is_alive() and len(got) > while_held
+    assert engine.last_stats.generated_tokens >= 23  # the whole answer, nothing lost
+
+
+def test_hold_pauses_generation_in_the_child(worker: ProcessEngine, tiny_cfg: Config) -> None:
+    _no_tokens_while_held(worker, tiny_cfg)
+    # the pipe is clean for the next call; a hold with nothing being written is harmless
+    worker.hold(True)
+    worker.hold(False)
+    assert "".join(worker.stream(msgs(tiny_cfg, "Name a planet."), 8)).strip()
+
+
+def test_hold_pauses_generation_in_this_process(tiny_cfg: Config) -> None:
+    local = engine_for_profile(tiny_cfg, "tiny")
+    try:
+        _no_tokens_while_held(local, tiny_cfg)
+    finally:
+        local.close()
+
+
 def test_sigkill_mid_generation_raises_restarts_and_recovers(worker: ProcessEngine,
                                                              tiny_cfg: Config) -> None:
     old_pid = worker.pid

@@ -469,3 +469,29 @@ def test_spoken_phrases_start_at_once_and_a_phrase_cut_mid_sentence_flows_on():
         ("Romeo and Juliet", 240 + 1600 + 640),  # 15 ms before, 40 ms after: flows on
         ("were written by William Shakespeare.", 240 + 1600 + 4000),  # a sentence's pause
     ]
+
+
+def test_the_llm_is_held_while_the_first_phrase_is_synthesized():
+    log = Log()
+
+    class HoldingLlm(FakeLlm):
+        def hold(self, on: bool) -> None:
+            self.log.add(f"hold:{on}")
+
+    llm = HoldingLlm(log, ["The sky ", "is blue, ", "because of ", "Rayleigh ", "scattering. ",
+                           "Short waves ", "scatter ", "more."])
+    a, _ = make(log, llm, {1: "speech_start", 4: "speech_end"})
+    asyncio.run(collect(a.run_turn(mic(10))))
+    a.close()
+    tts = [i for i, e in enumerate(log.items) if e.startswith("tts:")]
+    holds = [i for i, e in enumerate(log.items) if e.startswith("hold:")]
+    assert len(tts) >= 2 and [log.items[i] for i in holds] == ["hold:True", "hold:False"]
+    assert holds[0] < tts[0] < holds[1] < tts[1]  # around the first phrase only
+    # and not at all when turned off
+    log2 = Log()
+    llm2 = HoldingLlm(log2, ["The sky ", "is blue, ", "because of ", "Rayleigh ", "scattering."])
+    b, _ = make(log2, llm2, {1: "speech_start", 4: "speech_end"})
+    b.cfg.llm.hold_for_first_phrase = False
+    asyncio.run(collect(b.run_turn(mic(10))))
+    b.close()
+    assert not any(e.startswith("hold:") for e in log2.items)

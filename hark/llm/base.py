@@ -19,7 +19,15 @@ class ChatMessage:
     content: str
 
 
+# The longest a generation waits on a hold (see LlmService.hold) before it goes on anyway.
+HOLD_MAX_S = 1.0
+
+
 class LlmEngine(Protocol):
+    """Engines may also have ``hold(on: bool)``: pause the generation in progress
+    between two tokens (``on=True``) or let it go on; a hold ends by itself after
+    :data:`HOLD_MAX_S`."""
+
     name: str
 
     def stream(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[str]:

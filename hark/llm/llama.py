@@ -43,7 +43,7 @@ from typing import Any
 
 from hark.config import Config
 from hark.errors import ModelError
-from hark.llm.base import ChatMessage, LlmError
+from hark.llm.base import HOLD_MAX_S, ChatMessage, LlmError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ class LlamaCppEngine:
         self.n_ctx = n_ctx
         self.system_prompt = system_prompt
         self._lock = threading.Lock()
+        self._go = threading.Event()  # cleared by hold(True): generation waits
+        self._go.set()
         self._template = self._make_template()
         self._eval_sizes: list[int] = []
         self._orig_eval = self._llm.eval
@@ -203,6 +205,13 @@ class LlamaCppEngine:
         a model that never stops, for tests)."""
         with self._lock:
             yield from self._stream_locked(messages, max_tokens, ignore_eos)
+
+    def hold(self, on: bool) -> None:
+        """Pause the generation in progress between two tokens (at most HOLD_MAX_S)."""
+        if on:
+            self._go.clear()
+        else:
+            self._go.set()
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
@@ -299,6 +308,8 @@ class LlamaCppEngine:
                     if stats.first_token_s is None:
                         stats.first_token_s = time.monotonic() - t0
                     yield text
+                if not self._go.is_set():  # held: the next token waits
+                    self._go.wait(HOLD_MAX_S)
         except LlmError:
             raise
         except Exception as exc:

@@ -162,6 +162,19 @@ class LlmService:
             except HarkError as exc:
                 log.error("LLM warm-up of %s failed: %s", getattr(engine, "name", "?"), exc)
 
+    def hold(self, on: bool) -> None:
+        """Pause the answer being written between two tokens, or let it go on (a hold
+        ends by itself after ``HOLD_MAX_S``). The pipeline holds it while the first
+        phrase is synthesized: on 2 cores the two compete, and the words after that
+        phrase are not needed before it has been spoken."""
+        for engine in filter(None, (self.engine, self.fallback)):
+            hold = getattr(engine, "hold", None)
+            if hold is not None:
+                try:
+                    hold(on)
+                except Exception as exc:  # noqa: BLE001 - a hint only
+                    log.debug("LLM hold: %s", exc)
+
     def reply_stream(self, user_text: str, session: str = "default", cacheable: bool = True,
                      trace: Trace | None = None) -> Iterator[str]:
         """Yield the spoken reply to ``user_text`` in cleaned pieces as they are ready.

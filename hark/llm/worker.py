@@ -46,7 +46,7 @@ from typing import Any
 
 from hark.config import Config
 from hark.errors import ConfigError, HarkError, ModelError
-from hark.llm.base import ChatMessage, LlmError
+from hark.llm.base import HOLD_MAX_S, ChatMessage, LlmError
 from hark.llm.llama import GenerationStats
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,14 @@ def _serve_stream(conn: Connection, engine: Any, call_id: int,
         try:
             for piece in gen:
                 conn.send(("tok", call_id, piece))
-                if conn.poll():  # between tokens: has the caller stopped listening?
-                    kind = conn.recv()[0]
-                    if kind in ("cancel", "close"):
-                        cancelled = True
-                        keep_serving = kind == "cancel"
-                        break
+                # between tokens: has the caller stopped listening, or asked to hold?
+                kind = conn.recv()[0] if conn.poll() else None
+                if kind == "hold":  # wait for "go" (or a cancel), HOLD_MAX_S at most
+                    kind = conn.recv()[0] if conn.poll(HOLD_MAX_S) else None
+                if kind in ("cancel", "close"):
+                    cancelled = True
+                    keep_serving = kind == "cancel"
+                    break
         except (EOFError, OSError):
             return False  # the parent is gone
         except Exception as exc:  # noqa: BLE001 - reported to the caller
@@ -259,6 +261,8 @@ class ProcessEngine:
         self._warm: tuple[bool, str | None] = (False, None)
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # one call at a time, like LlamaCppEngine
+        self._send_lock = threading.Lock()
+        self._streaming: int | None = None  # the call id of the answer being written
         self._state = threading.Lock()  # guards _child / _ready
         self._ids = itertools.count(1)
         self._closing = threading.Event()
@@ -311,6 +315,7 @@ class ProcessEngine:
             try:
                 self._send(child, ("stream", call_id, [(m.role, m.content) for m in messages],
                                    max_tokens, ignore_eos))
+                self._streaming = call_id
                 while True:
                     kind, _, *rest = self._recv(child, call_id)
                     if kind == "tok":
@@ -325,9 +330,21 @@ class ProcessEngine:
                         finished = True
                         raise _rebuild_error(rest[0])
             finally:
+                self._streaming = None
                 if not finished:
                     self._cancel(child, call_id)
                 self.active_call = None
+
+    def hold(self, on: bool) -> None:
+        """Pause the child's generation in progress between two tokens (HOLD_MAX_S at
+        most), or let it go on. Nothing to do when no answer is being written."""
+        child, call_id = self._child, self._streaming
+        if child is None or call_id is None:
+            return
+        try:
+            self._send(child, ("hold" if on else "go", call_id))
+        except LlmError as exc:  # the child died: the stream reports it
+            log.debug("LLM worker hold: %s", exc)
 
     def prefill(self, messages: list[ChatMessage]) -> int:
         return int(self._call("prefill", [ChatMessage(m.role, m.content) for m in messages]))
@@ -395,7 +412,8 @@ class ProcessEngine:
 
     def _send(self, child: _Child, msg: tuple) -> None:
         try:
-            child.conn.send(msg)
+            with self._send_lock:  # hold() sends from another thread
+                child.conn.send(msg)
         except (OSError, EOFError, ValueError) as exc:  # broken pipe: the child is gone
             raise self._died(child) from exc
 
@@ -427,7 +445,8 @@ class ProcessEngine:
         if not child.process.is_alive():
             return
         try:
-            child.conn.send(("cancel", call_id))
+            with self._send_lock:
+                child.conn.send(("cancel", call_id))
             while True:
                 kind, _, *rest = self._recv(child, call_id, stall_s=min(self.stall_s, 10.0))
                 if kind == "end":

@@ -495,10 +495,20 @@ class Assistant:
         chunks: asyncio.Queue = asyncio.Queue()
 
         async def speak_chunks() -> None:
+            # the LLM waits while the first phrase is synthesized: both want the CPU
+            hold = getattr(self.llm, "hold", None) if self.cfg.llm.hold_for_first_phrase \
+                else None
             while (chunk := await chunks.get()) is not None:
                 await q.put(ReplyText(chunk, source))
-                async for audio in self._tts_stream(chunk, trace, cache=False):
-                    await q.put(ReplyAudio(audio))
+                if hold is not None:
+                    hold(True)
+                try:
+                    async for audio in self._tts_stream(chunk, trace, cache=False):
+                        await q.put(ReplyAudio(audio))
+                finally:
+                    if hold is not None:
+                        hold(False)
+                        hold = None  # the first phrase only
             trace.mark("tts_done")
 
         speaker = asyncio.create_task(speak_chunks())
