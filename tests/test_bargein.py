@@ -82,3 +82,87 @@ def test_playback_listener_with_satellite_frames(vad, speak):
     mic[20000:20000 + len(person)] += person[: len(mic) - 20000]
     at = run(mic)
     assert at is not None and at >= 20000
+
+
+def _room(reply: np.ndarray, rt60: float, drr_db: float, delay: int = 640,
+          seed: int = 1) -> np.ndarray:
+    """The reply as a microphone hears it in a reverberant room: a direct path after
+    ``delay`` samples plus an exponentially decaying diffuse tail (reverberation time
+    ``rt60`` s) ``drr_db`` below it, at half the level, with a little room noise
+    (``seed``: the noise; the room is the same for every seed)."""
+    n = int(rt60 * 16000)
+    t = np.arange(n) / 16000
+    tail = np.random.default_rng(1).normal(0, 1, n) * np.exp(-6.9 * t / rt60)
+    tail[:80] = 0.0  # 5 ms before the first reflections
+    h = np.zeros(delay + n)
+    h[delay] = 1.0
+    h[delay:] += tail * np.sqrt(10 ** (-drr_db / 10) / np.sum(tail ** 2))
+    noise = np.random.default_rng(seed).normal(0, 30, len(reply))
+    return np.convolve(reply.astype(float), h)[: len(reply)] * 0.5 + noise
+
+
+REPLY = ("It is three fifteen in the afternoon, and your timer has two minutes left. "
+         "The weather is sunny.")
+
+
+@pytest.mark.parametrize("rt60, drr_db", [(0.2, 6), (0.4, 0), (0.6, 6), (0.6, 0)])
+def test_reverberant_echo_needs_the_adaptive_canceller(vad, speak, rt60, drr_db):
+    """A room's echo is the reply smeared by reverberation: one delayed gain leaves most
+    of it and the VAD hears the assistant's own voice; the adaptive canceller removes
+    it from the first reply on, and the next reply in the same room too."""
+    reply = speak(REPLY)
+    mic = _room(reply, rt60, drr_db)
+    sub = BargeInDetector(vad, canceller="subtract")
+    sub.start(reply)
+    assert _run(sub, mic) is not None
+    det = BargeInDetector(vad)  # adaptive by default
+    det.start(reply)
+    assert _run(det, mic) is None
+    learnt = det.aec.learnt_s
+    second = speak("Your timer is done.")
+    det.start(second)
+    assert det.aec.learnt_s == learnt  # the room it learnt is kept
+    assert _run(det, _room(second, rt60, drr_db, seed=2)) is None
+
+
+@pytest.mark.parametrize("start, level", [(8000, 1.0), (32000, 1.0), (32000, 0.25)])
+def test_person_over_a_reverberant_echo_is_heard(vad, speak, start, level):
+    """Heard within a quarter of a second: half a second into the first reply (the
+    canceller still learning), or two seconds in, even 12 dB under the echo's level."""
+    reply = speak(REPLY)
+    person = speak("Stop. Turn on the kitchen light.").astype(float) * level
+    mic = _room(reply, 0.4, 0)
+    mic[start:start + len(person)] += person[: len(mic) - start]
+    det = BargeInDetector(vad)
+    det.start(reply)
+    at = _run(det, mic)
+    assert at is not None and start <= at < start + 4000
+
+
+def test_canceller_removes_a_known_echo_path():
+    """EchoCanceller alone, on noise through a reverberant path: after a second of
+    learning the residual is well below the echo (and the output is one hop late)."""
+    from hark.pipeline.bargein import EchoCanceller
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(0, 3000, 48000)
+    path = np.zeros(2400)
+    path[300] = 0.6
+    path[300:] += rng.normal(0, 0.05, 2100) * np.exp(-np.arange(2100) / 800)
+    mic = np.convolve(ref, path)[: len(ref)]
+    aec = EchoCanceller()
+    h = aec.hop
+    lead = np.concatenate([ref[h:], np.zeros(h)])  # the reference a hop ahead
+    out = np.concatenate([aec.process(mic[i:i + h], lead[i:i + h])
+                          for i in range(0, len(ref) - h + 1, h)])
+    late = mic[: len(out) - h]  # output i*h .. is microphone i*h - h ..
+    tail = slice(16000 + h, len(out))
+    erle_db = 10 * np.log10(np.sum(late[16000:len(out) - h] ** 2) / np.sum(out[tail] ** 2))
+    assert erle_db > 15, erle_db  # ~20 dB measured
+
+
+def test_unknown_canceller_is_a_clear_error(vad):
+    from hark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="wake.echo_canceller"):
+        BargeInDetector(vad, canceller="magic")

@@ -1,16 +1,28 @@
 """Barge-in: notice the person talking over the reply, but not the reply's own echo.
 
 While a reply plays, the microphone hears the loudspeaker. We know exactly what is being
-played, so each microphone frame is compared with the reply audio around the same moment:
-the echo path's delay is found once by cross-correlation, then each frame's
-echo is removed with a least-squares gain fitted against the delayed reference. What is
-left (the residual) goes through the VAD; only speech in the residual is a barge-in.
+played, so the echo is predicted from the reply audio and subtracted; only speech in what
+is left (the residual) is a barge-in. Two predictions, and each frame keeps the one that
+leaves less:
+
+- one delayed gain: the echo path's delay is found by cross-correlation at the start of
+  each reply, and each frame's gain is fitted by least squares. Right for a direct echo
+  and from the first frames on, but a room's reverberation smears the echo over
+  hundreds of milliseconds, and that goes through.
+- :class:`EchoCanceller`: the room's response (reverberation included) learnt from the
+  replies, as a convolutive transfer function in the short-time Fourier domain. It
+  needs about a second of reply audio to learn the room, and keeps it for the next
+  replies.
+
+A frame whose residual is more than ``echo_margin_db`` below the predicted echo is
+counted as leftover echo, whatever the VAD says of it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from hark.errors import ConfigError
 from hark.vad.base import VadEngine
 
 
@@ -24,27 +36,100 @@ def echo_delay(mic: np.ndarray, ref: np.ndarray, max_delay: int) -> int:
     return int(np.argmax(cc[: max_delay + 1]))
 
 
+class EchoCanceller:
+    """Removes a known reference's echo from microphone audio: a convolutive transfer
+    function (``taps`` frames per frequency bin, short-time Fourier transform with
+    ``frame``-sample sqrt-Hann windows at 50% overlap) fitted by exponentially weighted
+    least squares (time constant ``forget_s``), solved every ``solve_every`` hops.
+
+    The person's speech does not correlate with the reply, so it does not bias the fit:
+    no double-talk detector is needed, and what is learnt of the room is kept from one
+    reply to the next (:meth:`restart` only clears the audio buffers). ``process`` takes
+    a hop of microphone audio and the reference a hop ahead of it, and returns the
+    residual of the hop before (the window's overlap delays the output by one hop).
+    """
+
+    def __init__(self, taps: int = 20, frame: int = 512, forget_s: float = 4.0,
+                 solve_every: int = 4, rate: int = 16000):
+        self.frame, self.hop, self.taps = frame, frame // 2, taps
+        self.rate = rate
+        self.win = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frame) / frame))
+        bins = frame // 2 + 1
+        self.R = np.zeros((bins, taps, taps), np.complex128)  # sum of conj(x) x^T
+        self.r = np.zeros((bins, taps), np.complex128)  # sum of conj(x) y
+        self.H = np.zeros((bins, taps), np.complex128)
+        self.lam = float(np.exp(-self.hop / (forget_s * rate)))
+        self.solve_every = solve_every
+        self.learnt_s = 0.0  # seconds of sounding reference the fit has seen
+        self._updates = 0
+        self.restart()
+
+    def restart(self) -> None:
+        """A new stream (the next reply): clear the buffers, keep the room."""
+        bins = self.frame // 2 + 1
+        self.X = np.zeros((bins, self.taps), np.complex128)  # newest reference frame first
+        self._mic = np.zeros(self.frame)
+        self._ref = np.zeros(self.frame)
+        self._tail = np.zeros(self.frame - self.hop)
+
+    def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        h = self.hop
+        self._mic = np.concatenate([self._mic[h:], mic])
+        self._ref = np.concatenate([self._ref[h:], ref])
+        Y = np.fft.rfft(self.win * self._mic)
+        self.X = np.concatenate([np.fft.rfft(self.win * self._ref)[:, None], self.X[:, :-1]],
+                                axis=1)
+        E = Y - np.einsum("bk,bk->b", self.H, self.X)
+        if float(np.dot(ref, ref)) > 1e3 * len(ref):  # learn while the reply makes a sound
+            xc = np.conj(self.X)
+            self.R = self.lam * self.R + xc[:, :, None] * self.X[:, None, :]
+            self.r = self.lam * self.r + xc * Y[:, None]
+            self.learnt_s += h / self.rate
+            self._updates += 1
+            if self._updates % self.solve_every == 0:
+                d = np.real(np.einsum("bkk->b", self.R)) / self.taps
+                ridge = (1e-2 * d + 1e-6 * (d.mean() + 1.0))[:, None, None] * np.eye(self.taps)
+                self.H = np.linalg.solve(self.R + ridge, self.r[:, :, None])[:, :, 0]
+        e = np.fft.irfft(E, self.frame) * self.win
+        out = self._tail[:h] + e[:h]
+        self._tail = np.concatenate([self._tail[h:], np.zeros(h)]) + e[h:]
+        return out
+
+
 class BargeInDetector:
     """Feed microphone frames during playback; ``process`` says when the person speaks.
 
     ``start(reply)`` with the reply audio at 16 kHz as it will be played (append more with
     ``extend``); microphone frame ``k`` is taken to be captured while reference sample
     ``k * frame`` plays, plus the echo delay estimated from the first frames.
+    ``canceller``: "adaptive" (the delayed gain and :class:`EchoCanceller`, the better of
+    the two each frame) or "subtract" (the delayed gain alone). With "adaptive" the
+    residual runs half a VAD frame (16 ms) behind the microphone.
     """
 
     def __init__(self, vad: VadEngine, threshold: float = 0.6, min_speech_ms: int = 96,
-                 max_delay_ms: int = 200, rate: int = 16000):
+                 max_delay_ms: int = 200, rate: int = 16000, canceller: str = "adaptive",
+                 echo_margin_db: float = 10.0):
+        if canceller not in ("adaptive", "subtract"):
+            raise ConfigError(f"wake.echo_canceller must be 'adaptive' or 'subtract', "
+                              f"not {canceller!r}")
         self.vad = vad
         self.threshold = threshold
         self.frame = vad.frame_samples
         self.need = max(1, int(min_speech_ms * rate / 1000) // self.frame)
         self.max_delay = int(max_delay_ms * rate / 1000)
+        self.echo_margin = 10 ** (-echo_margin_db / 10)
+        self.aec = EchoCanceller(frame=self.frame, rate=rate) if canceller == "adaptive" \
+            else None
         self.ref = np.zeros(0, np.float64)
         self.mic_seen: list[np.ndarray] = []
         self.pos = 0
         self.delay: int | None = None
         self.run = 0
         self.triggered = False
+        self.leftover = False  # the last residual was counted as leftover echo
+        self._held = np.zeros(self.frame // 2)  # the newest half frame of mic and of
+        self._held_res = np.zeros(self.frame // 2)  # the gain's residual, for lining up
 
     def start(self, reply: np.ndarray) -> None:
         self.ref = reply.astype(np.float64)
@@ -53,7 +138,12 @@ class BargeInDetector:
         self.delay = None
         self.run = 0
         self.triggered = False
+        self.leftover = False
         self.vad.reset()
+        if self.aec is not None:
+            self.aec.restart()  # the room it learnt stays
+        self._held = np.zeros(self.frame // 2)
+        self._held_res = np.zeros(self.frame // 2)
 
     def extend(self, more: np.ndarray) -> None:
         self.ref = np.concatenate([self.ref, more.astype(np.float64)])
@@ -79,12 +169,30 @@ class BargeInDetector:
                 return None  # not enough played yet to place the echo
             self.delay = echo_delay(seen, ref, self.max_delay) if voiced > 0.05 else 0
             self.mic_seen.clear()
-        r = self._reference(self.pos - len(x) - self.delay, len(x))
+            if self.aec is not None:  # the canceller hears the frames so far, to be in step
+                h = self.aec.hop
+                for i in range(0, len(seen) - len(x), h):
+                    self.aec.process(seen[i:i + h], self._reference(i - self.delay + h, h))
+                self._held = self._held_res = seen[len(seen) - len(x) - h:len(seen) - len(x)]
+        start = self.pos - len(x) - self.delay
+        r = self._reference(start, len(x))
         energy = float(r @ r)
-        if energy < 1e-6:
-            return x
-        gain = max(0.0, float(x @ r) / energy)
-        return x - gain * r
+        gain = max(0.0, float(x @ r) / energy) if energy >= 1e-6 else 0.0
+        res = x - gain * r
+        self.leftover = False
+        if self.aec is None:
+            return res
+        # the canceller's residual comes half a frame late: line the rest up with it
+        h = self.aec.hop
+        out = np.concatenate([self.aec.process(x[i:i + h], self._reference(start + h + i, h))
+                              for i in range(0, len(x), h)])
+        mic = np.concatenate([self._held, x[:-h]])
+        late = np.concatenate([self._held_res, res[:-h]])
+        self._held, self._held_res = x[-h:], res[-h:]
+        best = out if float(out @ out) <= float(late @ late) else late
+        echo = mic - best
+        self.leftover = float(best @ best) < self.echo_margin * float(echo @ echo)
+        return best
 
     def process(self, frame: np.ndarray) -> bool:
         """One microphone frame (``vad.frame_samples`` int16 samples). True once the
@@ -93,7 +201,8 @@ class BargeInDetector:
         if res is None:
             return self.triggered
         p = self.vad.probability(np.clip(res, -32768, 32767).astype(np.int16))
-        self.run = self.run + 1 if p >= self.threshold else 0
+        speech = p >= self.threshold and not self.leftover
+        self.run = self.run + 1 if speech else 0
         if self.run >= self.need:
             self.triggered = True
         return self.triggered

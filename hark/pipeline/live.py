@@ -204,9 +204,9 @@ class _EchoFreeDetector(BargeInDetector):
 
 
 class _Listener(PlaybackListener):
-    def __init__(self, vad):
-        super().__init__(vad)
-        self.detector = _EchoFreeDetector(vad)
+    def __init__(self, vad, canceller: str = "adaptive"):
+        super().__init__(vad, canceller=canceller)
+        self.detector = _EchoFreeDetector(vad, canceller=canceller)
 
     def take_clean(self) -> np.ndarray | None:
         """Echo-free audio computed since the last call (None: nothing was computed)."""
@@ -265,7 +265,7 @@ class LiveLoop:
         from hark.vad.silero import load_vad
 
         try:
-            return _Listener(load_vad(self.cfg))
+            return _Listener(load_vad(self.cfg), self.cfg.wake.echo_canceller)
         except HarkError as exc:
             log.warning("speech barge-in off: %s", exc)
             return None

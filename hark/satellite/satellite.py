@@ -156,7 +156,7 @@ class Satellite:
         from hark.vad.silero import load_vad
 
         try:
-            return PlaybackListener(load_vad(self.cfg))
+            return PlaybackListener(load_vad(self.cfg), canceller=self.cfg.wake.echo_canceller)
         except HarkError as exc:
             log.warning("speech barge-in off (only the wake word interrupts): %s", exc)
             return None
