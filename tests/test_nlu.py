@@ -250,6 +250,23 @@ def test_normalize():
     assert normalize("What's the time?") == "what's the time"
     assert normalize("Pause the T.V.") == "pause the tv"
     assert normalize("okay so uh what time is it thank you") == "what time is it"
+    # ... but in "no thanks" the thanks is the meaning
+    assert normalize("No thanks!") == "no thanks" and normalize("ok, no thank you") == "no thank you"
+
+
+@pytest.mark.parametrize("sentence, intent, slots", [
+    ("no thanks", "HassNevermind", {}),
+    ("play the previous song on the tv", "HassMediaPrevious", {"name": "tv"}),  # not a search
+    ("play the next song on the tv", "HassMediaNext", {"name": "tv"}),
+    ("play jazz on the tv", "HassMediaSearchAndPlay", {"search_query": "jazz", "name": "tv"}),
+    ("do you have the time", "HassGetCurrentTime", {}),
+    ("is it going to rain today", "HassGetWeather", {}),
+    ("what is the thermostat set to", "HassClimateGetTemperature", {"name": "thermostat"}),
+])
+def test_hark_extra_sentences(stage, sentence, intent, slots):
+    result = stage.match(sentence, paraphrase=False)
+    assert result is not None and result.source == "hassil"
+    assert (result.name, {k: str(v).lower() for k, v in result.slots.items()}) == (intent, slots)
 
 
 def test_fixtures_home_and_shipped_eval_files():

@@ -114,6 +114,7 @@ def test_open_questions_stay_rejected_with_the_fallback(stage):
     ("home_commands_heldout4.yaml", 0.95),  # 42/44 blind, 44/44 since
     ("home_commands_heldout5.yaml", 0.92),  # 37/41 blind, 40/41 since
     ("home_commands_heldout6.yaml", 0.92),  # 37/42 blind, 41/42 since
+    ("home_commands_heldout7.yaml", 0.95),  # 35/38 blind, 38/38 since
 ])
 def test_command_files_with_the_fallback(stage, name, at_least):
     report = evaluate(stage, load_cases(EVAL / name))

@@ -61,6 +61,7 @@ _FILLERS = {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "hmm", "hm", "mm", "ah
 _LEADING = {"hey", "ok", "okay", "so", "well", "oh", "alright", "please", "hark", "and"}
 _TRAILING = {"please", "thanks", "now"}
 _TRAILING_PHRASES = ("thank you", "for me please")
+_KEEP = {"no thanks", "no thank you"}  # the thanks is the meaning here: no filler to drop
 
 _ACRONYM = re.compile(r"\b(?:[a-z]\.){2,}")
 _PUNCT = re.compile(r"[^\w\s'%.:/-]")  # keep apostrophes, %, and . : / - inside numbers
@@ -75,6 +76,8 @@ def normalize(text: str) -> str:
     words = [w for w in text.split() if w not in _FILLERS]
     while words and words[0] in _LEADING:
         words.pop(0)
+    if " ".join(words) in _KEEP:
+        return " ".join(words)
     changed = True
     while words and changed:
         changed = False
