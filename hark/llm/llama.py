@@ -277,6 +277,7 @@ class LlamaCppEngine:
     def _stream_locked(self, messages: list[ChatMessage], max_tokens: int,
                        ignore_eos: bool = False) -> Iterator[str]:
         t0 = time.monotonic()
+        self._go.set()  # a new answer starts unheld, whatever a caller forgot
         stats = self.last_stats = GenerationStats()
         tokens = self.render(messages)
         stats.prompt_tokens = len(tokens)
