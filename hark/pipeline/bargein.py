@@ -49,8 +49,8 @@ class EchoCanceller:
     residual of the hop before (the window's overlap delays the output by one hop).
     """
 
-    def __init__(self, taps: int = 20, frame: int = 512, forget_s: float = 4.0,
-                 solve_every: int = 4, rate: int = 16000):
+    def __init__(self, taps: int = 16, frame: int = 512, forget_s: float = 4.0,
+                 solve_every: int = 8, rate: int = 16000):
         self.frame, self.hop, self.taps = frame, frame // 2, taps
         self.rate = rate
         self.win = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frame) / frame))
