@@ -66,6 +66,10 @@ class AsrConfig:
     # SCHED_IDLE): they use only spare CPU, so one still running at the end of speech
     # never delays the final decode; false: partials share the main instance
     idle_partials: bool = True
+    # with idle_partials: after this much silence, decode what was said on the idle
+    # engine; if the pause (vad.speculative_ms) follows, that decode is the transcript,
+    # begun that much sooner (0: off)
+    early_final_ms: int = 64
     initial_prompt: str = ""  # vocabulary hint passed to Whisper
 
 

@@ -495,3 +495,70 @@ def test_the_llm_is_held_while_the_first_phrase_is_synthesized():
     asyncio.run(collect(b.run_turn(mic(10))))
     b.close()
     assert not any(e.startswith("hold:") for e in log2.items)
+
+
+class SilenceScriptedEndpointer(ScriptedEndpointer):
+    """Also says how long the silence has lasted (``silence``: chunk -> ms) and where the
+    speech ended (``speech_samples``, like the real endpointer)."""
+
+    def __init__(self, script: dict[int, str], silence: dict[int, float]):
+        super().__init__(script)
+        self.silence = silence
+        self.speech_samples = 0
+
+    @property
+    def silence_ms(self) -> float:
+        return self.silence.get(self.n, 0.0)
+
+    def process(self, chunk: AudioChunk) -> list[VadEvent]:
+        events = super().process(chunk)
+        if not self.silence.get(self.n):
+            self.speech_samples = 512 * self.n
+        return events
+
+
+def _early_turn(script, silence, partial_s: float = 0.0):
+    log = Log()
+
+    class Named(FakeAsr):
+        def __init__(self, log, name, took=0.0):
+            super().__init__(log)
+            self.name, self.took = name, took
+
+        def transcribe(self, samples, prompt=""):
+            self.log.add(f"{self.name}:{len(samples) // 512}")
+            time.sleep(self.took)
+            return super().transcribe(samples, prompt)
+
+    cfg = Config()
+    cfg.asr.partial_min_ms = 10_000  # no partial decodes while speaking: only the early one
+    a = Assistant(cfg, vad_factory=lambda: SilenceScriptedEndpointer(script, silence),
+                  asr=Named(log, "main"), nlu=FakeNlu(), handlers=FakeHandlers(log),
+                  llm=FakeLlm(log, ["ok."]), tts=FakeTts(log),
+                  partial_asr=Named(log, "partial", partial_s))
+    events = asyncio.run(collect(a.run_turn(mic(24, pace=0.03))))
+    a.close()
+    assert isinstance(events[-1], TurnEnd) and events[-1].error is None
+    return log, events[-1]
+
+
+def test_a_decode_begun_in_the_first_silence_is_the_transcript_when_the_pause_follows():
+    # speech until chunk 11, silence from 12 (64 ms at 13, when the early decode starts),
+    # the pause at 14
+    log, end = _early_turn({1: "speech_start", 14: "pause", 18: "speech_end"},
+                           {12: 32.0, 13: 64.0, 14: 96.0, 15: 128.0, 16: 160, 17: 192, 18: 224})
+    assert "partial:13" in log.items  # on the idle engine, at 64 ms of silence
+    assert not any(s.startswith("main:") for s in log.items)  # no second decode
+    assert end.transcript == "turn on the kitchen light" and end.trace.info.get("partial_reused")
+
+
+def test_an_early_decode_that_speech_went_on_after_is_only_a_partial():
+    # a 64 ms dip at chunks 7-8 starts an early decode (slow: still running at the real
+    # silence, so no second one starts); speech goes on until 11: the pause's decode, on
+    # the main engine, hears all of it
+    log, end = _early_turn({1: "speech_start", 14: "pause", 18: "speech_end"},
+                           {7: 32.0, 8: 64.0, 12: 32.0, 13: 64.0, 14: 96.0, 15: 128.0,
+                            16: 160, 17: 192, 18: 224}, partial_s=0.4)
+    assert [s for s in log.items if s.startswith("partial:")] == ["partial:8"]
+    assert [s for s in log.items if s.startswith("main:")] == ["main:14"]
+    assert end.transcript == "turn on the kitchen light"

@@ -60,6 +60,8 @@ APOLOGY = "Sorry, something went wrong on my side."
 # silence kept before a spoken phrase, and after one cut mid-sentence (Piper puts ~60 ms
 # before and 100-250 ms after every phrase)
 TTS_LEAD_MS = 15
+# a decode begun at the first silent frame has heard this much past the speech's end
+EARLY_MARGIN = 480
 TTS_TAIL_MS = 40
 
 # A partial transcript ending in one of these words is probably unfinished ("turn on the").
@@ -213,6 +215,7 @@ class Assistant:
         # speech straight to intent: () -> SpeechIntentRecognizer, one per concurrent turn
         self._grammar_factory = grammar_factory
         self._grammar_pool: list = []
+        self._turns = 0  # turns being listened to now (one per satellite speaking)
         # real-time class and pinned cores per stage thread (hark serve turns this on)
         self.sched_results: list = []
         self.grammar_exec = self._executor("grammar", sched)
@@ -583,8 +586,14 @@ class Assistant:
         partial_len, partial_text = 0, ""  # the latest partial decode: its audio, its words
         heard_words = ""  # the words of the latest partial decode that had any
         streamer = StreamingTranscriber(self.partial_asr, self.cfg.asr)  # LocalAgreement
+        # a decode at the first silent frame, on the idle-class engine (never on the main
+        # one: a wasted decode there would hold up the next)
+        early_ms = self.cfg.asr.early_final_ms if self.partial_exec is not self.asr_exec else 0
+        early_decode = False  # partial_task is that decode
+        early_began = False  # ... and it has begun (not queued behind another turn's)
         started = False
         grammar = _GrammarFeed(self) if streaming and self._grammar_factory else None
+        self._turns += 1
         try:
             async for chunk in audio:
                 for ev in ep.process(chunk):
@@ -599,7 +608,10 @@ class Assistant:
                         # whose audio already covers all the speech is its transcript
                         await _cancel(resp.task if resp else None)
                         covers = getattr(ep, "speech_samples", None)
-                        covered = covers is not None and partial_len >= covers + 1600
+                        margin = EARLY_MARGIN if early_decode else 1600
+                        covered = covers is not None and partial_len >= covers + margin
+                        if early_decode and not early_began:
+                            covered = False  # still queued: the main engine is sooner
                         heard = await grammar.peek() if grammar else None
                         heard = _unless_said_more(heard, heard_words, trace)
                         if heard is not None:
@@ -645,6 +657,24 @@ class Assistant:
                     elif not looks_unfinished(resp.transcript.rstrip("?.!")):
                         ep.set_eot_ms(self._eot_default())
                 # partial transcripts while speaking
+                if (streaming and started and resp is None and partial_task is None
+                        and 0 < early_ms <= ep.silence_ms and not early_decode
+                        and self._turns == 1):  # idle-class work needs an idle machine
+                    # a short silence: decode what was said on the idle-class engine now;
+                    # it is the transcript if the pause follows a moment later (else it
+                    # is one more partial)
+                    snapshot = ep.utterance()
+                    partial_len, partial_text, early_decode = len(snapshot), "", True
+                    early_began = False
+
+                    def early(audio: np.ndarray = snapshot) -> Transcript:
+                        nonlocal early_began
+                        early_began = True  # on the engine's thread: it really began
+                        return self._early(audio)
+
+                    partial_task = asyncio.create_task(self.partial_exec.run(early))
+                if ep.silence_ms == 0:
+                    early_decode = early_decode and partial_task is not None
                 if streaming and started and self.cfg.asr.streaming and resp is None:
                     if partial_task is not None and partial_task.done():
                         part = None if partial_task.exception() else partial_task.result()
@@ -710,6 +740,7 @@ class Assistant:
             async for ev in self._drain(resp, trace):
                 yield ev
         finally:
+            self._turns -= 1
             await _cancel(partial_task)
             if resp is not None:
                 await _cancel(resp.task)
@@ -722,6 +753,9 @@ class Assistant:
         resp.task = asyncio.create_task(
             self._respond(resp, session, audio=audio, streaming=streaming, **given))
         return resp
+
+    def _early(self, audio: np.ndarray) -> Transcript:
+        return Transcript(self.partial_asr.transcribe(audio).strip(), t=time.monotonic())
 
     @staticmethod
     def _partial(streamer, audio: np.ndarray) -> Transcript:
