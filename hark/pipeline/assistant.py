@@ -60,9 +60,10 @@ APOLOGY = "Sorry, something went wrong on my side."
 # silence kept before a spoken phrase, and after one cut mid-sentence (Piper puts ~60 ms
 # before and 100-250 ms after every phrase)
 TTS_LEAD_MS = 15
-# a decode begun at the first silent frame has heard this much past the speech's end
-EARLY_MARGIN = 480
 TTS_TAIL_MS = 40
+# a decode begun after asr.early_final_ms of silence has heard this much past the
+# speech's end (a regular partial must have heard 1600 samples past it to count)
+EARLY_MARGIN = 480
 
 # A partial transcript ending in one of these words is probably unfinished ("turn on the").
 _UNFINISHED = re.compile(
@@ -586,8 +587,8 @@ class Assistant:
         partial_len, partial_text = 0, ""  # the latest partial decode: its audio, its words
         heard_words = ""  # the words of the latest partial decode that had any
         streamer = StreamingTranscriber(self.partial_asr, self.cfg.asr)  # LocalAgreement
-        # a decode at the first silent frame, on the idle-class engine (never on the main
-        # one: a wasted decode there would hold up the next)
+        # a decode after a short silence, on the idle-class engine (never on the main one:
+        # a wasted decode there would hold up the next)
         early_ms = self.cfg.asr.early_final_ms if self.partial_exec is not self.asr_exec else 0
         early_decode = False  # partial_task is that decode
         early_began = False  # ... and it has begun (not queued behind another turn's)
@@ -670,10 +671,12 @@ class Assistant:
                     def early(audio: np.ndarray = snapshot) -> Transcript:
                         nonlocal early_began
                         early_began = True  # on the engine's thread: it really began
-                        return self._early(audio)
+                        return Transcript(self.partial_asr.transcribe(audio).strip(),
+                                          t=time.monotonic())
 
                     partial_task = asyncio.create_task(self.partial_exec.run(early))
-                if ep.silence_ms == 0:
+                if ep.silence_ms == 0:  # speaking again: once that decode is done (it is
+                    # then one more partial), the next silence may start another
                     early_decode = early_decode and partial_task is not None
                 if streaming and started and self.cfg.asr.streaming and resp is None:
                     if partial_task is not None and partial_task.done():
@@ -753,9 +756,6 @@ class Assistant:
         resp.task = asyncio.create_task(
             self._respond(resp, session, audio=audio, streaming=streaming, **given))
         return resp
-
-    def _early(self, audio: np.ndarray) -> Transcript:
-        return Transcript(self.partial_asr.transcribe(audio).strip(), t=time.monotonic())
 
     @staticmethod
     def _partial(streamer, audio: np.ndarray) -> Transcript:
