@@ -731,8 +731,7 @@ class ParaphraseMatcher:
             return None
         k = int(order[0])
         k, runner_up = self._by_cue_words(text, k, per_intent, order, runner_up)
-        if k < 0 or float(per_intent[k]) < self.threshold or \
-                float(per_intent[k]) - runner_up < self.margin:
+        if float(per_intent[k]) < self.threshold or float(per_intent[k]) - runner_up < self.margin:
             return None
         best = float(per_intent[k])
         kind = question_kind(text)
