@@ -128,7 +128,8 @@ def test_open_questions_are_rejected(stage, question):
 
 
 def test_area_context_fills_area_less_commands(stage):
-    assert stage.match("set the temperature to 68") is None  # no room known
+    no_room = stage.match("set the temperature to 68")  # the home's thermostat decides
+    assert no_room is not None and no_room.slots == {"temperature": 68}
     result = stage.match("set the temperature to 68", context={"area": "living room"})
     assert result is not None
     assert result.slots == {"temperature": 68, "area": "living room"}
@@ -263,6 +264,12 @@ def test_normalize():
     ("do you have the time", "HassGetCurrentTime", {}),
     ("is it going to rain today", "HassGetWeather", {}),
     ("what is the thermostat set to", "HassClimateGetTemperature", {"name": "thermostat"}),
+    # no room known: the home's thermostat (the package needs the satellite's area)
+    ("what's the indoor temperature", "HassClimateGetTemperature", {}),
+    ("set the temperature to 68", "HassClimateSetTemperature", {"temperature": "68"}),
+    ("what's the temperature outside", "HassGetWeather", {}),
+    ("is the tv off", "HassGetState", {"name": "tv", "state": "off"}),
+    ("did i leave the garage door open", "HassGetState", {"name": "garage door", "state": "open"}),
 ])
 def test_hark_extra_sentences(stage, sentence, intent, slots):
     result = stage.match(sentence, paraphrase=False)

@@ -446,6 +446,7 @@ _QUESTION_KINDS = {
                      "could", "would", "will", "shall", "has", "have"), "yes/no"),
     "why": "why", "who": "who", "whom": "who", "whose": "who", "when": "when",
     "where": "where", "if": "yes/no", "whether": "yes/no",
+    "about": "what",  # "tell me about ..." (after the polite "tell me")
 }
 
 
@@ -483,7 +484,8 @@ is are was were be been am do does did can could would will shall should may mig
 what whats how hows why who when where which whom whose there here
 in on at to of for from by with about into over under up down out off and or but so if
 then than as like just very really too also all any some please now right
-""".split())
+s t d m ll re ve
+""".split())  # the last line: what is left of contractions ("what's" -> "what", "s")
 
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen "
