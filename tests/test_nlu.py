@@ -350,6 +350,7 @@ def test_eval_reads_every_home_assistant_test_file_shape(tmp_path):
     assert light.context == {"area": "Den"} and light.slots == {"area": "Den", "brightness": 10}
     assert cover.sentence == "open the den blinds" and cover.context == {"area": "Den"}
     assert cover.slots == {"area": "Den", "device_class": ["blind", "shutter"]}
+    assert state.slots["state"] == ["on", "playing"]  # YAML reads an unquoted on as true
 
     def result(intent, **slots):
         return IntentResult(name=intent, slots=slots, text="", source="hassil")
@@ -361,6 +362,8 @@ def test_eval_reads_every_home_assistant_test_file_shape(tmp_path):
                                   alternate={"idle": "not playing"}))
     assert not is_right(state, result("HassGetState", name="Radio", state="on",
                                       alternate={"idle": "off"}))
+    assert is_right(state, result("HassGetState", name="Radio", state="on",
+                                  alternate={"idle": "not playing"}))
     assert is_right(light, result("HassLightSet", area="den", brightness=10.0))
     assert not is_right(light, result("HassLightSet", area="den", brightness=10.0),
                         exact_case=True)

@@ -119,6 +119,7 @@ def test_open_questions_stay_rejected_with_the_fallback(stage):
     ("home_commands_heldout6.yaml", 0.92),  # 37/42 blind, 41/42 since
     ("home_commands_heldout7.yaml", 0.95),  # 35/38 blind, 38/38 since
     ("home_commands_heldout8.yaml", 0.95),  # 49/52 blind, 52/52 since
+    ("home_commands_heldout9.yaml", 0.97),  # 53/53 blind (once on/off labels read as such)
 ])
 def test_command_files_with_the_fallback(stage, name, at_least):
     report = evaluate(stage, load_cases(EVAL / name))

@@ -77,11 +77,14 @@ def load_cases(path: str | Path) -> list[Case]:
 
 def _slot_value(value: Any) -> Any:
     """An expected slot value: ``{value: X}`` (older test files) is X; a list means
-    any of its items."""
+    any of its items. YAML reads an unquoted ``state: on`` as true: a true or false
+    value is the state "on" or "off" (no intent slot is a boolean)."""
     if isinstance(value, dict) and "value" in value:
         return _slot_value(value["value"])
     if isinstance(value, list):
         return [_slot_value(v) for v in value]
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return value
 
 
