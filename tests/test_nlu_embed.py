@@ -1,5 +1,5 @@
 """The paraphrase fallback inside the intent stage: the real all-MiniLM-L6-v2 encoders
-(int8 ONNX on onnxruntime, float32 numpy), the on-disk example cache, and rejection of
+(ONNX on onnxruntime, shipped and quantized to int8 compute; float32 numpy), the on-disk example cache, and rejection of
 open questions with the fallback on."""
 
 from __future__ import annotations
@@ -182,6 +182,48 @@ def test_numpy_and_onnx_encoders_agree():
     numpy_ = embed.load_embedder("numpy").embed(texts)
     assert np.allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-4)
     assert ((onnx * numpy_).sum(1) > 0.99).all()  # int8 vs float32 weights
+
+
+def test_the_int8_compute_encoder_is_derived_once_and_agrees(stage, home_dir):
+    """The stage's encoder is the dynamically quantized model, derived into the home's
+    cache with the pinned libraries' sha256, and its vectors match the shipped model's
+    and the float32 numpy encoder's."""
+    if embed.default_onnx_path() is None:
+        pytest.skip(embed.INSTALL_FIX)
+    pytest.importorskip("onnx", reason="pip install onnx")
+    quantized = stage.paraphrase.embedder
+    assert quantized.path.parent == home_dir / "cache" / "nlu"
+    assert quantized.path.name.startswith("minilm-dynint8-")
+    assert embed.file_digest(quantized.path) == embed.DYNAMIC_INT8_SHA256
+    again = embed.dynamic_int8(embed.default_onnx_path(), home_dir / "cache" / "nlu")
+    assert again == quantized.path  # cached: not derived twice
+    texts = ["turn on the kitchen light", "why is the sky blue",
+             "could you make me a large latte with oat milk"]
+    q = quantized.embed(texts)
+    shipped = embed.load_embedder("onnx", quantize="none").embed(texts)
+    numpy_ = embed.load_embedder("numpy").embed(texts)
+    assert np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-4)
+    assert ((q * shipped).sum(1) > 0.98).all() and ((q * numpy_).sum(1) > 0.98).all()
+
+
+def test_without_onnx_the_shipped_encoder_is_used(tmp_path, monkeypatch, caplog):
+    if embed.default_onnx_path() is None:
+        pytest.skip(embed.INSTALL_FIX)
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_quantization(name, *args, **kwargs):
+        if name.startswith("onnxruntime.quantization"):
+            raise ImportError("No module named 'onnx'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_quantization)
+    encoder = embed.OnnxMiniLm(quantize="dynamic", cache_dir=tmp_path)
+    assert encoder.path == embed.default_onnx_path()
+    assert "encoder not quantized" in caplog.text and "pip install onnx" in caplog.text
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind
+    assert encoder.embed(["turn on the kitchen light"]).shape == (1, embed.DIM)
 
 
 def test_bad_backend_is_a_clear_error():

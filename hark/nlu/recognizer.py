@@ -242,13 +242,15 @@ class IntentStage:
         from hark.nlu.embed import ParaphraseMatcher, Source, load_embedder
 
         nlu = self.cfg.nlu
+        cache_dir = self.cfg.home_path / "cache" / "nlu"
         try:
             return ParaphraseMatcher(
-                load_embedder(nlu.embedding_backend, nlu.embedding_threads),
+                load_embedder(nlu.embedding_backend, nlu.embedding_threads,
+                              nlu.embedding_quantize, cache_dir),
                 [Source(m.domain, m.intents, m.slot_lists) for m in self.matchers],
                 examples_per_intent=nlu.embedding_examples,
                 threshold=nlu.embedding_threshold, margin=nlu.embedding_margin,
-                cache_dir=self.cfg.home_path / "cache" / "nlu")
+                cache_dir=cache_dir)
         except ModelError as exc:
             log.warning("paraphrase fallback off: %s%s", exc,
                         f" (fix: {exc.fix})" if getattr(exc, "fix", "") else "")
