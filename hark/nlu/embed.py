@@ -808,7 +808,7 @@ class ParaphraseMatcher:
             return None
         k = int(order[0])
         k, runner_up = self._by_cue_words(text, k, per_intent, order, runner_up)
-        if float(per_intent[k]) < self.threshold or float(per_intent[k]) - runner_up < self.margin:
+        if k < 0 or float(per_intent[k]) < self.threshold or float(per_intent[k]) - runner_up < self.margin:
             return None
         best = float(per_intent[k])
         kind = question_kind(text)
@@ -855,23 +855,25 @@ class ParaphraseMatcher:
         room and the lights weigh more than the verb. So where the nearest intent has
         opposites (:data:`CUE_WORDS`), the words of the text decide: with none of its
         own cue words and one of another intent's, that other intent is meant; with its
-        own, it stands. Either way an opposite the text gives no cue for does not count
-        as the runner-up. With no cue word at all, the nearest stands as it is.
+        own, it stands; with no cue word at all the text does not say which of the two
+        it means ("clean the kitchen" lies near "open the kitchen covers"): no intent
+        (-1). An intent with opposites that the text gives no cue for is never the
+        runner-up either: it cannot be meant ("thermostat 70" is not a close call
+        with "turn on the thermostat").
         Returns the intent index and the best score of the intents left."""
-        name = self._intents[k][1]
-        if name not in CUE_WORDS:
-            return k, runner_up
         words = set(re.findall(r"[a-z]+", text.lower()))
 
         def cued(i: int) -> bool:
             return bool(words & CUE_WORDS.get(self._intents[i][1], frozenset()))
 
-        if not any(cued(int(i)) for i in order):
-            return k, runner_up
-        if not cued(k):
-            k = next(int(i) for i in order if cued(int(i)))
-        rest = [float(per_intent[i]) for i in order if i != k
-                and (self._intents[i][1] not in CUE_WORDS or cued(int(i)))]
+        def may_be_meant(i: int) -> bool:
+            return self._intents[i][1] not in CUE_WORDS or cued(i)
+
+        if self._intents[k][1] in CUE_WORDS and not cued(k):
+            k = next((int(i) for i in order if cued(int(i))), -1)
+            if k < 0:
+                return -1, runner_up
+        rest = [float(per_intent[i]) for i in order if i != k and may_be_meant(int(i))]
         return k, (rest[0] if rest else -1.0)
 
     def _home_words(self) -> set[str]:

@@ -60,8 +60,28 @@ MAX_WORDS = 40
 _FILLERS = {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "hmm", "hm", "mm", "ah"}
 _LEADING = {"hey", "ok", "okay", "so", "well", "oh", "alright", "please", "hark", "and"}
 _TRAILING = {"please", "thanks", "now"}
-_TRAILING_PHRASES = ("thank you", "for me please")
+_TRAILING_PHRASES = ("thank you", "for me please", "right now")
 _KEEP = {"no thanks", "no thank you"}  # the thanks is the meaning here: no filler to drop
+# Openings of a polite request that say nothing of what is asked, and that Home
+# Assistant's templates do not take ("could you", "can you" and "please" they do):
+# "i was wondering if you could turn the light on" is "turn the light on".
+_LEADING_PHRASES = tuple(p.split() for p in (
+    "i was wondering if you could", "i was wondering if you can", "i wonder if you could",
+    "i wonder if you can", "i'm wondering if you could", "do you think you could",
+    "would you be able to", "are you able to", "is it possible to", "i'd like you to",
+    "i would like you to", "i want you to", "i need you to", "you can", "you could",
+))
+# "would you mind turning on the light": the verb after it is said as a gerund
+_MIND = (["would", "you", "mind"], ["do", "you", "mind"], ["mind"])
+_GERUNDS = {
+    "turning": "turn", "switching": "switch", "setting": "set", "putting": "put",
+    "opening": "open", "closing": "close", "shutting": "shut", "starting": "start",
+    "stopping": "stop", "pausing": "pause", "resuming": "resume", "playing": "play",
+    "skipping": "skip", "muting": "mute", "unmuting": "unmute", "dimming": "dim",
+    "making": "make", "adding": "add", "removing": "remove", "cancelling": "cancel",
+    "canceling": "cancel", "changing": "change", "raising": "raise", "lowering": "lower",
+    "telling": "tell", "checking": "check", "giving": "give",
+}
 
 _ACRONYM = re.compile(r"\b(?:[a-z]\.){2,}")
 _PUNCT = re.compile(r"[^\w\s'%.:/-]")  # keep apostrophes, %, and . : / - inside numbers
@@ -74,21 +94,34 @@ def normalize(text: str) -> str:
     text = _ACRONYM.sub(lambda m: m.group(0).replace(".", ""), text)  # t.v. -> tv
     text = _LONE.sub(" ", _PUNCT.sub(" ", text))
     words = [w for w in text.split() if w not in _FILLERS]
-    while words and words[0] in _LEADING:
-        words.pop(0)
+    changed = True
+    while words and changed:
+        changed = False
+        while words and words[0] in _LEADING:
+            words.pop(0)
+            changed = True
+        for phrase in _LEADING_PHRASES:
+            if len(words) > len(phrase) and words[:len(phrase)] == phrase:
+                del words[:len(phrase)]
+                changed = True
+        for phrase in _MIND:
+            n = len(phrase)
+            if len(words) > n and words[:n] == phrase and words[n] in _GERUNDS:
+                words[:n + 1] = [_GERUNDS[words[n]]]
+                changed = True
     if " ".join(words) in _KEEP:
         return " ".join(words)
     changed = True
     while words and changed:
         changed = False
-        if words[-1] in _TRAILING:
-            words.pop()
-            changed = True
-        for phrase in _TRAILING_PHRASES:
+        for phrase in _TRAILING_PHRASES:  # before single words: "right now", not "now"
             n = len(phrase.split())
             if len(words) > n and " ".join(words[-n:]) == phrase:
                 del words[-n:]
                 changed = True
+        if words and words[-1] in _TRAILING:
+            words.pop()
+            changed = True
     return " ".join(words)
 
 
@@ -229,7 +262,7 @@ class IntentStage:
         if data is None:
             raise ConfigError(f"nlu.language: home-assistant-intents has no sentences for "
                               f"{self.language!r}", fix='use nlu.language = "en"')
-        data = _with_extra_sentences(data)
+        data = _without_absent_devices(_with_extra_sentences(data), self.home.domains)
         intents = Intents.from_dict(data)
         # Keep the sentences for device domains this home has (and every sentence not
         # tied to a domain: timers, time, weather, lists...): fewer templates, faster.
@@ -454,6 +487,33 @@ class IntentStage:
 
 
 HA_EXTRA = Path(__file__).with_name("ha_extra.yaml")
+
+
+# Domains Home Assistant answers for without a device in hark's [home]: the weather
+# integration, to-do lists
+SERVICE_DOMAINS = frozenset({"weather", "todo"})
+
+
+def _without_absent_devices(data: dict, domains: set[str] | frozenset[str]) -> dict:
+    """Home Assistant's intent data without the intents for a kind of device this home
+    has none of (vacuums, lawn mowers...): an intent whose every domain-bound sentence
+    block names only absent domains goes, with its domain-free blocks, which
+    ``filter_intents`` keeps ("clean the kitchen" is no command in a home without a
+    vacuum, and "the kitchen is a mess" must not come near it)."""
+    keep = set(domains) | SERVICE_DOMAINS
+    out = dict(data)
+    out["intents"] = {}
+    for name, intent in (data.get("intents") or {}).items():
+        bound: set[str] = set()
+        for block in intent.get("data", []):
+            names = ((block.get("requires_context") or {}).get("domain")
+                     or (block.get("slots") or {}).get("domain"))
+            if names:
+                bound |= {names} if isinstance(names, str) else set(names)
+        if bound and not bound & keep:
+            continue
+        out["intents"][name] = intent
+    return out
 
 
 def _with_extra_sentences(data: dict, path: Path = HA_EXTRA) -> dict:
