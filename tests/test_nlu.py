@@ -258,6 +258,8 @@ def test_normalize():
     assert normalize("would you mind turning on the TV please") == "turn on the tv"
     assert normalize("do you mind closing the garage door") == "close the garage door"
     assert normalize("would you mind") == "would you mind"  # nothing after it: kept
+    assert normalize("alexa whats the time") == "whats the time"  # a wake word kept in
+    assert normalize("hey google, set a timer") == "set a timer"
     # ... but in "no thanks" the thanks is the meaning
     assert normalize("No thanks!") == "no thanks"
     assert normalize("ok, no thank you") == "no thank you"

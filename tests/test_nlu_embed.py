@@ -96,6 +96,9 @@ def test_no_word_cues_two_opposite_actions():
     "tell me about the kitchen of the future",  # nearest "next kitchen": not an order
     "clean the kitchen",  # near "open the kitchen covers": no word says on or off
     "the kitchen is a mess after dinner",
+    # advice: a question with more than one word no template of the intent uses
+    "what is a healthy temperature for a bedroom at night",
+    "what temperature should i set my thermostat to in winter to save money",
     "do you know why the kitchen is so cold",  # indirect, still a why
     "do you know who turned on the kitchen light",
 ])
@@ -106,8 +109,8 @@ def test_questions_near_commands_are_still_rejected(stage, question):
 def test_open_questions_stay_rejected_with_the_fallback(stage):
     import test_nlu
 
-    for name in ("open_questions.yaml",  # 80/80
-                 "open_questions2.yaml", "open_questions3.yaml"):  # blind: 38/40, 59/60
+    for name in ("open_questions.yaml",  # 80/80; the others blind: 38/40, 59/60, 48/50
+                 "open_questions2.yaml", "open_questions3.yaml", "open_questions4.yaml"):
         report = evaluate(stage, load_cases(EVAL / name))
         assert report["rejection_rate"] >= 0.98, report["errors"]
     wrong = [q for q in test_nlu.OPEN_QUESTIONS if stage.match(q) is not None]
@@ -126,6 +129,7 @@ def test_open_questions_stay_rejected_with_the_fallback(stage):
     ("home_commands_heldout8.yaml", 0.95),  # 49/52 blind, 52/52 since
     ("home_commands_heldout9.yaml", 0.97),  # 53/53 blind (once on/off labels read as such)
     ("home_commands_heldout10.yaml", 0.97),  # 64/67 blind, 67/67 since
+    ("home_commands_heldout11.yaml", 0.97),  # 61/65 blind (wake word kept in), 65/65 since
 ])
 def test_command_files_with_the_fallback(stage, name, at_least):
     report = evaluate(stage, load_cases(EVAL / name))

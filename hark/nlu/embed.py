@@ -838,10 +838,15 @@ class ParaphraseMatcher:
                 continue
             # a question must ask, besides its slots, about something this intent's
             # sentences name ("what is the kitchen like" names a room, and nothing else
-            # of "what's the temperature in the kitchen"); orders may use synonyms
-            # ("dim the lamp"), questions are where chit-chat comes close
-            if kind and not self._content(rest) & self._vocab[self._intents[k]]:
-                continue
+            # of "what's the temperature in the kitchen"), and say at most one word they
+            # never use ("how much longer on the timer"; not "what is a healthy
+            # temperature for a bedroom at night"); orders may use synonyms ("dim the
+            # lamp"), questions are where chit-chat comes close
+            if kind:
+                words = self._content(rest)
+                vocab = self._vocab[self._intents[k]]
+                if not words & vocab or len(words - vocab) > 1:
+                    continue
             if slots is not None:
                 return IntentResult(name=ex.intent, slots=slots, text=text,
                                     source="embedding", domain=ex.source,

@@ -58,7 +58,9 @@ MAX_WORDS = 40
 
 # Filler words: dropped anywhere / only at the start / only at the end.
 _FILLERS = {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "hmm", "hm", "mm", "ah"}
-_LEADING = {"hey", "ok", "okay", "so", "well", "oh", "alright", "please", "hark", "and"}
+_LEADING = {"hey", "ok", "okay", "so", "well", "oh", "alright", "please", "and",
+            # a wake word the transcript kept ("alexa, what's the time")
+            "hark", "alexa", "jarvis", "mycroft", "nabu", "rhasspy", "google", "siri"}
 _TRAILING = {"please", "thanks", "now"}
 _TRAILING_PHRASES = ("thank you", "for me please", "right now")
 _KEEP = {"no thanks", "no thank you"}  # the thanks is the meaning here: no filler to drop
