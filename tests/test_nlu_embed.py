@@ -99,6 +99,7 @@ def test_no_word_cues_two_opposite_actions():
     # advice: a question with more than one word no template of the intent uses
     "what is a healthy temperature for a bedroom at night",
     "what temperature should i set my thermostat to in winter to save money",
+    "how are you today",  # near "how is the weather today": about the assistant
     "do you know why the kitchen is so cold",  # indirect, still a why
     "do you know who turned on the kitchen light",
 ])
@@ -109,8 +110,9 @@ def test_questions_near_commands_are_still_rejected(stage, question):
 def test_open_questions_stay_rejected_with_the_fallback(stage):
     import test_nlu
 
-    for name in ("open_questions.yaml",  # 80/80; the others blind: 38/40, 59/60, 48/50
-                 "open_questions2.yaml", "open_questions3.yaml", "open_questions4.yaml"):
+    for name in ("open_questions.yaml",  # 80/80; the others blind: 38/40, 59/60, 48/50, 59/60
+                 "open_questions2.yaml", "open_questions3.yaml", "open_questions4.yaml",
+                 "open_questions5.yaml"):
         report = evaluate(stage, load_cases(EVAL / name))
         assert report["rejection_rate"] >= 0.98, report["errors"]
     wrong = [q for q in test_nlu.OPEN_QUESTIONS if stage.match(q) is not None]
@@ -130,6 +132,7 @@ def test_open_questions_stay_rejected_with_the_fallback(stage):
     ("home_commands_heldout9.yaml", 0.97),  # 53/53 blind (once on/off labels read as such)
     ("home_commands_heldout10.yaml", 0.97),  # 64/67 blind, 67/67 since
     ("home_commands_heldout11.yaml", 0.97),  # 61/65 blind (wake word kept in), 65/65 since
+    ("home_commands_heldout12.yaml", 0.97),  # 61/61 blind
 ])
 def test_command_files_with_the_fallback(stage, name, at_least):
     report = evaluate(stage, load_cases(EVAL / name))

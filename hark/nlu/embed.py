@@ -532,6 +532,17 @@ def lead_word(text: str) -> str:
     return words[0].split("'")[0] if words else ""
 
 
+# A question about the assistant itself, once any polite opening is gone: small talk
+# ("how are you today" lies near "how is the weather today")
+_ABOUT_YOU = re.compile(r"^(?:(?:how|what|who|where|why|when|which)\s+)?"
+                        r"(?:are|were|do|did|have|can|will|would)\s+you\b")
+
+
+def asks_about_you(text: str) -> bool:
+    """Whether ``text`` asks about the assistant ("how are you", "are you a robot")."""
+    return bool(_ABOUT_YOU.match(_POLITE.sub("", text.lower().strip())))
+
+
 def question_kind(text: str) -> str:
     """"what", "yes/no", "why", "who", "when", "where" for a question; "" otherwise."""
     return _QUESTION_KINDS.get(lead_word(text), "")
@@ -814,6 +825,8 @@ class ParaphraseMatcher:
         kind = question_kind(text)
         if kind and kind not in self._kinds[self._intents[k]]:
             return None  # a kind of question no template of this intent asks
+        if kind and asks_about_you(text):
+            return None  # small talk with the assistant
         lo = int(self._starts[k])
         hi = int(self._starts[k + 1]) if k + 1 < len(self._starts) else len(self.examples)
         # the intent's closest examples, best first: the first whose slots are all in
