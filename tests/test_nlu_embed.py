@@ -41,8 +41,8 @@ def test_fallback_is_on_by_default_and_uses_the_onnx_encoder(stage):
 
 @pytest.mark.parametrize("sentence, intent, slots", [
     # phrasings no template has, read through the nearest examples
-    ("dim the living room lamp to 40%", "HassLightSet",
-     {"name": "Living Room Lamp", "brightness": 40}),
+    ("pause the music on the tv", "HassMediaPause", {"name": "TV"}),
+    ("how much longer on the timer", "HassTimerStatus", {}),
     ("what's the weather doing", "HassGetWeather", {}),
     ("what day of the week is it", "HassGetCurrentDate", {}),
     # an indirect question asks what its wh-clause asks

@@ -182,3 +182,21 @@ def test_realtime_off_is_skipped():
     out = _in_thread(lambda: sched.apply_stage_sched("vad", cfg))
     assert [r.status for r in out["result"]] == ["skipped", "skipped", "skipped"]
     assert out["policy"] == os.SCHED_OTHER
+
+
+def test_startup_objects_are_frozen_out_of_full_collections():
+    import gc
+
+    from hark.sched import freeze_startup_objects
+
+    class Node:
+        pass
+
+    kept = Node()
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 0
+        assert not any(o is kept for o in gc.get_objects())  # no generation holds it now
+    finally:
+        gc.unfreeze()
+    assert any(o is kept for o in gc.get_objects())

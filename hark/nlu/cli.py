@@ -103,10 +103,13 @@ def _eval(args) -> int:
     from hark.nlu.evaluate import coverage, evaluate, load_cases
     from hark.nlu.home import home_from_fixtures
     from hark.nlu.recognizer import load_nlu
+    from hark.sched import freeze_startup_objects
 
     cfg = load_cfg(args)
     home = home_from_fixtures(args.fixtures) if args.fixtures else None
     stage = load_nlu(cfg, home=home)
+    stage.warmup()
+    freeze_startup_objects()  # as the server does after its warm-up
     cases = [case for path in args.text_cases for case in load_cases(path)]
     report = evaluate(stage, cases)
     if args.coverage:

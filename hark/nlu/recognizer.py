@@ -96,6 +96,9 @@ def normalize(text: str) -> str:
     text = _ACRONYM.sub(lambda m: m.group(0).replace(".", ""), text)  # t.v. -> tv
     text = _LONE.sub(" ", _PUNCT.sub(" ", text))
     words = [w for w in text.split() if w not in _FILLERS]
+    # a word said twice in a row is a stutter ("turn turn off the light"); not numbers
+    words = [w for i, w in enumerate(words)
+             if i == 0 or w != words[i - 1] or w[0].isdigit()]
     changed = True
     while words and changed:
         changed = False

@@ -309,7 +309,11 @@ class Assistant:
                 fn()
         self.nlu.recognize("what time is it")
         self.prepare_phrases([APOLOGY])
-        log.info("warm-up done in %.1f s", time.monotonic() - t0)
+        from hark.sched import freeze_startup_objects
+
+        frozen = freeze_startup_objects()  # no full collection walks them mid-turn
+        log.info("warm-up done in %.1f s (%d startup objects frozen)",
+                 time.monotonic() - t0, frozen)
 
     def on_notify(self, callback: Notify) -> None:
         """``callback(session, text)`` when something must be said unprompted."""
