@@ -287,6 +287,15 @@ def test_normalize():
     ("turn the kitchen light up to 100 percent", "HassLightSet",
      {"name": "kitchen light", "brightness": "100"}),
     ("turn turn off the tv", "HassTurnOff", {"name": "tv"}),  # a stutter
+    ("turn the volume on the tv down to 20", "HassSetVolume",
+     {"name": "tv", "volume_level": "20"}),
+    ("timer 10 minutes", "HassStartTimer", {"minutes": "10"}),
+    ("garage door open please", "HassTurnOn", {"name": "garage door"}),
+    ("what temperature is it", "HassClimateGetTemperature", {}),
+    ("thanks could you switch the ceiling fan off", "HassTurnOff", {"name": "ceiling fan"}),
+    ("kill the lights in the kitchen", "HassTurnOff", {"area": "kitchen", "domain": "light"}),
+    ("kill the kitchen light", "HassTurnOff", {"name": "kitchen light"}),
+    ("stop the ceiling fan", "HassTurnOff", {"name": "ceiling fan"}),
 ])
 def test_hark_extra_sentences(stage, sentence, intent, slots):
     result = stage.match(sentence, paraphrase=False)

@@ -59,7 +59,7 @@ def test_paraphrases_hassil_misses_are_recognized(stage, sentence, intent, slots
 @pytest.mark.parametrize("sentence, nearest, intent, slots", [
     # the room and the device weigh more than the verb in the embedding: the nearest
     # intent is the opposite one, and a cue word sets it right
-    ("start the ceiling fan", None, "HassTurnOn", {"name": "Ceiling Fan"}),
+    ("enable the ceiling fan", None, "HassTurnOn", {"name": "Ceiling Fan"}),
     ("play the tv again", "HassMediaPrevious", "HassMediaUnpause", {"name": "TV"}),
     ("thermostat 70", None, "HassClimateSetTemperature",  # "turn on thermostat" is no rival
      {"name": "Thermostat", "temperature": 70}),
@@ -100,6 +100,8 @@ def test_no_word_cues_two_opposite_actions():
     "what is a healthy temperature for a bedroom at night",
     "what temperature should i set my thermostat to in winter to save money",
     "how are you today",  # near "how is the weather today": about the assistant
+    "what time is it in london",  # a place the home's clock does not answer for
+    "in 2 seconds",  # near "timer 2 minute" (0.63), and the example with seconds is not
     "do you know why the kitchen is so cold",  # indirect, still a why
     "do you know who turned on the kitchen light",
 ])
@@ -110,9 +112,9 @@ def test_questions_near_commands_are_still_rejected(stage, question):
 def test_open_questions_stay_rejected_with_the_fallback(stage):
     import test_nlu
 
-    for name in ("open_questions.yaml",  # 80/80; the others blind: 38/40, 59/60, 48/50, 59/60
-                 "open_questions2.yaml", "open_questions3.yaml", "open_questions4.yaml",
-                 "open_questions5.yaml"):
+    # 80/80; the others blind: 38/40, 59/60, 48/50, 59/60, 60/60
+    for name in ("open_questions.yaml", "open_questions2.yaml", "open_questions3.yaml",
+                 "open_questions4.yaml", "open_questions5.yaml", "open_questions6.yaml"):
         report = evaluate(stage, load_cases(EVAL / name))
         assert report["rejection_rate"] >= 0.98, report["errors"]
     wrong = [q for q in test_nlu.OPEN_QUESTIONS if stage.match(q) is not None]
@@ -133,10 +135,34 @@ def test_open_questions_stay_rejected_with_the_fallback(stage):
     ("home_commands_heldout10.yaml", 0.97),  # 64/67 blind, 67/67 since
     ("home_commands_heldout11.yaml", 0.97),  # 61/65 blind (wake word kept in), 65/65 since
     ("home_commands_heldout12.yaml", 0.97),  # 61/61 blind
+    ("home_commands_heldout13.yaml", 0.97),  # 61/62 blind, 62/62 since
 ])
 def test_command_files_with_the_fallback(stage, name, at_least):
     report = evaluate(stage, load_cases(EVAL / name))
     assert report["accuracy"] >= at_least, report["errors"]
+
+
+def test_results_do_not_hang_on_which_examples_were_sampled(stage):
+    """Another draw of the example sentences (seed 3, not the default 0) gives the same
+    results on every shipped file: accuracy and rejection are the fallback's, not one
+    lucky sample's (measured 724-725 of 726 commands and 350/350 questions, seeds 0-7)."""
+    other = embed.ParaphraseMatcher(
+        stage.paraphrase.embedder,
+        [embed.Source(m.domain, m.intents, m.slot_lists) for m in stage.matchers],
+        examples_per_intent=stage.cfg.nlu.embedding_examples,
+        threshold=stage.cfg.nlu.embedding_threshold, margin=stage.cfg.nlu.embedding_margin,
+        seed=3)
+    assert other.examples != stage.paraphrase.examples
+    saved, stage.paraphrase = stage.paraphrase, other
+    try:
+        commands = [c for f in sorted(EVAL.glob("home_commands*.yaml")) for c in load_cases(f)]
+        questions = [c for f in sorted(EVAL.glob("open_questions*.yaml")) for c in load_cases(f)]
+        report = evaluate(stage, commands)
+        assert report["accuracy"] >= 0.99, report["errors"]
+        report = evaluate(stage, questions)
+        assert report["rejection_rate"] >= 0.99, report["errors"]
+    finally:
+        stage.paraphrase = saved
 
 
 def test_paraphrase_false_and_the_config_switch_turn_it_off(stage, home_dir):

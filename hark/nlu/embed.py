@@ -573,6 +573,8 @@ then than as like just very really too also all any some please now right
 s t d m ll re ve
 """.split())  # the last line: what is left of contractions ("what's" -> "what", "s")
 
+_ELSEWHERE = re.compile(r"\b(?:in|at)\s+(?:the\s+)?([a-z]+)")  # "in london", "at noon"
+
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen "
     "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split())}
@@ -834,7 +836,7 @@ class ParaphraseMatcher:
         # and a number...) was not in the text is not tried again
         missing: set[frozenset] = set()
         for i in lo + np.argsort(sims[lo:hi])[::-1]:
-            if sims[i] < best - SLOT_SEARCH:
+            if sims[i] < max(best - SLOT_SEARCH, self.threshold):
                 break
             ex = self.examples[i]
             shape = frozenset(ex.required.items())
@@ -855,10 +857,15 @@ class ParaphraseMatcher:
             # never use ("how much longer on the timer"; not "what is a healthy
             # temperature for a bedroom at night"); orders may use synonyms ("dim the
             # lamp"), questions are where chit-chat comes close
+            # Nor may it ask about a place or time its slots do not name ("what time is
+            # it in london": no room of the home, the clock here does not answer it)
             if kind:
                 words = self._content(rest)
                 vocab = self._vocab[self._intents[k]]
                 if not words & vocab or len(words - vocab) > 1:
+                    continue
+                where = _ELSEWHERE.search(rest)
+                if where and where.group(1) not in vocab | _STOPWORDS:
                     continue
             if slots is not None:
                 return IntentResult(name=ex.intent, slots=slots, text=text,

@@ -58,7 +58,8 @@ MAX_WORDS = 40
 
 # Filler words: dropped anywhere / only at the start / only at the end.
 _FILLERS = {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "hmm", "hm", "mm", "ah"}
-_LEADING = {"hey", "ok", "okay", "so", "well", "oh", "alright", "please", "and",
+_LEADING = {"hey", "hi", "yo", "ok", "okay", "so", "well", "oh", "alright", "please", "and",
+            "thanks",
             # a wake word the transcript kept ("alexa, what's the time")
             "hark", "alexa", "jarvis", "mycroft", "nabu", "rhasspy", "google", "siri"}
 _TRAILING = {"please", "thanks", "now"}
@@ -72,6 +73,7 @@ _LEADING_PHRASES = tuple(p.split() for p in (
     "i wonder if you can", "i'm wondering if you could", "do you think you could",
     "would you be able to", "are you able to", "is it possible to", "i'd like you to",
     "i would like you to", "i want you to", "i need you to", "you can", "you could",
+    "thank you",
 ))
 # "would you mind turning on the light": the verb after it is said as a gerund
 _MIND = (["would", "you", "mind"], ["do", "you", "mind"], ["mind"])
