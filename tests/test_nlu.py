@@ -296,6 +296,20 @@ def test_normalize():
     ("kill the lights in the kitchen", "HassTurnOff", {"area": "kitchen", "domain": "light"}),
     ("kill the kitchen light", "HassTurnOff", {"name": "kitchen light"}),
     ("stop the ceiling fan", "HassTurnOff", {"name": "ceiling fan"}),
+    ("add toilet paper in the shopping list", "HassShoppingListAddItem",
+     {"item": "toilet paper"}),
+    ("could you tell me if the bedroom light is off", "HassGetState",
+     {"name": "bedroom light", "state": "off"}),
+    ("would you kindly start a timer for 1 hour and 15 minutes", "HassStartTimer",
+     {"hours": "1", "minutes": "15"}),
+    ("excuse me, could you tell me the time please", "HassGetCurrentTime", {}),
+    # the reason first, then the command
+    ("i'm putting the rice on so set a timer for 18 minutes", "HassStartTimer",
+     {"minutes": "18"}),
+    ("it's getting stuffy in here, could you switch the ceiling fan on", "HassTurnOn",
+     {"name": "ceiling fan"}),
+    ("we're out of coffee so add coffee to the shopping list", "HassShoppingListAddItem",
+     {"item": "coffee"}),
 ])
 def test_hark_extra_sentences(stage, sentence, intent, slots):
     result = stage.match(sentence, paraphrase=False)

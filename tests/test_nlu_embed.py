@@ -102,6 +102,8 @@ def test_no_word_cues_two_opposite_actions():
     "how are you today",  # near "how is the weather today": about the assistant
     "what time is it in london",  # a place the home's clock does not answer for
     "in 2 seconds",  # near "timer 2 minute" (0.63), and the example with seconds is not
+    "i used to have a ceiling fan in my old apartment",  # a remark, not a request
+    "turn on the light so i can read",  # no device is named "the light"
     "do you know why the kitchen is so cold",  # indirect, still a why
     "do you know who turned on the kitchen light",
 ])
@@ -112,9 +114,10 @@ def test_questions_near_commands_are_still_rejected(stage, question):
 def test_open_questions_stay_rejected_with_the_fallback(stage):
     import test_nlu
 
-    # 80/80; the others blind: 38/40, 59/60, 48/50, 59/60, 60/60
+    # 80/80; the others blind: 38/40, 59/60, 48/50, 59/60, 60/60, 60/60
     for name in ("open_questions.yaml", "open_questions2.yaml", "open_questions3.yaml",
-                 "open_questions4.yaml", "open_questions5.yaml", "open_questions6.yaml"):
+                 "open_questions4.yaml", "open_questions5.yaml", "open_questions6.yaml",
+                 "open_questions7.yaml"):
         report = evaluate(stage, load_cases(EVAL / name))
         assert report["rejection_rate"] >= 0.98, report["errors"]
     wrong = [q for q in test_nlu.OPEN_QUESTIONS if stage.match(q) is not None]
@@ -136,6 +139,7 @@ def test_open_questions_stay_rejected_with_the_fallback(stage):
     ("home_commands_heldout11.yaml", 0.97),  # 61/65 blind (wake word kept in), 65/65 since
     ("home_commands_heldout12.yaml", 0.97),  # 61/61 blind
     ("home_commands_heldout13.yaml", 0.97),  # 61/62 blind, 62/62 since
+    ("home_commands_heldout14.yaml", 0.97),  # 56/63 blind (reasons said first), 63/63 since
 ])
 def test_command_files_with_the_fallback(stage, name, at_least):
     report = evaluate(stage, load_cases(EVAL / name))
@@ -145,7 +149,7 @@ def test_command_files_with_the_fallback(stage, name, at_least):
 def test_results_do_not_hang_on_which_examples_were_sampled(stage):
     """Another draw of the example sentences (seed 3, not the default 0) gives the same
     results on every shipped file: accuracy and rejection are the fallback's, not one
-    lucky sample's (measured 724-725 of 726 commands and 350/350 questions, seeds 0-7)."""
+    lucky sample's (measured 787-788 of 789 commands and 410/410 questions, seeds 0-5)."""
     other = embed.ParaphraseMatcher(
         stage.paraphrase.embedder,
         [embed.Source(m.domain, m.intents, m.slot_lists) for m in stage.matchers],

@@ -525,6 +525,12 @@ _QUESTION_KINDS = {
 }
 
 
+# How a statement begins (once any polite opening is gone); a command begins with its
+# verb, a question with its question word
+_STATEMENT_LEADS = frozenset(
+    "i we you he she they it that this there these those".split())
+
+
 def lead_word(text: str) -> str:
     """The first word after any polite opening ("could you ...", "I'd like to ..."),
     contractions cut ("what's" -> "what"): what kind of sentence this is."""
@@ -824,6 +830,8 @@ class ParaphraseMatcher:
         if k < 0 or float(per_intent[k]) < self.threshold or float(per_intent[k]) - runner_up < self.margin:
             return None
         best = float(per_intent[k])
+        if lead_word(text) in _STATEMENT_LEADS:
+            return None  # "i used to have a ceiling fan": a remark, not a request
         kind = question_kind(text)
         if kind and kind not in self._kinds[self._intents[k]]:
             return None  # a kind of question no template of this intent asks

@@ -57,7 +57,7 @@ MAX_CHARS = 400  # a spoken command is a sentence; longer text goes straight to 
 MAX_WORDS = 40
 
 # Filler words: dropped anywhere / only at the start / only at the end.
-_FILLERS = {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "hmm", "hm", "mm", "ah"}
+_FILLERS = {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "hmm", "hm", "mm", "ah", "kindly"}
 _LEADING = {"hey", "hi", "yo", "ok", "okay", "so", "well", "oh", "alright", "please", "and",
             "thanks",
             # a wake word the transcript kept ("alexa, what's the time")
@@ -73,7 +73,7 @@ _LEADING_PHRASES = tuple(p.split() for p in (
     "i wonder if you can", "i'm wondering if you could", "do you think you could",
     "would you be able to", "are you able to", "is it possible to", "i'd like you to",
     "i would like you to", "i want you to", "i need you to", "you can", "you could",
-    "thank you",
+    "thank you", "excuse me", "sorry",
 ))
 # "would you mind turning on the light": the verb after it is said as a gerund
 _MIND = (["would", "you", "mind"], ["do", "you", "mind"], ["mind"])
@@ -368,6 +368,17 @@ class IntentStage:
         if context is None:
             context = {"area": self.area} if self.area else {}
         result = self._strict(norm, context, original)
+        if result is None:
+            # the reason first, then the command: "i'm putting the rice on so set a
+            # timer for 18 minutes", "it's stuffy in here, could you switch the fan on"
+            tails = [norm.rsplit(" so ", 1)[1]] if " so " in norm else []
+            if "," in original:
+                tails.append(original.rsplit(",", 1)[1])
+            for tail in map(normalize, tails):
+                if tail.count(" ") >= 1 and tail != norm:
+                    result = self._strict(tail, context, original)
+                    if result is not None:
+                        break
         if result is not None:
             return dataclasses.replace(result, text=original)
         if self.fuzzy:
