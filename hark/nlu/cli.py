@@ -22,8 +22,9 @@ def register(cli) -> None:
                         "and every file in nlu.domains_dir)")
     p = cli.add("eval intents", "accuracy and speed of typed commands (home-assistant/"
                 "intents test-file shape)", _eval)
-    p.add_argument("--text-cases", action="append", required=True, metavar="FILE.yaml",
-                   help=f"test sentences (repeatable), e.g. {EVAL_DIR}/home_commands.yaml")
+    p.add_argument("--text-cases", action="extend", nargs="+", required=True,
+                   metavar="FILE.yaml", help="test sentences (one or more files, repeatable), "
+                   f"e.g. {EVAL_DIR}/home_commands*.yaml")
     p.add_argument("--fixtures", metavar="FILE.yaml",
                    help="the home (areas, entities) in the shape of home-assistant/intents "
                         "tests/en/_fixtures.yaml, in place of [home] in the config")
