@@ -1,6 +1,6 @@
 """The paraphrase fallback inside the intent stage: the real all-MiniLM-L6-v2 encoders
-(ONNX on onnxruntime, shipped and quantized to int8 compute; float32 numpy), the on-disk example cache, and rejection of
-open questions with the fallback on."""
+(ONNX on onnxruntime, shipped and quantized to int8 compute; float32 numpy), the on-disk
+example cache, and rejection of open questions with the fallback on."""
 
 from __future__ import annotations
 

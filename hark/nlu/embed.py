@@ -173,7 +173,7 @@ def dynamic_int8(src: Path, cache_dir: Path) -> Path:
     onnxruntime first folds the model's constant subgraphs (here: the int8 weights cast
     and scaled back to float32) into plain float32 weights; ``quantize_dynamic`` then
     quantizes each MatMul's weights per output channel and the activations per call.
-    Needs the ``onnx`` package; builds in ~5 s, once."""
+    Needs the ``onnx`` package; builds in ~2 s, once."""
     import onnxruntime as ort
 
     digest = file_digest(src)
@@ -193,12 +193,13 @@ def dynamic_int8(src: Path, cache_dir: Path) -> Path:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(folded)
         ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-        logging.getLogger("root").disabled = True  # its "consider pre-processing" advice
+        root = logging.getLogger()
+        root.disabled = True  # quantize_dynamic's "consider pre-processing" advice
         try:
             quantize_dynamic(str(folded), str(tmp), weight_type=QuantType.QInt8,
                              per_channel=True, op_types_to_quantize=["MatMul"])
         finally:
-            logging.getLogger("root").disabled = False
+            root.disabled = False
         tmp.replace(dest)
     except ModelError:
         raise
@@ -827,7 +828,7 @@ class ParaphraseMatcher:
             return None
         k = int(order[0])
         k, runner_up = self._by_cue_words(text, k, per_intent, order, runner_up)
-        if k < 0 or float(per_intent[k]) < self.threshold or float(per_intent[k]) - runner_up < self.margin:
+        if k < 0 or float(per_intent[k]) < max(self.threshold, runner_up + self.margin):
             return None
         best = float(per_intent[k])
         if lead_word(text) in _STATEMENT_LEADS:
