@@ -14,6 +14,9 @@ class TtsEngine(Protocol):
     def synthesize(self, text: str) -> Iterator[AudioChunk]:
         """Yield audio for ``text`` piece by piece (blocking generator)."""
 
+    def warm_up(self) -> None:
+        """Run once on a dummy input so the first real phrase is not the slow one."""
+
 
 def trim_silence(samples, rate: int, lead_ms: float | None, tail_ms: float | None,
                  level: int = 300):
