@@ -467,16 +467,20 @@ class RetryingEngine:
 
 
 def _engine_builder(isolation: str) -> Callable[[Config, str], LlmEngine]:
-    """``engine_for_profile`` of ``llm.isolation`` (one of its choices, checked when the
-    config is loaded): in this process ("thread", and "auto" outside ``hark serve``) or
-    in a supervised child process ("process")."""
+    """``engine_for_profile`` of ``llm.isolation``: in this process ("thread", and "auto"
+    outside ``hark serve``) or in a supervised child process ("process")."""
+    if isolation in ("thread", "auto"):
+        from hark.llm.llama import engine_for_profile
+
+        return engine_for_profile
     if isolation == "process":
         from hark.llm.worker import worker_for_profile
 
         return worker_for_profile
-    from hark.llm.llama import engine_for_profile
+    from hark.errors import ConfigError
 
-    return engine_for_profile
+    raise ConfigError(f"unknown llm.isolation '{isolation}'",
+                      fix='use "process" (crash-safe child process), "thread" or "auto"')
 
 
 def load_llm(cfg: Config, warm: bool = True, strict: bool = True) -> LlmService:
@@ -495,7 +499,7 @@ def load_llm(cfg: Config, warm: bool = True, strict: bool = True) -> LlmService:
         from hark.llm.openai_http import OpenAiEngine
 
         engine: LlmEngine = OpenAiEngine.from_config(cfg)
-    else:  # "llama_cpp" (llm.backend is one of its choices, checked at load)
+    elif c.backend == "llama_cpp":
         engine_for_profile = _engine_builder(c.isolation)
         try:
             engine = engine_for_profile(cfg, c.profile)
@@ -510,6 +514,11 @@ def load_llm(cfg: Config, warm: bool = True, strict: bool = True) -> LlmService:
                 fallback = engine_for_profile(cfg, "fast")
             except ModelError as exc:
                 log.warning("no fast fallback for the %s profile: %s", c.profile, exc)
+    else:
+        from hark.errors import ConfigError
+
+        raise ConfigError(f"unknown llm.backend '{c.backend}'",
+                          fix='use "llama_cpp" (local GGUF) or "openai" (HTTP server)')
     # first-token budget of the chosen profile before a turn falls back to ``fast``;
     # ``llm.ttft_budget_ms`` when the config has it, else 600 ms
     budget_ms = float(getattr(c, "ttft_budget_ms", 600.0))

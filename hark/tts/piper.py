@@ -58,5 +58,7 @@ def load_tts(cfg, deterministic: bool = False) -> PiperTts:
     """The TTS engine named in ``cfg.tts``."""
     from hark.models.store import resolve
 
+    if cfg.tts.engine != "piper":
+        raise ModelError(f"unknown tts.engine '{cfg.tts.engine}'", fix='set tts.engine = "piper"')
     path = resolve(cfg.tts.voice, cfg.models_dir, kind="tts")
     return PiperTts(path, cfg.tts.length_scale, cfg.tts.use_cuda, deterministic)
