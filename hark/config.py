@@ -176,8 +176,8 @@ class NluConfig:
     # "onnx" (onnxruntime) | "numpy" | "auto" (onnx when installed)
     embedding_backend: Literal["auto", "onnx", "numpy"] = "auto"
     # "dynamic": run the encoder's matrix products in int8 (a model derived once from the
-    # shipped one into <home>/cache/nlu, needs the onnx package; 1.3 ms a sentence, 1.6 ms
-    # cold) | "none": the shipped file as it is (float32 compute; 1.9 ms on 2 threads)
+    # shipped one into <home>/cache/nlu, needs the onnx package; faster than float32) |
+    # "none": the shipped file as it is (float32 compute)
     embedding_quantize: Literal["dynamic", "none"] = "dynamic"
     embedding_threads: int = ranged(1, ge=1, le=64)  # onnxruntime threads of the encoder
     embedding_threshold: float = ranged(0.62, ge=0, le=1)  # cosine similarity a paraphrase needs
@@ -236,13 +236,13 @@ class LlmConfig:
         }
     )
     n_ctx: int = ranged(2048, ge=1)
-    # generation threads: the first spoken chunk is written before TTS starts, so both
-    # cores are free then (measured with hark bench latency: questions p50 1.29 s with 2
-    # threads, 1.63 s with 1); set 1 on a box busy with other work
+    # generation threads: the first spoken chunk is written before TTS starts, so the
+    # cores are free for it then; at most the cores this process may use (llama.cpp's
+    # threads spin-wait for each other); set 1 on a box busy with other work
     n_threads: int = ranged(2, ge=1)
     n_threads_batch: int = ranged(2, ge=0)  # prompt threads; 0: n_threads
-    # the answer's generation pauses while its first phrase is synthesized (at most 1 s):
-    # on 2 cores Piper took 77 ms for a first phrase beside a generating LLM, 49 ms alone
+    # the answer's generation pauses while its first phrase is synthesized (at most 1 s),
+    # so Piper has the CPU to itself for the first audio
     hold_for_first_phrase: bool = True
     n_batch: int = ranged(256, ge=1)
     # quality profile slower than this to first token: use fast
@@ -297,8 +297,8 @@ class WakeConfig:
     followup_s: float = ranged(4.0, ge=0)
     barge_in_speech: bool = True  # speech over the reply interrupts it (its echo removed)
     # how the reply's echo is removed first: "adaptive" (learns the room's reverberation
-    # from the replies; 1.1 ms of CPU per 32 ms frame here) | "subtract" (one delayed
-    # gain: a direct echo only)
+    # from the replies; more CPU per frame) | "subtract" (one delayed gain: a direct echo
+    # only)
     echo_canceller: Literal["adaptive", "subtract"] = "adaptive"
 
 
@@ -337,9 +337,8 @@ class SatelliteConfig:
 @dataclass
 class SchedConfig:
     realtime: bool = True  # SCHED_FIFO for audio/inference threads where permitted
-    # also SCHED_RR for ASR/LLM/TTS: off by default, as RR time slices (100 ms) measured
-    # worse under load on 2 cores (hark bench load, 4 satellites: commands p95 1.76 s vs
-    # 0.69 s with inference at normal priority)
+    # also SCHED_RR for ASR/LLM/TTS: off by default, as under load (hark bench load) it
+    # made commands slower than inference at normal priority
     realtime_inference: bool = False
     rt_priority: int = ranged(10, ge=1, le=99)  # SCHED_FIFO / SCHED_RR priority
     pin_cores: dict[str, list[int]] = field(default_factory=dict)  # stage -> cores
