@@ -461,7 +461,7 @@ def _check_choice(path: str, value: Any, choices: tuple[Any, ...]) -> None:
     close = difflib.get_close_matches(value, words, n=1) if isinstance(value, str) else []
     raise ConfigError(
         f"config: {path} must be one of {', '.join(repr(c) for c in choices)}, "
-        f"not {value!r}", fix=f"{path.rsplit('.', 1)[-1]} = {close[0]!r}" if close else None)
+        f"not {value!r}", fix=f"did you mean {close[0]!r}?" if close else None)
 
 
 def _check_tokens(path: str, value: str | dict[str, Any]) -> None:

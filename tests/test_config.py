@@ -120,7 +120,7 @@ def test_a_misspelt_choice_names_the_key_the_choices_and_the_fix(tmp_path):
         load_config(str(p))
     assert str(err.value).splitlines()[0] == \
         "config: llm.isolation must be one of 'auto', 'thread', 'process', not 'proces'"
-    assert err.value.fix == "isolation = 'process'"
+    assert err.value.fix == "did you mean 'process'?"
     # --set goes through the same check, and the CLI prints it as an error
     with pytest.raises(ConfigError, match="wake.echo_canceller must be one of"):
         load_config("/dev/null", parse_override("wake.echo_canceller=subtrac"))
