@@ -253,7 +253,9 @@ class LlmConfig:
     temperature: float = ranged(0.2, ge=0)
     system_prompt: str = (
         "You are hark, a voice assistant. Answer in one or two short spoken sentences. "
-        "No lists, no markdown, no emoji. If you do not know, say so briefly."
+        "No lists, no markdown, no emoji. If you do not know, say so briefly. "
+        "You cannot see or control any device in the home: never say what state a device "
+        "is in, and never say you did something."
     )
     history_token_budget: int = ranged(384, ge=0)
     idle_reset_s: float = ranged(120.0, gt=0)

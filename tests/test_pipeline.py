@@ -548,3 +548,47 @@ def test_an_early_decode_that_speech_went_on_after_is_only_a_partial():
     assert [s for s in log.items if s.startswith("partial:")] == ["partial:8"]
     assert [s for s in log.items if s.startswith("main:")] == ["main:14"]
     assert end.transcript == "turn on the kitchen light"
+
+
+class GuessingNlu(FakeNlu):
+    """The paraphrase fallback's guesses: a device class or a name nobody said."""
+
+    def recognize(self, text: str, context=None, paraphrase: bool = True):
+        if "my life" in text:
+            return IntentResult("HassTurnOff", {"area": "bedroom", "domain": "cover"}, text,
+                                source="embedding")
+        if "leaving room" in text:
+            return IntentResult("HassTurnOn", {"name": "kitchen light"}, text, source="fuzzy")
+        return super().recognize(text, context, paraphrase)
+
+
+def _text_turn(a: Assistant, text: str, session: str = "s") -> list:
+    return asyncio.run(collect(a.run_text(text, session=session)))
+
+
+def test_a_guessed_target_is_never_acted_on_and_a_yes_confirms_a_guessed_name():
+    from hark.nlu.home import Area, Entity, Home
+
+    log = Log()
+    a = Assistant(Config(), vad_factory=lambda: None, asr=FakeAsr(log), nlu=GuessingNlu(),
+                  handlers=FakeHandlers(log), llm=FakeLlm(log, ["Sure, done!"]),
+                  tts=FakeTts(log),
+                  home=Home([Area("bedroom"), Area("kitchen")],
+                            [Entity("kitchen light", "light", "kitchen")]))
+    end = _text_turn(a, "turn off my life in the bedroom")[-1]
+    assert end.reply == "Sorry, what should I turn off in the bedroom?"
+    assert end.trace.info["intent"] == "clarify"
+    # a command-shaped sentence nothing understood: not the LLM's to dress up
+    end = _text_turn(a, "turn off the t-me")[-1]
+    assert end.reply == "Sorry, I didn't catch that." and "llm:start" not in log.items
+    # a misheard name: one short question, and the yes runs what was asked
+    end = _text_turn(a, "leaving room")[-1]
+    assert end.reply == "The kitchen light?"
+    assert not any(s.startswith("handle:") for s in log.items)
+    assert _text_turn(a, "yes", session="other")[-1].reply != "Turning on the kitchen light."
+    end = _text_turn(a, "yes please")[-1]
+    assert end.reply == "Turning on the kitchen light." and end.trace.info.get("confirmed")
+    assert [s for s in log.items if s.startswith("handle:")] == ["handle:HassTurnOn"]
+    _text_turn(a, "yes")  # asked once, answered once
+    assert log.items.count("handle:HassTurnOn") == 1
+    a.close()

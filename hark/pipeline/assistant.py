@@ -39,6 +39,8 @@ from hark.asr.streaming import StreamingTranscriber
 from hark.audio import AudioChunk
 from hark.config import Config
 from hark.nlu.base import IntentResult, Reply
+from hark.nlu.guard import Confirmations, Verdict, review
+from hark.nlu.home import Home
 from hark.asr.base import AsrEngine
 from hark.llm.base import LlmResponder
 from hark.nlu.base import IntentRecognizer, SpeechIntentRecognizer, TurnHandlers
@@ -218,8 +220,12 @@ class Assistant:
                  asr: AsrEngine, nlu: IntentRecognizer, handlers: TurnHandlers,
                  llm: LlmResponder, tts: TtsEngine,
                  grammar_factory: Callable[[], SpeechIntentRecognizer] | None = None,
-                 sched: bool = False, partial_asr: AsrEngine | None = None):
+                 sched: bool = False, partial_asr: AsrEngine | None = None,
+                 home: Home | None = None):
         self.cfg = cfg
+        # what the guard checks an intent's targets against, and its open questions
+        self.home = home if home is not None else Home()
+        self.confirmations = Confirmations()
         # speech straight to intent: () -> SpeechIntentRecognizer, one per concurrent turn
         self._grammar_factory = grammar_factory
         self._grammar_pool: list[SpeechIntentRecognizer] = []
@@ -296,7 +302,7 @@ class Assistant:
 
         self = cls(cfg, vad_factory=vad_factory, asr=asr, nlu=nlu, handlers=handlers,
                    llm=llm, tts=tts, grammar_factory=grammar_factory, sched=sched,
-                   partial_asr=partial_asr)
+                   partial_asr=partial_asr, home=nlu.home)
         if partial_sched is not None:
             self.sched_results.append(partial_sched)
         if grammar_factory is not None:
@@ -428,31 +434,48 @@ class Assistant:
             trace.mark("intent_start")
             if intent is None:
                 intent = await self.nlu_exec.run(self.nlu.recognize, text)
+            verdict = review(text, intent, self.home)
+            answer, asked = self.confirmations.answer(session, text)
+            if answer == "yes":  # the question hark asked last: "The kitchen light?"
+                intent, verdict = asked, Verdict("act")
+                trace.info["confirmed"] = True
+            elif answer == "no":
+                intent = IntentResult("HassNevermind", {}, text, source="confirm",
+                                      domain="hark")
+                verdict = Verdict("act")
             trace.mark("intent_done")
-            trace.info["intent"] = intent.name if intent else "LLM"
-            if intent is not None:
+            if verdict.kind in ("clarify", "confirm", "cant_check"):
+                # never a wrong action, and never a guess for the LLM to dress up: ask,
+                # or say what hark did not catch or cannot check
+                trace.info["intent"] = "clarify"
+                trace.info["guard"] = {"verdict": verdict.kind, "reason": verdict.reason,
+                                       "guessed": intent.name if intent else None}
+                log.info("turn %s: %s (%s)", trace.turn_id, verdict.kind, verdict.reason)
+                await q.put(IntentEvent(IntentResult("clarify", {"verdict": verdict.kind},
+                                                     text, source="guard", domain="hark")))
+                reply_text = verdict.say
+                await self._say(q, trace, reply_text, "clarify", streaming)
+                self.handlers.remember(session, reply_text)
+            elif intent is not None:
+                trace.info["intent"] = intent.name
                 trace.info["slots"] = intent.slots
                 resp.intent_matched = True
-            await q.put(IntentEvent(intent))
-            if intent is not None:
+                await q.put(IntentEvent(intent))
                 if intent.name not in PURE_INTENTS:
                     await resp.commit.wait()  # handlers act: never speculatively
                 reply: Reply = await self.nlu_exec.run(self.handlers.handle, intent, session)
                 reply_text = reply.text
-                # streaming: spoken clause by clause, frequent replies from the phrase
-                # cache; baseline (a typical assistant): the whole reply, no cache
-                parts = self._clauses(reply_text) if streaming else [reply_text]
-                for part in filter(None, parts):
-                    await q.put(ReplyText(part, "intent"))
-                    async for chunk in self._tts_stream(part, trace, cache=streaming):
-                        await q.put(ReplyAudio(chunk))
-                trace.mark("tts_done")
+                await self._say(q, trace, reply_text, "intent", streaming)
             else:
+                trace.info["intent"] = "LLM"
+                await q.put(IntentEvent(None))
                 reply_text = await self._llm_reply(q, trace, text, session, streaming)
                 if reply_text:
                     self.handlers.remember(session, reply_text)
             trace.info["reply"] = reply_text
             await resp.commit.wait()
+            # the question this turn asked waits for a yes; any other turn answers the last
+            self.confirmations.settle(session, intent if verdict.kind == "confirm" else None)
             await q.put(TurnEnd(trace, text, reply_text))
         except asyncio.CancelledError:
             raise
@@ -465,6 +488,17 @@ class Assistant:
             await q.put(TurnEnd(trace, text or "", APOLOGY, error=f"{type(exc).__name__}: {exc}"))
         finally:
             await q.put(_END)
+
+    async def _say(self, q: asyncio.Queue, trace: Trace, text: str, source: str,
+                   streaming: bool) -> None:
+        """Speak a known reply: clause by clause from the phrase cache when streaming;
+        the whole reply with no cache in the baseline (a typical assistant)."""
+        parts = self._clauses(text) if streaming else [text]
+        for part in filter(None, parts):
+            await q.put(ReplyText(part, source))
+            async for chunk in self._tts_stream(part, trace, cache=streaming):
+                await q.put(ReplyAudio(chunk))
+        trace.mark("tts_done")
 
     def _clauses(self, text: str) -> list[str]:
         from hark.tts.chunker import SpeechChunker
