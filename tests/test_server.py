@@ -302,7 +302,7 @@ def test_satellite_killed_mid_turn_is_cleaned_up(speak):
             during = len(server.sessions)
             conn.writer.transport.abort()  # the satellite vanishes
             await asyncio.sleep(0.5)
-            return during, len(server.sessions), fake.closed, server._turn_slots._value
+            return during, len(server.sessions), fake.closed, server.turn_slots._value
         finally:
             await server.stop()
 
