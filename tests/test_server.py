@@ -707,7 +707,7 @@ def test_server_refuses_malformed_hellos_and_answers_bad_messages_by_field():
 
 def test_satellite_hello_is_the_old_one_and_a_malformed_welcome_means_reconnecting(tmp_path):
     """The satellite's hello has the old keys, values and order; a welcome without its
-    SSRC is a protocol error: the satellite drops that connection and tries again
+    SSRC is a protocol error: the satellite closes that connection and tries again
     (it used to die on a KeyError)."""
     from hark.transport.shm import host_id
 

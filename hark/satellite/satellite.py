@@ -388,26 +388,11 @@ class Satellite:
             lambda: _SatUdp(self), local_addr=("0.0.0.0" if self.server_host not in
                                                ("127.0.0.1", "localhost") else "127.0.0.1", 0))
         udp_port = self._udp.get_extra_info("sockname")[1]
-        caps = ["audio-udp", "audio-tcp", "opus", "pcm", "barge-in"]
-        if self.cfg.transport.shm != "never":
-            caps.append("audio-shm")
-        await conn.send_message(m.Hello(
-            name=self.cfg.satellite.name, token=self.cfg.satellite.token, capabilities=caps,
-            codecs=["opus", "pcm"], udp_port=udp_port, host_id=host_id()))
-        ev = await asyncio.wait_for(conn.recv(), 10.0)
-        if ev is None:
-            raise ConnectionError("server closed the connection")
-        if m.Error.is_type(ev.type):
-            await conn.close()
-            err = m.Error.from_event(ev)
-            if err.code == "auth":
-                raise HarkError(f"server refused this satellite: {err.message}",
-                                fix="set satellite.token to the token in the server's "
-                                "server.tokens for satellite.name")
-            raise ConnectionError(err.message)
-        if not m.Welcome.is_type(ev.type):
-            raise ProtocolError(f"expected welcome, got {ev.type[:64]}")
-        welcome = m.Welcome.from_event(ev)
+        try:
+            welcome = await self._handshake(conn, udp_port)
+        except Exception:
+            await conn.close()  # (refused, or a malformed answer: the link loop retries)
+            raise
         self._welcome = welcome
         self._sender = None
         self._link = AudioLink(conn, self._udp, (self.server_host, welcome.rtp_port))
@@ -420,6 +405,28 @@ class Satellite:
         log.info("connected to %s:%d as %s, audio over %s", self.server_host,
                  self.server_port, self.session, self._path)
         self.connected.set()
+
+    async def _handshake(self, conn: Connection, udp_port: int) -> m.Welcome:
+        """Send ``hello``; the server's ``welcome``, or the error it answered with."""
+        caps = ["audio-udp", "audio-tcp", "opus", "pcm", "barge-in"]
+        if self.cfg.transport.shm != "never":
+            caps.append("audio-shm")
+        await conn.send_message(m.Hello(
+            name=self.cfg.satellite.name, token=self.cfg.satellite.token, capabilities=caps,
+            codecs=["opus", "pcm"], udp_port=udp_port, host_id=host_id()))
+        ev = await asyncio.wait_for(conn.recv(), 10.0)
+        if ev is None:
+            raise ConnectionError("server closed the connection")
+        if m.Error.is_type(ev.type):
+            err = m.Error.from_event(ev)
+            if err.code == "auth":
+                raise HarkError(f"server refused this satellite: {err.message}",
+                                fix="set satellite.token to the token in the server's "
+                                "server.tokens for satellite.name")
+            raise ConnectionError(err.message)
+        if not m.Welcome.is_type(ev.type):
+            raise ProtocolError(f"expected welcome, got {ev.type[:64]}")
+        return m.Welcome.from_event(ev)
 
     async def _choose_path(self, welcome: m.Welcome) -> str:
         mode = self.cfg.transport.tcp_audio_fallback
