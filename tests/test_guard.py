@@ -131,3 +131,20 @@ def test_questions_waiting_are_bounded():
     for i in range(10):
         c.settle(f"s{i}", IntentResult("HassTurnOn", {"name": "x"}))
     assert [c.answer(f"s{i}", "yes")[0] for i in range(10)] == [None] * 7 + ["yes"] * 3
+
+
+@pytest.mark.models
+def test_the_blind_cases_keep_their_results():
+    """hark/nlu/eval/guard_cases.yaml through the real intent stage and the guard: the
+    one wrong action left is 'turn up the volume on the speaker' (hark's own volume),
+    the one sent to the LLM 'said a time for ten minutes'."""
+    from pathlib import Path
+
+    from hark.bench.eval_guard import evaluate
+    from hark.config import Config
+
+    cases = Path(__file__).parents[1] / "hark" / "nlu" / "eval" / "guard_cases.yaml"
+    result = evaluate(cases, Config())
+    assert result["wrong_actions"] <= 1 and result["not_act_to_llm"] <= 1
+    assert result["by_label"]["act"]["right"] >= 49
+    assert result["by_label"]["llm"]["right"] >= 49

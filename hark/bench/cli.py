@@ -22,6 +22,9 @@ def register(cli) -> None:
     p.add_argument("--voices", choices=["tune", "heldout"], default="heldout",
                    help="the voice set: 'tune' to calibrate on, 'heldout' only to score")
     p.add_argument("--out", metavar="DIR", required=True, help="where to write it")
+    from hark.bench.eval_guard import register_eval as register_guard
+
+    register_guard(cli)
     try:
         from hark.bench.eval_speech import register_eval
     except ImportError:
