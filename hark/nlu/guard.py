@@ -93,9 +93,19 @@ _QUESTION_OPENING = frozenset({
     "what", "what's", "whats", "why", "who", "who's", "whom", "whose", "how", "how's",
     "when", "where", "where's", "which", "is", "are", "was", "were", "can", "could", "do",
     "does", "did", "will", "would", "should", "shall", "has", "have", "tell", "explain",
-    "describe", "give", "recommend", "write", "translate", "define", "i", "i'm", "my", "we",
-    "it", "it's", "that", "this", "you", "your", "hi", "hello", "hey", "thanks", "thank",
+    "describe", "give", "recommend", "write", "translate", "define",
 })
+# Openings of a statement or a greeting: conversation, unless a device of the home is named
+_STATEMENT_OPENING = frozenset({"i", "i'm", "my", "we", "it", "it's", "that", "this", "you",
+                                "your", "hi", "hello", "hey", "thanks", "thank"})
+# Words the paraphrase fallback's match needs in the text before the intent may act: a
+# timer is set or cancelled only when one is named.
+_INTENT_WORDS: dict[str, frozenset[str]] = {
+    name: frozenset({"timer", "timers", "countdown", "alarm", "remind", "reminder"})
+    for name in ("HassStartTimer", "HassCancelTimer", "HassCancelAllTimers",
+                 "HassPauseTimer", "HassUnpauseTimer", "HassIncreaseTimer",
+                 "HassDecreaseTimer")
+}
 _STATE_WORDS = frozenset({"on", "off", "open", "opened", "closed", "shut", "locked",
                           "unlocked", "running", "playing", "left", "up", "down", "low",
                           "charging"})
@@ -212,6 +222,9 @@ def review(text: str, intent: IntentResult | None, home: Home) -> Verdict:
             return Verdict("act")
         if intent.domain not in ("homeassistant", "hark"):
             return Verdict("act")  # the user's own domains (coffee orders): their templates
+        need = _INTENT_WORDS.get(intent.name)
+        if need and not any(w in need for w in words):
+            return Verdict("clarify", DIDNT_CATCH, f"{intent.source}: no word names a timer")
         missing = _grounded(intent, words, home)
         if missing is not None and intent.source == "fuzzy" and missing.startswith("name"):
             # a name heard not quite right ("leaving room lamp"): ask
@@ -243,9 +256,16 @@ def review(text: str, intent: IntentResult | None, home: Home) -> Verdict:
             words[0] in COMMAND_OPENINGS or words[1:2] in (["the"], ["my"], ["our"]))):
         return Verdict("clarify", DIDNT_CATCH, "a command no template knows")
     if (about_home and words[0] not in _QUESTION_OPENING and len(words) <= 8
-            and not any(w in _COPULAS for w in words)):
+            and not any(w in _COPULAS for w in words)
+            and (words[0] not in _STATEMENT_OPENING or _names_device(words, home))):
         return Verdict("clarify", DIDNT_CATCH, "home words in no sentence hark knows")
     return Verdict("llm")
+
+
+def _names_device(words: list[str], home: Home) -> bool:
+    """A word for a class of device this home has ("lamp": it has lights)."""
+    return any(_stem(w) in {_stem(c) for c in DOMAIN_WORDS.get(d, ())}
+               for w in words for d in home.domains)
 
 
 def _verb(intent: IntentResult) -> str:
