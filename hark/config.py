@@ -234,10 +234,24 @@ class ServerConfig:
     rtp_port: int = 10701
     http_port: int = 10780
     wyoming_port: int = 10300
-    tokens: dict[str, str] = field(default_factory=dict)  # satellite name -> token
+    # satellite name -> its own token (at least 16 characters); every satellite may also
+    # use the server token (hark/auth.py, 'hark token show')
+    tokens: dict[str, str] = field(default_factory=dict)
     max_sessions: int = 8
     max_concurrent_turns: int = 4
     trace_log: str = ""  # JSON lines of turn traces; "" = <home>/traces.jsonl
+    # security (hark/auth.py): the server token, made on first start; "" = <home>/server.token
+    token_file: str = ""
+    # Host header names the web page may be reached by, besides IP addresses, localhost,
+    # server.host and this machine's host name (DNS-rebinding defence)
+    http_hosts: list[str] = field(default_factory=list)
+    # Wyoming carries no token: it listens on its own address (loopback by default); any
+    # other address needs wyoming_allow, the peers (addresses or networks such as
+    # "192.168.1.20" or "192.168.1.0/24") let in besides this machine
+    wyoming_host: str = "127.0.0.1"
+    wyoming_allow: list[str] = field(default_factory=list)
+    wyoming_max_connections: int = 16  # more at once are closed at once
+    wyoming_idle_s: float = 120.0  # a connection that sends nothing this long is closed
 
 
 @dataclass
@@ -354,7 +368,18 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"config file {candidate} does not exist")
     if overrides:
         _merge(cfg, overrides, "")
+    _check_tokens(cfg)
     return cfg
+
+
+def _check_tokens(cfg: Config) -> None:
+    """Tokens short enough to guess are refused at load (hark/auth.py)."""
+    from hark.auth import check_token
+
+    for name, token in cfg.server.tokens.items():
+        check_token(token, f"server.tokens.{name}")
+    if cfg.satellite.token:  # "" = the server token file on this machine
+        check_token(cfg.satellite.token, "satellite.token")
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from hark.audio import SAMPLE_RATE, AudioChunk
+from hark.auth import read_server_token
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
 from hark.satellite.followup import FollowUpGate
@@ -381,6 +382,9 @@ class Satellite:
             except (TimeoutError, ConnectionError, OSError, ProtocolError) as exc:
                 log.info("server %s:%d unreachable (%s); retrying in %.1f s", self.server_host,
                          self.server_port, exc, backoff)
+            except HarkError as exc:  # refused (token): retry slowly, the token may change
+                backoff = 10.0
+                log.error("%s; retrying in %.0f s", exc, backoff)
             await self._disconnect()
             if self._stop.is_set():
                 return
@@ -398,7 +402,7 @@ class Satellite:
         if self.cfg.transport.shm != "never":
             caps.append("audio-shm")
         await conn.send("hello", {"version": PROTOCOL_VERSION, "name": self.cfg.satellite.name,
-                                  "token": self.cfg.satellite.token, "capabilities": caps,
+                                  "token": self.token(), "capabilities": caps,
                                   "codecs": ["opus", "pcm"], "udp_port": udp_port,
                                   "host_id": host_id()})
         ev = await asyncio.wait_for(conn.recv(), 10.0)
@@ -408,8 +412,9 @@ class Satellite:
             await conn.close()
             if ev.data.get("code") == "auth":
                 raise HarkError(f"server refused this satellite: {ev.data.get('message')}",
-                                fix="set satellite.token to the token in the server's "
-                                "server.tokens for satellite.name")
+                                fix="set satellite.token (or hark satellite --token) to the "
+                                "server's token ('hark token show' on the server) or to "
+                                "this satellite's entry in server.tokens")
             raise ConnectionError(ev.data.get("message", "refused"))
         if ev.type != "welcome":
             raise ProtocolError(f"expected welcome, got {ev.type}")
@@ -454,6 +459,12 @@ class Satellite:
         self._udp_degraded = True
         self._turns_degraded = 0
         return "tcp"
+
+    def token(self) -> str:
+        """The token this satellite presents: ``satellite.token``, else the server
+        token file of a server on this machine (read at each connect: the server may make
+        it after the satellite starts), else none."""
+        return self.cfg.satellite.token or read_server_token(self.cfg) or ""
 
     def _new_receiver(self) -> RtpStreamReceiver:
         w = self._welcome

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import logging
 import random
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hark.audio import SAMPLE_RATE, AudioChunk
+from hark.auth import ensure_server_token, token_acceptable
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
 from hark.pipeline.events import (
@@ -136,6 +136,7 @@ class Server:
         self._host_id = host_id()
         self.control_port = 0
         self.rtp_port = 0
+        self.token = ""  # the server token (hark.auth), read or made by start()
         assistant.on_notify(self._on_notify)
         # LLM engines in a supervised child process (llm.isolation = "process"): count
         # their restarts (exported as hark_server_llm_worker_restarts_total)
@@ -150,6 +151,7 @@ class Server:
     async def start(self) -> None:
         sc = self.cfg.server
         loop = asyncio.get_running_loop()
+        self.token = ensure_server_token(self.cfg)
         self._tcp = await asyncio.start_server(self._handle_client, sc.host, sc.control_port,
                                                limit=MAX_HEADER)
         self.control_port = self._tcp.sockets[0].getsockname()[1]
@@ -236,14 +238,11 @@ class Server:
             await self._refuse(conn, "version", f"protocol version {d.get('version')!r} "
                                f"not supported; this server speaks {PROTOCOL_VERSION}")
             return None
-        expected = sc.tokens.get(name)
-        if expected is not None or not is_loopback(peer):
-            token = d.get("token")
-            if expected is None or not isinstance(token, str) or not hmac.compare_digest(
-                    token.encode(), expected.encode()):
-                await self._refuse(conn, "auth", f"satellite '{name}' is not authorised: "
-                                   "wrong or missing token (server.tokens)")
-                return None
+        if not self.token_acceptable(name, d.get("token"), peer):
+            await self._refuse(conn, "auth", f"satellite '{name}' is not authorised: wrong "
+                               "or missing token (the server token, 'hark token show', or "
+                               "its own server.tokens entry)")
+            return None
         if len(self.sessions) >= sc.max_sessions:
             await self._refuse(conn, "busy", f"server at max_sessions ({sc.max_sessions})")
             return None
@@ -283,6 +282,11 @@ class Server:
         await conn.send("welcome", welcome)
         log.info("satellite '%s' connected from %s: session %s", name, peer, s.id)
         return s
+
+    def token_acceptable(self, name: str, token: object, peer: str | None) -> bool:
+        """Whether ``token`` admits a satellite called ``name``, from any peer
+        (loopback included): :func:`hark.auth.token_acceptable`."""
+        return token_acceptable(self.token, self.cfg.server.tokens, name, token)
 
     async def _refuse(self, conn: Connection, code: str, message: str) -> None:
         self.stats.sessions_refused += 1
