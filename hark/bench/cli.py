@@ -12,6 +12,9 @@ def register(cli) -> None:
     p.add_argument("--repeat", type=int, default=1, help="passes over the corpus")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: waterfalls + distributions")
+    from hark.bench.abuse import register as register_abuse
+
+    register_abuse(cli)
     try:
         from hark.bench.eval_speech import register_eval
     except ImportError:

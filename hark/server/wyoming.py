@@ -337,6 +337,9 @@ class HarkWyomingHandler(AsyncEventHandler):
     async def _audio(self, chunk: WyChunk) -> None:
         if self.mode is None:
             return  # no request wants audio
+        if self.mode == "asr" and self.audio_samples >= MAX_BUFFERED_S * SAMPLE_RATE:
+            self._room(self.audio_samples, 1)  # full: not even converted
+            return
         c = self.converter.convert(chunk)
         samples = np.frombuffer(c.audio, dtype="<i2").astype(np.int16)
         if self.mode == "asr":
