@@ -566,7 +566,7 @@ class Satellite:
             return
         try:
             ring.clear()
-            while (raw := ring.read()) is not None:
+            for raw in ring.read_frames():  # at most MAX_FRAMES_PER_WAKEUP at a time
                 self.datagram(raw)
         except ProtocolError as exc:
             log.warning("reply audio ring: %s", exc)

@@ -446,7 +446,7 @@ class Server:
             return
         try:
             ring.clear()
-            while (raw := ring.read()) is not None:
+            for raw in ring.read_frames():  # at most MAX_FRAMES_PER_WAKEUP at a time
                 self._accept_packet(s, RtpPacket.parse(raw), ordered=True)
         except ProtocolError as exc:
             log.info("session %s: dropping bad audio: %s", s.id, exc)
