@@ -38,6 +38,7 @@ from hark.config import Config
 from hark.errors import HarkError, ProtocolError
 from hark.satellite.followup import FollowUpGate
 from hark.transport.control import PROTOCOL_VERSION, Connection
+from hark.transport.keepalive import enable_keepalive
 from hark.transport.rtp import PT_PROBE, RtpPacket, seq_delta
 from hark.transport.shm import ShmRing, host_id
 from hark.transport.stream import RtpStreamReceiver, RtpStreamSender
@@ -393,6 +394,7 @@ class Satellite:
 
     async def _connect(self) -> None:
         conn = await Connection.open(self.server_host, self.server_port)
+        enable_keepalive(conn.writer)  # a server that vanished is noticed, then retried
         loop = asyncio.get_running_loop()
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: _SatUdp(self), local_addr=("0.0.0.0" if self.server_host not in

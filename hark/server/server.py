@@ -49,6 +49,7 @@ from hark.pipeline.events import (
 )
 from hark.trace import Trace
 from hark.transport.control import MAX_HEADER, PROTOCOL_VERSION, Connection, Event
+from hark.transport.keepalive import enable_keepalive
 from hark.transport.rtp import PT_PROBE, RtpPacket
 from hark.transport.shm import ShmRing, host_id
 from hark.transport.stream import RtpStreamReceiver, RtpStreamSender, wire_rate
@@ -57,6 +58,13 @@ log = logging.getLogger(__name__)
 
 BUSY_TEXT = "Sorry, I'm busy right now. Please try again in a moment."
 HELLO_TIMEOUT_S = 5.0
+# bounds (issue 17): connections that have not finished their hello (the oldest is
+# closed to make room, so a real satellite always gets in), a write the satellite does
+# not take, a turn's uplink audio going silent, and a whole turn
+MAX_PENDING_HANDSHAKES = 64
+WRITE_TIMEOUT_S = 10.0
+AUDIO_GAP_S = 10.0
+TURN_DEADLINE_S = 120.0
 UDP_SILENCE_S = 0.6  # no uplink audio this long after a wake: UDP is broken, use TCP
 CAPABILITIES = ["wake", "asr", "tts", "intent", "pipeline", "barge-in", "timer",
                 "audio-udp", "audio-tcp", "audio-shm", "opus", "pcm"]
@@ -118,6 +126,19 @@ class Session:
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_PACKETS))
 
 
+class _TimedConnection(Connection):
+    """A control connection whose writes give up after WRITE_TIMEOUT_S: a satellite
+    that stops reading is dropped (its connection aborted) instead of stalling a turn."""
+
+    async def send(self, etype: str, data: dict[str, Any] | None = None,
+                   payload: bytes = b"") -> None:
+        try:
+            await asyncio.wait_for(super().send(etype, data, payload), WRITE_TIMEOUT_S)
+        except TimeoutError:
+            self.writer.transport.abort()
+            raise ConnectionError(f"peer took nothing for {WRITE_TIMEOUT_S:.0f} s") from None
+
+
 class Server:
     """The hark server. ``await start()``, then ``await serve_forever()`` or ``stop()``."""
 
@@ -137,6 +158,7 @@ class Server:
         self.control_port = 0
         self.rtp_port = 0
         self.token = ""  # the server token (hark.auth), read or made by start()
+        self._pending: dict[Connection, None] = {}  # connections before their welcome
         assistant.on_notify(self._on_notify)
         # LLM engines in a supervised child process (llm.isolation = "process"): count
         # their restarts (exported as hark_server_llm_worker_restarts_total)
@@ -196,11 +218,20 @@ class Server:
     # --- control connection -------------------------------------------------------------
     async def _handle_client(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        conn = Connection(reader, writer)
+        conn = _TimedConnection(reader, writer)
         peer = conn.peer[0] if conn.peer else None
         session: Session | None = None
+        enable_keepalive(writer)
+        if len(self._pending) >= MAX_PENDING_HANDSHAKES:
+            oldest = next(iter(self._pending))
+            self._pending.pop(oldest)
+            oldest.writer.transport.abort()  # its hello read ends; it cleans itself up
+        self._pending[conn] = None
         try:
-            session = await self._handshake(conn, peer)
+            try:
+                session = await self._handshake(conn, peer)
+            finally:
+                self._pending.pop(conn, None)
             if session is None:
                 return
             await self._control_loop(session)
@@ -347,7 +378,8 @@ class Server:
         s.receiver = RtpStreamReceiver(s.codec, SAMPLE_RATE, s.frame_ms, tc.jitter_min_ms,
                                        tc.jitter_max_ms)
         s.fell_back = False
-        s.turn = self._spawn(self._turn(s, s.inbox, follow_up=bool(ev.data.get("followup"))))
+        s.turn = self._spawn(self._with_deadline(
+            s, self._turn(s, s.inbox, follow_up=bool(ev.data.get("followup")))))
         first = ev.data.get("seq")
         if isinstance(first, int) and not isinstance(first, bool):
             # this turn's packets that arrived before this event went to no turn (or to
@@ -518,7 +550,12 @@ class Server:
 
             async def audio() -> AsyncIterator[AudioChunk]:
                 while True:
-                    chunk = await inbox.get()
+                    try:  # a satellite that sends wake and then nothing ends its audio
+                        chunk = await asyncio.wait_for(inbox.get(), AUDIO_GAP_S)
+                    except TimeoutError:
+                        log.info("session %s: no audio for %.0f s: the turn's audio ends",
+                                 s.id, AUDIO_GAP_S)
+                        return
                     if chunk is None:
                         return
                     yield chunk
@@ -567,6 +604,16 @@ class Server:
                             cb(trace)
                         except Exception:
                             log.exception("turn listener failed")
+
+    async def _with_deadline(self, s: Session, turn) -> None:
+        """Run ``turn``; past TURN_DEADLINE_S it is cancelled (its slot freed) and the
+        satellite told the turn ended in a timeout."""
+        try:
+            await asyncio.wait_for(turn, TURN_DEADLINE_S)
+        except TimeoutError:
+            log.warning("session %s: turn cancelled after %.0f s", s.id, TURN_DEADLINE_S)
+            await _safe_send(s.conn, "turn-end", {"error": "timeout", "transcript": "",
+                                                  "reply": ""}, b"")
 
     def _notify_listeners(self, s: Session, ev: Any) -> None:
         for cb in self.event_listeners:
