@@ -240,6 +240,8 @@ class ServerConfig:
     max_sessions: int = 8
     max_concurrent_turns: int = 4
     trace_log: str = ""  # JSON lines of turn traces; "" = <home>/traces.jsonl
+    trace_log_max_mb: float = 64.0  # rotated past this size (0: never)
+    trace_log_keep: int = 3  # rotated files kept (traces.jsonl.1 .. .3)
     # security (hark/auth.py): the server token, made on first start; "" = <home>/server.token
     token_file: str = ""
     # Host header names the web page may be reached by, besides IP addresses, localhost,
