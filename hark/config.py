@@ -242,6 +242,7 @@ class ServerConfig:
     trace_log: str = ""  # JSON lines of turn traces; "" = <home>/traces.jsonl
     trace_log_max_mb: float = 64.0  # rotated past this size (0: never)
     trace_log_keep: int = 3  # rotated files kept (traces.jsonl.1 .. .3)
+    timers_file: str = ""  # running timers, kept across restarts; "" = <home>/timers.json
     # security (hark/auth.py): the server token, made on first start; "" = <home>/server.token
     token_file: str = ""
     # Host header names the web page may be reached by, besides IP addresses, localhost,

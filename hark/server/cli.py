@@ -55,6 +55,12 @@ def _serve(args: argparse.Namespace) -> int:
         server.sched_results = loop_sched + assistant.sched_results
         await server.start()
         http.set_server(server)
+        timers = getattr(getattr(assistant, "handlers", None), "timers", None)
+        if timers is not None:  # kept across restarts; those that ended meanwhile fire now
+            from hark.nlu.timers import timers_path
+
+            assistant._loop = loop  # their announcements need the loop before any turn
+            await loop.run_in_executor(None, timers.persist, timers_path(cfg))
         wyoming = None
         if not args.no_wyoming:
             from hark.server.wyoming import start_wyoming

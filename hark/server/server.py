@@ -65,6 +65,7 @@ MAX_PENDING_HANDSHAKES = 64
 WRITE_TIMEOUT_S = 10.0
 AUDIO_GAP_S = 10.0
 TURN_DEADLINE_S = 120.0
+HELD_SATELLITES, HELD_PER_SATELLITE = 64, 16  # notifications kept for absent satellites
 UDP_SILENCE_S = 0.6  # no uplink audio this long after a wake: UDP is broken, use TCP
 CAPABILITIES = ["wake", "asr", "tts", "intent", "pipeline", "barge-in", "timer",
                 "audio-udp", "audio-tcp", "audio-shm", "opus", "pcm"]
@@ -159,6 +160,7 @@ class Server:
         self.rtp_port = 0
         self.token = ""  # the server token (hark.auth), read or made by start()
         self._pending: dict[Connection, None] = {}  # connections before their welcome
+        self._held: dict[str, deque[str]] = {}  # satellite name -> notifications for it
         assistant.on_notify(self._on_notify)
         # LLM engines in a supervised child process (llm.isolation = "process"): count
         # their restarts (exported as hark_server_llm_worker_restarts_total)
@@ -312,6 +314,8 @@ class Server:
         self._by_ssrc[s.ssrc_up] = s
         await conn.send("welcome", welcome)
         log.info("satellite '%s' connected from %s: session %s", name, peer, s.id)
+        for text in self._held.pop(name, ()):  # said while it was away (timers)
+            self._spawn(self._on_notify(s.id, text))
         return s
 
     def token_acceptable(self, name: str, token: object, peer: str | None) -> bool:
@@ -644,9 +648,19 @@ class Server:
         log.info("session %s ended: %s", s.id, why)
 
     async def _on_notify(self, session: str, text: str) -> None:
-        s = self.sessions.get(session)
+        """Say ``text`` on ``session``'s satellite: the session itself, else the
+        satellite of the same name connected now (it reconnected, or the server
+        restarted and restored a timer), else the next time it connects."""
+        name = session.rsplit("-", 1)[0]
+        s = self.sessions.get(session) or next(
+            (x for x in self.sessions.values() if x.name == name), None)
         if s is None:
-            log.warning("notification for session %s, which is gone: %s", session, text)
+            if name not in self._held and len(self._held) >= HELD_SATELLITES:
+                log.warning("notification for %s dropped (no satellite): %s", session, text)
+                return
+            self._held.setdefault(name, deque(maxlen=HELD_PER_SATELLITE)).append(text)
+            log.info("notification for satellite '%s' held until it connects: %s", name,
+                     text)
             return
         await s.conn.send("timer", {"text": text})
         self._spawn(self._play(s, self.assistant.speak(text), self.assistant.tts_rate))
