@@ -131,9 +131,19 @@ def session_cookie(server_token: str) -> str:
     return hmac.new(server_token.encode(), b"hark web session", hashlib.sha256).hexdigest()
 
 
-def redact(text: str, secrets_: list[str]) -> str:
-    """``text`` with each non-empty secret in it replaced by ``***``."""
-    for s in secrets_:
-        if s:
-            text = text.replace(s, "***")
-    return text
+REDACTED = "<redacted>"
+
+
+def redacted(cfg: Any) -> Any:
+    """A copy of ``cfg`` with every secret set (tokens, API keys) replaced by
+    :data:`REDACTED`, for printing."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.server.tokens = {name: REDACTED for name in out.server.tokens}
+    for section, key in (("satellite", "token"), ("home", "home_assistant_token"),
+                         ("llm", "openai_api_key")):
+        obj = getattr(out, section)
+        if getattr(obj, key):
+            setattr(obj, key, REDACTED)
+    return out
