@@ -31,11 +31,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hark.config import TOKEN_MIN_CHARS
 from hark.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MIN_TOKEN_CHARS = 16
+MIN_TOKEN_CHARS = TOKEN_MIN_CHARS  # the same rule as config load (hark.config)
 TOKEN_FILE = "server.token"
 COOKIE_NAME = "hark_session"
 
@@ -129,21 +130,3 @@ def session_cookie(server_token: str) -> str:
     itself is not stored in the browser, and replacing the token logs every browser
     out)."""
     return hmac.new(server_token.encode(), b"hark web session", hashlib.sha256).hexdigest()
-
-
-REDACTED = "<redacted>"
-
-
-def redacted(cfg: Any) -> Any:
-    """A copy of ``cfg`` with every secret set (tokens, API keys) replaced by
-    :data:`REDACTED`, for printing."""
-    import copy
-
-    out = copy.deepcopy(cfg)
-    out.server.tokens = {name: REDACTED for name in out.server.tokens}
-    for section, key in (("satellite", "token"), ("home", "home_assistant_token"),
-                         ("llm", "openai_api_key")):
-        obj = getattr(out, section)
-        if getattr(obj, key):
-            setattr(obj, key, REDACTED)
-    return out

@@ -171,7 +171,7 @@ def test_malformed_config_fails_with_the_key_and_the_fix(tmp_path):
 
 
 def test_json_output_on_this_machine(tmp_path):
-    proc = hark("--set", f"home_dir={tmp_path}", "--set", "server.http_port=0",
+    proc = hark("--set", f"home_dir={tmp_path}", "--set", f"server.http_port={free_port()}",
                 "doctor", "--no-hash", "--json")
     checks = json.loads(proc.stdout)
     names = {c["name"] for c in checks}

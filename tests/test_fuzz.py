@@ -10,10 +10,11 @@ import string
 
 import numpy as np
 import pytest
+import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hark.config import Config, _toml_value, load_config, parse_override, to_dict
+from hark.config import Config, load_config, parse_override, to_dict
 from hark.errors import ConfigError, HarkError, ProtocolError
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
@@ -39,16 +40,15 @@ VALUES = st.recursive(
 def config_docs(draw) -> str:
     """TOML documents shaped like hark configs: real and made-up sections and keys,
     values of every TOML type (so most are wrong in some way)."""
-    lines = []
+    doc: dict = {}
     for key in draw(st.lists(st.sampled_from(["home_dir", "nope"]), max_size=1)):
-        lines.append(f"{key} = {_toml_value(draw(VALUES))}")
+        doc[key] = draw(VALUES)
     for section in draw(st.lists(KEYS, max_size=4, unique=True)):
-        lines.append(f"[{section}]")
         known = SECTIONS.get(section, [])
         names = st.sampled_from(known) if known and draw(st.booleans()) else KEYS
-        for key in draw(st.lists(names, max_size=5, unique=True)):
-            lines.append(f'"{key}" = {_toml_value(draw(VALUES))}')
-    return "\n".join(lines) + "\n"
+        doc[section] = {key: draw(VALUES)
+                        for key in draw(st.lists(names, max_size=5, unique=True))}
+    return tomli_w.dumps(doc)
 
 
 def _load(tmp_path, data: bytes | str):

@@ -19,3 +19,6 @@ class Transcript:
 class AsrEngine(Protocol):
     def transcribe(self, samples: np.ndarray, prompt: str = "") -> str:
         """Decode int16 16 kHz mono audio to text (blocking)."""
+
+    def warm_up(self) -> None:
+        """Run once on a dummy input so the first real decode is not the slow one."""

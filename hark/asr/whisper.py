@@ -1,18 +1,14 @@
 """Whisper speech-to-text on faster-whisper (CTranslate2), tuned for short spoken commands.
 
-Decode options chosen for latency on 1-5 s utterances (measured, see the ASR report):
-greedy search (``beam_size`` from config, 1 by default), no timestamps, no conditioning
-on earlier text, no temperature fallback, no built-in VAD (hark's endpointer already cut
-the utterance), and a cap on new tokens proportional to the audio length.
+Decode options for short (1-5 s) utterances: greedy search (``beam_size`` from config,
+1 by default), no timestamps, no conditioning on earlier text, no temperature fallback,
+no built-in VAD (hark's endpointer already cut the utterance), and a cap on new tokens
+proportional to the audio length.
 
 The audio is always encoded in Whisper's full 30 s window. Encoding only the utterance
-(plus 0.5-2 s, or at least 10 s) was 3-5x faster (~60-150 ms instead of ~400 ms) but
-tiny.en then looped ("Stop. Stop. Stop. ...", a sentence written twice) on a third of
-20 short Piper commands and on real coffee orders; with timestamps, a token cap, or a
-fallback to the full window whenever a repeat was seen, it still dropped or changed
-words on short commands ("Turn on the kitchen light" -> "on the kitchen light",
-"Stop." -> "dot"; word error 11-16% against 4% for the full window), so it is not
-offered.
+is faster, but tiny.en then loops ("Stop. Stop. Stop. ...") or drops and changes words
+on short commands, so it is not offered (the comparison: docs/ARCHITECTURE.md,
+"Measurements behind the defaults").
 
 Silence and noise: faster-whisper drops a segment whose ``no_speech_prob`` is above 0.6
 while its average log-probability is below -1; on top of that, the classic Whisper
@@ -189,9 +185,7 @@ def load_asr(cfg: Config) -> WhisperAsr:
 def load_idle_asr(cfg: Config, warm: bool = True):
     """A second Whisper engine for partial transcripts, whose compute threads run in the
     idle scheduling class: it uses only CPU nothing else wants, so a partial decode still
-    running when the person stops never delays the final decode (measured here: a final
-    decode took 265 ms beside a busy idle-class instance, 405 ms beside a normal one, 250 ms
-    alone).
+    running when the person stops gets only the CPU the final decode leaves.
 
     CTranslate2 starts its worker thread when the model is constructed, and that thread
     starts the OpenMP team on the first decode; both inherit the class of the thread that

@@ -60,6 +60,8 @@ class Utterance:
     text: str
     kind: str  # "command" | "question"
     audio: np.ndarray  # int16 16 kHz
+    voice: str = ""  # who or what spoke it, when the corpus says
+    intent: str = ""  # the right intent ("LLM" for a question), when the corpus says
 
 
 @dataclass
@@ -74,6 +76,14 @@ class TurnResult:
     intent: str
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    voice: str = ""
+    expected_intent: str = ""
+    slots: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def right(self) -> bool | None:
+        """Whether the intent was the expected one (None when the corpus gives none)."""
+        return None if not self.expected_intent else self.intent == self.expected_intent
 
 
 def speech_end_index(samples: np.ndarray, rate: int = 16000) -> int:
@@ -103,13 +113,16 @@ def piper_corpus(cfg, quick: bool) -> list[Utterance]:
 
 
 def dir_corpus(path: Path) -> list[Utterance]:
-    """WAV files + transcripts.json (file name -> text; optional "kind" via
-    {"file": {"text": ..., "kind": "command"}})."""
+    """WAV files + transcripts.json: file name -> text, or -> {"text": ..., "kind":
+    "command" | "question", "voice": ..., "intent": ...} ("voice" groups the results per
+    voice; "intent" is the right intent's name, "LLM" for a question the LLM answers)."""
     meta = json.loads((path / "transcripts.json").read_text())
     out = []
     for name, v in meta.items():
-        text, kind = (v, "question") if isinstance(v, str) else (v["text"], v.get("kind", "question"))
-        out.append(Utterance(name, text, kind, read_audio(path / name)))
+        if isinstance(v, str):
+            v = {"text": v}
+        out.append(Utterance(name, v["text"], v.get("kind", "question"), read_audio(path / name),
+                             voice=str(v.get("voice", "")), intent=str(v.get("intent", ""))))
     return out
 
 
@@ -153,10 +166,13 @@ async def _play_turn(assistant, utt: Utterance, mode: str, session: str,
         spans.pop("total", None)
     spans["vad_end_error"] = (tr.marks.get("speech_end", t_end) - t_end) * 1000
     marks = {k: (v - t_end) * 1000 for k, v in tr.marks.items()}
+    policy = ("speculative_discarded", "speculative_used", "partial_reused", "speech_intent",
+              "grammar_overruled")
+    extra = {k: tr.info[k] for k in policy if k in tr.info}
+    extra["tts_cache_hit"] = bool(tr.info.get("tts_cache_hit"))
     return TurnResult(utt.name, utt.kind, mode, spans, marks, end.transcript, end.reply,
-                      str(tr.info.get("intent", "")), end.error,
-                      {"speculative_discarded": tr.info.get("speculative_discarded", 0),
-                       "tts_cache_hit": bool(tr.info.get("tts_cache_hit"))})
+                      str(tr.info.get("intent", "")), end.error, extra, voice=utt.voice,
+                      expected_intent=utt.intent, slots=dict(tr.info.get("slots") or {}))
 
 
 def summarize(turns: list[TurnResult]) -> dict[str, Any]:
@@ -165,6 +181,8 @@ def summarize(turns: list[TurnResult]) -> dict[str, Any]:
 
     modes: dict[str, Any] = {}
     for mode in MODES:
+        if not any(t.mode == mode for t in turns):
+            continue
         mt = [t for t in turns if t.mode == mode and not t.error]
         entry: dict[str, Any] = {"stages": {}, "by_kind": {}}
         for _, span in ROWS:
@@ -178,10 +196,28 @@ def summarize(turns: list[TurnResult]) -> dict[str, Any]:
                            for _, s in ROWS},
             }
         entry["errors"] = sum(1 for t in turns if t.mode == mode and t.error)
+        entry["by_voice"] = _by_voice([t for t in turns if t.mode == mode], stats)
         modes[mode] = entry
-    b, s = modes["baseline"]["total_ms"]["p50"], modes["streaming"]["total_ms"]["p50"]
+    b = modes.get("baseline", {}).get("total_ms", {}).get("p50")
+    s = modes.get("streaming", {}).get("total_ms", {}).get("p50")
     return {"modes": modes, "speedup_p50": _r(b / s) if b and s else None,
-            "turns": [t.__dict__ for t in turns]}
+            "turns": [{**t.__dict__, "right": t.right} for t in turns]}
+
+
+def _by_voice(turns: list[TurnResult], stats) -> dict[str, Any]:
+    """Per voice named by the corpus: totals per kind, and how many intents were right."""
+    out: dict[str, Any] = {}
+    for voice in sorted({t.voice for t in turns if t.voice}):
+        vt = [t for t in turns if t.voice == voice]
+        entry: dict[str, Any] = {"turns": len(vt), "errors": sum(1 for t in vt if t.error)}
+        for kind in ("command", "question"):
+            kt = [t for t in vt if t.kind == kind and not t.error]
+            entry[kind] = {"total_ms": stats([t.spans_ms["total"] for t in kt
+                                              if "total" in t.spans_ms]),
+                           "right": sum(1 for t in kt if t.right),
+                           "labelled": sum(1 for t in kt if t.right is not None)}
+        out[voice] = entry
+    return out
 
 
 def _r(v: float | None) -> float | None:
@@ -194,15 +230,25 @@ def format_table(summary: dict[str, Any]) -> str:
             return f"{'-':>17}"
         return f"{st['p50']:7.0f} / {st['p95']:7.0f}"
 
-    lines = [f"{'stage (ms, p50 / p95)':40} {'baseline':>17}   {'streaming':>17}",
-             "-" * 80]
     m = summary["modes"]
+    ran = [mode for mode in MODES if mode in m]
+    lines = [f"{'stage (ms, p50 / p95)':40} " + "   ".join(f"{mode:>17}" for mode in ran),
+             "-" * (40 + 20 * len(ran))]
     for label, span in ROWS:
-        lines.append(f"{label:40} {cell(m['baseline']['stages'][span])}   "
-                     f"{cell(m['streaming']['stages'][span])}")
+        lines.append(f"{label:40} " + "   ".join(cell(m[mode]['stages'][span]) for mode in ran))
     for kind in ("command", "question"):
-        lines.append(f"{'total, ' + kind + 's':40} {cell(m['baseline']['by_kind'][kind]['total_ms'])}"
-                     f"   {cell(m['streaming']['by_kind'][kind]['total_ms'])}")
+        lines.append(f"{'total, ' + kind + 's':40} "
+                     + "   ".join(cell(m[mode]['by_kind'][kind]['total_ms']) for mode in ran))
+    for mode in ran:
+        voices = m[mode].get("by_voice") or {}
+        if voices:
+            lines += ["", f"{mode}, per voice: commands right, p50 / p95 ms; questions right, "
+                          "p50 / p95 ms"]
+        for voice, v in voices.items():
+            c, q = v["command"], v["question"]
+            lines.append(f"  {voice:28} {c['right']:>3}/{c['labelled']:<3} "
+                         f"{cell(c['total_ms'])}   {q['right']:>3}/{q['labelled']:<3} "
+                         f"{cell(q['total_ms'])}")
     if summary.get("speedup_p50"):
         lines.append(f"\nstreaming total p50 is {summary['speedup_p50']:.1f}x lower than baseline")
     errs = [t for t in summary["turns"] if t["error"]]
@@ -278,12 +324,12 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
 
 async def run_bench(assistant, corpus: list[Utterance], repeat: int = 1,
-                    progress=print) -> list[TurnResult]:
+                    progress=print, modes: tuple[str, ...] = MODES) -> list[TurnResult]:
     results: list[TurnResult] = []
     n = 0
     for r in range(repeat):
         for i, utt in enumerate(corpus):
-            order = MODES if (i + r) % 2 == 0 else MODES[::-1]  # alternate who goes first
+            order = modes if (i + r) % 2 == 0 else modes[::-1]  # alternate who goes first
             for mode in order:
                 n += 1
                 # each turn starts from the system prefix alone: the same question asked
@@ -311,7 +357,8 @@ def main(cfg, args) -> int:
     assistant = Assistant.load(cfg)
     try:
         t0 = time.monotonic()
-        turns = asyncio.run(run_bench(assistant, corpus, args.repeat))
+        modes = MODES if getattr(args, "mode", "both") == "both" else (args.mode,)
+        turns = asyncio.run(run_bench(assistant, corpus, args.repeat, modes=modes))
         print(f"ran {len(turns)} turns in {time.monotonic() - t0:.0f} s\n")
     finally:
         assistant.close()

@@ -32,3 +32,21 @@ class LlmEngine(Protocol):
 
     def stream(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[str]:
         """Yield text pieces as the model writes them (blocking generator)."""
+
+
+class LlmResponder(Protocol):
+    """What a turn calls for an answer (:class:`hark.llm.service.LlmService`): the reply
+    to what a person said, in the context of their session."""
+
+    last_source: str  # who answered the last reply: "llm", "cache", "template", "error"
+
+    def reply_stream(self, user_text: str, session: str = "default", cacheable: bool = True,
+                     trace=None) -> Iterator[str]:
+        """Yield the reply's text pieces as they are written (blocking generator)."""
+
+    def prefill(self, partial_text: str, session: str = "default") -> None:
+        """Read a partial question into the model's cache while the person speaks."""
+
+    def hold(self, on: bool) -> None:
+        """Pause the generation in progress between two tokens, or let it go on (a hold
+        ends by itself after :data:`HOLD_MAX_S`)."""

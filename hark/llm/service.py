@@ -165,8 +165,8 @@ class LlmService:
     def hold(self, on: bool) -> None:
         """Pause the answer being written between two tokens, or let it go on (a hold
         ends by itself after ``HOLD_MAX_S``). The pipeline holds it while the first
-        phrase is synthesized: on 2 cores the two compete, and the words after that
-        phrase are not needed before it has been spoken."""
+        phrase is synthesized: on a machine with few cores the two compete, and the words
+        after that phrase are not needed before it has been spoken."""
         for engine in filter(None, (self.engine, self.fallback)):
             hold = getattr(engine, "hold", None)
             if hold is not None:

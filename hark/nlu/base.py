@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
+
+import numpy as np
 
 
 @dataclass
@@ -25,11 +28,54 @@ class Reply:
 
 
 class IntentRecognizer(Protocol):
-    def recognize(self, text: str) -> IntentResult | None:
-        """The intent of ``text``, or None when it is outside every known sentence."""
+    def recognize(self, text: str, context: dict[str, Any] | None = None,
+                  paraphrase: bool = True) -> IntentResult | None:
+        """The intent of ``text``, or None when it is outside every known sentence.
+        ``context``: the speaker's situation (e.g. its area); ``paraphrase=False``: exact
+        templates only (no paraphrase fallback), for deciding on half a sentence."""
 
 
 class IntentHandler(Protocol):
     def can_handle(self, intent: IntentResult) -> bool: ...
 
     def handle(self, intent: IntentResult) -> Reply: ...
+
+
+class TurnHandlers(Protocol):
+    """What a turn calls to answer an intent (:class:`hark.nlu.handlers.Handlers`)."""
+
+    def handle(self, intent: IntentResult, session: str = "default") -> Reply:
+        """Carry out ``intent`` for ``session`` and say what was done."""
+
+    def remember(self, session: str, reply: Reply | str) -> None:
+        """The last thing said to ``session`` (for "repeat that")."""
+
+    def on_timer(self, callback: Callable[[Any], None]) -> None:
+        """``callback(timer)`` (on a timer thread) when one of its timers finishes."""
+
+    def close(self) -> None: ...
+
+
+class GrammarHeard(Protocol):
+    text: str  # the sentence the grammar recognizer heard
+
+
+class SpeechIntentRecognizer(Protocol):
+    """Speech straight to intent for one turn at a time
+    (:class:`hark.nlu.speech_intent.SpeechIntentRecognizer`): fed audio as it comes, it
+    answers with a known command or None."""
+
+    last: GrammarHeard | None  # what finish() heard
+    peeked: GrammarHeard | None  # what peek() heard
+
+    def start(self) -> None:
+        """Begin a new utterance."""
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Decode int16 16 kHz audio as it arrives."""
+
+    def peek(self) -> IntentResult | None:
+        """The command if the speech ended now (checked like a final result)."""
+
+    def finish(self) -> IntentResult | None:
+        """The command heard in the whole utterance, or None."""

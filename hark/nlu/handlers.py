@@ -277,6 +277,11 @@ class IntentHandlers:
         with self._lock:
             self._last[session] = reply
 
+    def on_timer(self, callback: Callable[[Timer], None]) -> None:
+        """``callback(timer)`` (on a timer thread) when a timer finishes, after its
+        attached command has run."""
+        self.timers.on_fire(callback)
+
     def last_reply(self, session: str = "default") -> Reply | None:
         with self._lock:
             return self._last.get(session)

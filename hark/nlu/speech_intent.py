@@ -14,26 +14,16 @@ almost as well as the phone loop (ratio near 0); other speech fits it much worse
 goes on to open transcription and the LLM. An accepted hypothesis is parsed by hassil
 to get the intent and its slot values.
 
-Measured with ``hark eval speech-intents`` on the 42 real coffee orders (2 shared CPU
-cores, VAD cut + 200 ms): 97.6% commands exactly right clean, 90.5% with kitchen noise
-at 12 dB; 4-13 ms from the last audio chunk to the intent (p50); decoding while the
-person speaks costs ~0.1-0.4 x real time. Whisper tiny.en + hassil + fuzzy on the same
-files: 73.8% (92.9% with a domain initial_prompt) at ~0.9-1.5 s. 98-99% of 104
-non-commands (real people saying "alexa"/"jarvis", Piper-spoken questions) rejected.
-Home Assistant's full English sentence set also works as a grammar, but decodes at
-~3x real time: not fast enough yet to enable by default.
+Home Assistant's full English sentence set also works as a grammar, but decodes too
+slowly to be the default.
 
 Instead, the grammar-only built-in domain ``home_core`` (``nlu.grammar_domains``) holds
 the commonest home commands under Home Assistant's intent names: time, date, timers,
 lights by name or area (the home's names from ``[home]``), stop / never mind, volume.
-With it beside coffee: decoding ~0.09x real time (p95 0.12, Piper speech, 2 shared
-cores), finish() 3.6 ms p50 (6 ms p95); 37/37 Piper-spoken home commands right and 30/30
-Piper-spoken questions rejected; the 42 real coffee orders still 97.6% right clean
-(85.7% at 12 dB kitchen noise vs 88.1% for coffee alone), 100% of 90 real
-"alexa"/"jarvis" recordings rejected clean (98.9% at 12 dB). A sentence
-that only starts like one of these commands ("what is the capital of France" as "what
-is the time") is caught by home_core's stricter :class:`Limits`: the worst 0.3 s must
-fit too, and speech the sentence has no place for (heard as silence) is not allowed.
+A sentence that only starts like one of these commands ("what is the capital of France"
+as "what is the time") is caught by home_core's stricter :class:`Limits`: the worst
+0.3 s must fit too, and speech the sentence has no place for (heard as silence) is not
+allowed.
 """
 
 from __future__ import annotations
@@ -55,16 +45,14 @@ from hark.nlu.base import IntentResult
 log = logging.getLogger(__name__)
 
 # Per-frame log-likelihood gap (grammar minus phone loop, x1000) under which speech is
-# "not a template sentence". Measured on real speech cut at the VAD's end of speech:
-# correctly heard coffee orders score -0.2..+2 clean and -0.45..+2 at 12 dB SNR; real
-# people saying "jarvis" score -0.7 and below, Piper-spoken questions -1.1 and below
-# (ones sharing the carrier phrase, "make me a sandwich with cheese", can reach -0.4).
+# "not a template sentence": between the scores of correctly heard commands and of other
+# speech (the calibration: docs/ARCHITECTURE.md, "Measurements behind the defaults").
 DEFAULT_THRESHOLD = -0.6
 # A whole-utterance average hides a sentence that only *starts* like a command ("what is
 # the capital of France" heard as "what is the time right now"): the worst stretch of
-# WINDOW_FRAMES frames (0.3 s) must fit too. Same units as the ratio. Real coffee orders
-# reach -7.6 at worst clean (below -8.5 with kitchen noise), Piper questions forced into
-# a sentence -5 to -17. Not checked by default (None): only for DOMAIN_LIMITS.
+# WINDOW_FRAMES frames (0.3 s) must fit too. Same units as the ratio. Not checked by
+# default (None): real commands in noise can have a stretch as poor as a question's; only
+# for DOMAIN_LIMITS.
 WINDOW_FRAMES = 30
 DEFAULT_WINDOW_THRESHOLD: float | None = None
 # Frames where the grammar path says silence but the phone loop hears speech that fits
@@ -90,19 +78,14 @@ class Limits:
 
 # Stricter limits for sentences of some domains. home_core's short "what's the ..."
 # commands share their start with countless questions; a command wrongly rejected only
-# waits for Whisper, a question wrongly accepted is answered wrongly. Measured on Piper
-# speech over repeated syntheses: commands of two words or more score 0.25 and up, with
-# windows down to -7.1 and up to 4 unheard frames; questions heard as a command score
-# -0.6..0.5 with 10-120 unheard frames or windows of -7.5 and below ("turn off the
-# kitchen light in two seconds" heard as "turn off the kitchen lights": 8, so the limit
-# is 6, still above the commands' 4); "stop" alone scores
-# -0.4..-1.0 (window -2..-5.9). Real "alexa"/"jarvis" recordings: -0.5 and below (one
-# heard as "cancel": -0.97, window -6.7).
+# waits for Whisper, a question wrongly accepted is answered wrongly. Each limit lies
+# between what the domain's commands reach and what questions heard as one of them reach
+# (the scores: docs/ARCHITECTURE.md, "Measurements behind the defaults").
 DOMAIN_LIMITS: dict[str, Limits] = {"home_core": Limits(
     ratio=-0.2, short_ratio=-1.1, window=-9.0, unheard_frames=6, combined=-3.4,
     short_combined=-4.1)}
-# Wide beams: the default ones prune the right path on real, hesitant speech
-# (31 vs 24 of 42 real coffee orders right) at ~2x the CPU, still ~0.1 x real time.
+# Wide beams: the default ones prune the right path on real, hesitant speech; these
+# cost more CPU and still decode faster than real time.
 BEAMS = {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80}
 CHUNK_SAMPLES = 512
 # Common pronunciations CMUdict lacks (it has "almonds" with an L, "almond" without).

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +39,39 @@ from hark.asr.streaming import StreamingTranscriber
 from hark.audio import AudioChunk
 from hark.config import Config
 from hark.nlu.base import IntentResult, Reply
+from hark.nlu.guard import Confirmations, Verdict, review
+from hark.nlu.home import Home
+from hark.asr.base import AsrEngine
+from hark.llm.base import LlmResponder
+from hark.nlu.base import IntentRecognizer, SpeechIntentRecognizer, TurnHandlers
+from hark.pipeline.policy import (
+    Action,
+    BeginGrammar,
+    CancelDecode,
+    CancelResponse,
+    Chunk,
+    Commit,
+    DecodeDone,
+    FinishGrammar,
+    GrammarFinal,
+    GrammarGuess,
+    HeardCommand,
+    MatchTemplates,
+    Pause,
+    PeekGrammar,
+    Prefill,
+    Resume,
+    SetEndOfTurn,
+    ShowPartial,
+    SpeechEnd,
+    SpeechStart,
+    StartDecode,
+    StartResponse,
+    TemplatesMatched,
+    TurnPolicy,
+    looks_complete,
+    looks_unfinished,
+)
 from hark.pipeline.events import (
     IntentEvent,
     ReplyAudio,
@@ -51,7 +83,10 @@ from hark.pipeline.events import (
     TurnEvent,
 )
 from hark.trace import Trace
-from hark.tts.base import trim_silence
+from hark.tts.base import TtsEngine, trim_silence
+from hark.vad.base import TurnEndpointer
+
+__all__ = ["Assistant", "PURE_INTENTS", "looks_complete", "looks_unfinished"]
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +96,6 @@ APOLOGY = "Sorry, something went wrong on my side."
 # before and 100-250 ms after every phrase)
 TTS_LEAD_MS = 15
 TTS_TAIL_MS = 40
-# a decode begun after asr.early_final_ms of silence has heard this much past the
-# speech's end (a regular partial must have heard 1600 samples past it to count)
-EARLY_MARGIN = 480
-
-# A partial transcript ending in one of these words is probably unfinished ("turn on the").
-_UNFINISHED = re.compile(
-    r"\b(the|a|an|to|of|for|and|or|but|my|is|are|what|what's|who|how|why|when|where|"
-    r"set|turn|switch|in|on|at|with|about|please|um|uh|like)\W*$",
-    re.IGNORECASE,
-)
 
 Notify = Callable[[str, str], Awaitable[None] | None]
 
@@ -80,30 +105,6 @@ PURE_INTENTS = frozenset({
     "HassGetCurrentTime", "HassGetCurrentDate", "HassTimerStatus", "HassGetWeather",
     "HarkRepeat",
 })
-
-
-def looks_unfinished(text: str) -> bool:
-    return not text.strip() or bool(_UNFINISHED.search(text.strip()))
-
-
-# A sentence opening as a question does. Whisper closes whatever it heard with a full
-# stop when the audio stops, so a full stop alone says little: "In two seconds." (the
-# first words of "In two seconds, turn off the light") is not a finished request.
-_QUESTION_OPENING = re.compile(
-    r"^(what|what's|whats|why|who|who's|whom|whose|how|how's|when|where|where's|which|"
-    r"is|are|was|were|can|could|do|does|did|will|would|should|shall|has|have)\b",
-    re.IGNORECASE,
-)
-
-
-def looks_complete(text: str) -> bool:
-    """A finished question: Whisper closed it with a question mark, or with a full stop
-    or an exclamation mark after a question's opening words, and it does not end
-    mid-phrase. (A command is recognized as complete by the intent matcher instead.)"""
-    t = text.strip()
-    if not t.endswith(("?", ".", "!")) or looks_unfinished(t.rstrip("?.!")):
-        return False
-    return t.endswith("?") or bool(_QUESTION_OPENING.match(t))
 
 
 class _TtsCache:
@@ -140,8 +141,6 @@ class _Response:
     trace: Trace = field(default_factory=Trace)
     intent_matched: bool = False
     transcript: str | None = None  # known once its speech is transcribed
-    eot_checked: bool = False
-    grammar_intent: IntentResult | None = None  # started from the grammar's partial
 
 
 _END = object()
@@ -153,7 +152,7 @@ class _GrammarFeed:
 
     def __init__(self, assistant: Assistant):
         self.a = assistant
-        self.rec = None
+        self.rec: SpeechIntentRecognizer | None = None
         self.failed = False
 
     async def begin(self, audio: np.ndarray) -> None:
@@ -179,7 +178,7 @@ class _GrammarFeed:
     async def peek(self) -> tuple[str, IntentResult] | None:
         """What the recognizer would answer if the speech ended now (checked against its
         phone loop like a final result, so a question does not pass for a command)."""
-        if self.rec is None or self.failed or not hasattr(self.rec, "peek"):
+        if self.rec is None or self.failed:
             return None
         try:
             result = await self.a.grammar_exec.run(self.rec.peek)
@@ -187,8 +186,8 @@ class _GrammarFeed:
             return None
         if result is None:
             return None
-        last = getattr(self.rec, "peeked", None)
-        return (getattr(last, "text", "") or result.text), result
+        last = self.rec.peeked
+        return (last.text if last is not None else "") or result.text, result
 
     async def finish(self) -> tuple[str, IntentResult] | None:
         if self.rec is None or self.failed:
@@ -200,8 +199,8 @@ class _GrammarFeed:
             return None
         if result is None:
             return None
-        last = getattr(self.rec, "last", None)
-        return (getattr(last, "text", "") or result.text), result
+        last = self.rec.last
+        return (last.text if last is not None else "") or result.text, result
 
     def release(self) -> None:
         if self.rec is not None and not self.failed:
@@ -210,12 +209,26 @@ class _GrammarFeed:
 
 
 class Assistant:
-    def __init__(self, cfg: Config, *, vad_factory, asr, nlu, handlers, llm, tts,
-                 grammar_factory=None, sched: bool = False, partial_asr=None):
+    """Every stage, loaded once; :meth:`run_turn` runs a spoken turn through them.
+
+    ``vad_factory`` makes one endpointer per turn; ``grammar_factory`` (optional) one
+    speech-intent recognizer per concurrent turn; ``partial_asr`` (optional) a second
+    Whisper for partial decodes (without it partials share ``asr``). ``sched``: stage
+    threads get their real-time class and cores (``hark serve``)."""
+
+    def __init__(self, cfg: Config, *, vad_factory: Callable[[], TurnEndpointer],
+                 asr: AsrEngine, nlu: IntentRecognizer, handlers: TurnHandlers,
+                 llm: LlmResponder, tts: TtsEngine,
+                 grammar_factory: Callable[[], SpeechIntentRecognizer] | None = None,
+                 sched: bool = False, partial_asr: AsrEngine | None = None,
+                 home: Home | None = None):
         self.cfg = cfg
+        # what the guard checks an intent's targets against, and its open questions
+        self.home = home if home is not None else Home()
+        self.confirmations = Confirmations()
         # speech straight to intent: () -> SpeechIntentRecognizer, one per concurrent turn
         self._grammar_factory = grammar_factory
-        self._grammar_pool: list = []
+        self._grammar_pool: list[SpeechIntentRecognizer] = []
         self._turns = 0  # turns being listened to now (one per satellite speaking)
         # real-time class and pinned cores per stage thread (hark serve turns this on)
         self.sched_results: list = []
@@ -238,9 +251,7 @@ class Assistant:
         self.tts_cache = _TtsCache()
         self._notify: list[Notify] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        timers = getattr(handlers, "timers", None)
-        if timers is not None:
-            timers.on_fire(self._timer_fired)
+        handlers.on_timer(self._timer_fired)
 
     # --- construction -------------------------------------------------------------------
 
@@ -291,7 +302,7 @@ class Assistant:
 
         self = cls(cfg, vad_factory=vad_factory, asr=asr, nlu=nlu, handlers=handlers,
                    llm=llm, tts=tts, grammar_factory=grammar_factory, sched=sched,
-                   partial_asr=partial_asr)
+                   partial_asr=partial_asr, home=nlu.home)
         if partial_sched is not None:
             self.sched_results.append(partial_sched)
         if grammar_factory is not None:
@@ -303,10 +314,8 @@ class Assistant:
 
     def warm_up(self) -> None:
         t0 = time.monotonic()
-        for engine in (self.asr, self.tts):  # load_llm already warmed the LLM
-            fn = getattr(engine, "warm_up", None)
-            if fn:
-                fn()
+        self.asr.warm_up()  # load_llm already warmed the LLM
+        self.tts.warm_up()
         self.nlu.recognize("what time is it")
         self.prepare_phrases([APOLOGY])
         from hark.sched import freeze_startup_objects
@@ -336,9 +345,7 @@ class Assistant:
         for ex in {self.asr_exec, self.partial_exec, self.nlu_exec, self.llm_exec,
                    self.tts_exec, self.grammar_exec}:
             ex.shutdown()
-        closer = getattr(self.handlers, "close", None)
-        if closer:
-            closer()
+        self.handlers.close()
 
     # --- TTS helpers --------------------------------------------------------------------
 
@@ -427,32 +434,48 @@ class Assistant:
             trace.mark("intent_start")
             if intent is None:
                 intent = await self.nlu_exec.run(self.nlu.recognize, text)
+            verdict = review(text, intent, self.home)
+            answer, asked = self.confirmations.answer(session, text)
+            if answer == "yes":  # the question hark asked last: "The kitchen light?"
+                intent, verdict = asked, Verdict("act")
+                trace.info["confirmed"] = True
+            elif answer == "no":
+                intent = IntentResult("HassNevermind", {}, text, source="confirm",
+                                      domain="hark")
+                verdict = Verdict("act")
             trace.mark("intent_done")
-            trace.info["intent"] = intent.name if intent else "LLM"
-            if intent is not None:
+            if verdict.kind in ("clarify", "confirm", "cant_check"):
+                # never a wrong action, and never a guess for the LLM to dress up: ask,
+                # or say what hark did not catch or cannot check
+                trace.info["intent"] = "clarify"
+                trace.info["guard"] = {"verdict": verdict.kind, "reason": verdict.reason,
+                                       "guessed": intent.name if intent else None}
+                log.info("turn %s: %s (%s)", trace.turn_id, verdict.kind, verdict.reason)
+                await q.put(IntentEvent(IntentResult("clarify", {"verdict": verdict.kind},
+                                                     text, source="guard", domain="hark")))
+                reply_text = verdict.say
+                await self._say(q, trace, reply_text, "clarify", streaming)
+                self.handlers.remember(session, reply_text)
+            elif intent is not None:
+                trace.info["intent"] = intent.name
                 trace.info["slots"] = intent.slots
                 resp.intent_matched = True
-            await q.put(IntentEvent(intent))
-            if intent is not None:
+                await q.put(IntentEvent(intent))
                 if intent.name not in PURE_INTENTS:
                     await resp.commit.wait()  # handlers act: never speculatively
                 reply: Reply = await self.nlu_exec.run(self.handlers.handle, intent, session)
                 reply_text = reply.text
-                # streaming: spoken clause by clause, frequent replies from the phrase
-                # cache; baseline (a typical assistant): the whole reply, no cache
-                parts = self._clauses(reply_text) if streaming else [reply_text]
-                for part in filter(None, parts):
-                    await q.put(ReplyText(part, "intent"))
-                    async for chunk in self._tts_stream(part, trace, cache=streaming):
-                        await q.put(ReplyAudio(chunk))
-                trace.mark("tts_done")
+                await self._say(q, trace, reply_text, "intent", streaming)
             else:
+                trace.info["intent"] = "LLM"
+                await q.put(IntentEvent(None))
                 reply_text = await self._llm_reply(q, trace, text, session, streaming)
-                remember = getattr(self.handlers, "remember", None)
-                if remember and reply_text:
-                    remember(session, reply_text)
+                if reply_text:
+                    self.handlers.remember(session, reply_text)
             trace.info["reply"] = reply_text
             await resp.commit.wait()
+            # the question this turn asked waits for a yes; any other turn answers the last
+            self.confirmations.settle(session, intent if verdict.kind == "confirm" else None)
             await q.put(TurnEnd(trace, text, reply_text))
         except asyncio.CancelledError:
             raise
@@ -465,6 +488,17 @@ class Assistant:
             await q.put(TurnEnd(trace, text or "", APOLOGY, error=f"{type(exc).__name__}: {exc}"))
         finally:
             await q.put(_END)
+
+    async def _say(self, q: asyncio.Queue, trace: Trace, text: str, source: str,
+                   streaming: bool) -> None:
+        """Speak a known reply: clause by clause from the phrase cache when streaming;
+        the whole reply with no cache in the baseline (a typical assistant)."""
+        parts = self._clauses(text) if streaming else [text]
+        for part in filter(None, parts):
+            await q.put(ReplyText(part, source))
+            async for chunk in self._tts_stream(part, trace, cache=streaming):
+                await q.put(ReplyAudio(chunk))
+        trace.mark("tts_done")
 
     def _clauses(self, text: str) -> list[str]:
         from hark.tts.chunker import SpeechChunker
@@ -486,7 +520,7 @@ class Assistant:
                 pieces.append(piece)
             trace.mark("llm_done")
             reply = "".join(pieces).strip()
-            source = getattr(self.llm, "last_source", "llm")
+            source = self.llm.last_source or "llm"
             trace.mark("llm_first_chunk")
             await q.put(ReplyText(reply, source))
             trace.mark("tts_start")
@@ -504,8 +538,7 @@ class Assistant:
 
         async def speak_chunks() -> None:
             # the LLM waits while the first phrase is synthesized: both want the CPU
-            hold = getattr(self.llm, "hold", None) if self.cfg.llm.hold_for_first_phrase \
-                else None
+            hold = self.llm.hold if self.cfg.llm.hold_for_first_phrase else None
             while (chunk := await chunks.get()) is not None:
                 await q.put(ReplyText(chunk, source))
                 if hold is not None:
@@ -526,7 +559,7 @@ class Assistant:
                 pieces.append(piece)
                 for chunk in chunker.push(piece):
                     trace.mark("llm_first_chunk")
-                    source = getattr(self.llm, "last_source", "llm")
+                    source = self.llm.last_source or "llm"
                     chunks.put_nowait(chunk)
             for chunk in chunker.flush():
                 trace.mark("llm_first_chunk")
@@ -574,143 +607,54 @@ class Assistant:
     async def run_turn(self, audio: AsyncIterator[AudioChunk], *, session: str = "default",
                        mode: str = "streaming") -> AsyncIterator[TurnEvent]:
         """Listen to ``audio`` until the end of the turn, then answer. Closing this
-        generator cancels every piece of work still running for the turn (barge-in)."""
+        generator cancels every piece of work still running for the turn (barge-in).
+
+        Every decision (when the turn ends, what starts ahead, what is dropped) is the
+        :class:`~hark.pipeline.policy.TurnPolicy`'s; this method carries its actions out
+        and feeds back what the endpointer, the recognizers and the response observe."""
         if mode not in ("streaming", "baseline"):
             raise ValueError(f"mode must be 'streaming' or 'baseline', not {mode!r}")
         streaming = mode == "streaming"
         self._loop = asyncio.get_running_loop()
         trace = Trace(info={"mode": mode, "session": session, "speculative_discarded": 0})
-        vcfg = self.cfg.vad
         ep = self._vad_factory()
-        ep.set_eot_ms(self._eot_default() if streaming else vcfg.eot_silence_ms)
-        resp: _Response | None = None  # the (speculative) response in flight
-        partial_task: asyncio.Task | None = None
-        last_partial_len = partial_done_len = 0
-        partial_every = int(self.cfg.asr.partial_interval_ms * 16)
-        speech_end_t: float | None = None
-        partial_len, partial_text = 0, ""  # the latest partial decode: its audio, its words
-        heard_words = ""  # the words of the latest partial decode that had any
-        streamer = StreamingTranscriber(self.partial_asr, self.cfg.asr)  # LocalAgreement
-        # a decode after a short silence, on the idle-class engine (never on the main one:
-        # a wasted decode there would hold up the next)
-        early_ms = self.cfg.asr.early_final_ms if self.partial_exec is not self.asr_exec else 0
-        early_decode = False  # partial_task is that decode
-        early_began = False  # ... and it has begun (not queued behind another turn's)
-        started = False
         grammar = _GrammarFeed(self) if streaming and self._grammar_factory else None
+        policy = TurnPolicy(self.cfg.vad, self.cfg.asr, streaming=streaming,
+                            grammar=grammar is not None,
+                            early_decode=self.partial_exec is not self.asr_exec)
+        turn = _TurnWork(self, ep, grammar, session, streaming)
         self._turns += 1
         try:
+            await turn.act(policy, policy.start())
+            speech_end_t: float | None = None
             async for chunk in audio:
                 for ev in ep.process(chunk):
                     if ev.kind == "speech_start":
-                        started = True
                         trace.mark("speech_start", ev.t)
-                        if grammar:
-                            await grammar.begin(ep.utterance())
+                        await turn.act(policy, policy.on(SpeechStart()))
                         yield SpeechStarted(ev.t)
-                    elif ev.kind == "pause" and streaming:
-                        # speculative response on the utterance so far; a partial decode
-                        # whose audio already covers all the speech is its transcript
-                        await _cancel(resp.task if resp else None)
-                        covers = getattr(ep, "speech_samples", None)
-                        margin = EARLY_MARGIN if early_decode else 1600
-                        covered = covers is not None and partial_len >= covers + margin
-                        if early_decode and not early_began:
-                            covered = False  # still queued: the main engine is sooner
-                        heard = await grammar.peek() if grammar else None
-                        heard = _unless_said_more(heard, heard_words, trace)
-                        if heard is not None:
-                            # the constrained recognizer already hears a known command:
-                            # end the turn after a short pause, prepare the answer now
-                            ep.set_eot_ms(vcfg.eot_short_ms)
-                            resp = self._start_response(session, None, text=heard[0],
-                                                        intent=heard[1])
-                            resp.grammar_intent = heard[1]
-                        elif covered and partial_task is not None:
-                            resp = self._start_response(
-                                session, None, pending=asyncio.ensure_future(_text_of(partial_task)))
-                            partial_task = None
-                            trace.info["partial_reused"] = True
-                        elif covered and partial_text:
-                            done = asyncio.get_running_loop().create_future()
-                            done.set_result(partial_text)
-                            resp = self._start_response(session, None, pending=done)
-                            trace.info["partial_reused"] = True
-                        else:
-                            resp = self._start_response(session, ep.utterance())
-                    elif ev.kind == "speech_resume" and streaming:
-                        if resp is not None:
-                            await _cancel(resp.task)
-                            resp = None
-                            trace.info["speculative_discarded"] += 1
+                    elif ev.kind == "pause":
+                        signal = Pause(ep.speech_samples, turn.early_began)
+                        await turn.act(policy, policy.on(signal))
+                    elif ev.kind == "speech_resume":
+                        await turn.act(policy, policy.on(Resume()))
                     elif ev.kind == "speech_end":
                         speech_end_t = ev.t
                 if speech_end_t is not None:
                     break
-                if grammar and started:
+                if grammar and policy.started:
                     grammar.feed(chunk.samples)
-                if resp is not None and resp.intent_matched:
-                    ep.set_eot_ms(vcfg.eot_short_ms)  # the speculative answer is a command
-                elif resp is not None and resp.transcript and not resp.eot_checked:
-                    # what was said up to the pause reads as a whole question: a shorter
-                    # wait than for an unknown ending; a sentence that does not end
-                    # mid-phrase no longer needs the long wait an earlier partial's
-                    # ending ("... about") asked for
-                    resp.eot_checked = True
-                    if looks_complete(resp.transcript):
-                        ep.set_eot_ms(vcfg.eot_complete_ms)
-                    elif not looks_unfinished(resp.transcript.rstrip("?.!")):
-                        ep.set_eot_ms(self._eot_default())
-                # partial transcripts while speaking
-                if (streaming and started and resp is None and partial_task is None
-                        and 0 < early_ms <= ep.silence_ms and not early_decode
-                        and self._turns == 1):  # idle-class work needs an idle machine
-                    # a short silence: decode what was said on the idle-class engine now;
-                    # it is the transcript if the pause follows a moment later (else it
-                    # is one more partial)
-                    snapshot = ep.utterance()
-                    partial_len, partial_text, early_decode = len(snapshot), "", True
-                    early_began = False
-
-                    def early(audio: np.ndarray = snapshot) -> Transcript:
-                        nonlocal early_began
-                        early_began = True  # on the engine's thread: it really began
-                        return Transcript(self.partial_asr.transcribe(audio).strip(),
-                                          t=time.monotonic())
-
-                    partial_task = asyncio.create_task(self.partial_exec.run(early))
-                if ep.silence_ms == 0:  # speaking again: once that decode is done (it is
-                    # then one more partial), the next silence may start another
-                    early_decode = early_decode and partial_task is not None
-                if streaming and started and self.cfg.asr.streaming and resp is None:
-                    if partial_task is not None and partial_task.done():
-                        part = None if partial_task.exception() else partial_task.result()
-                        partial_task = None
-                        partial_done_len = len(ep.utterance())
-                        text = partial_text = part.text if part else ""
-                        if text:
-                            heard_words = text
-                            yield TranscriptEvent(part)
-                            eot = await self._eot_for(text)
-                            ep.set_eot_ms(eot)
-                            if eot != vcfg.eot_short_ms:  # likely a question: read it ahead
-                                self._prefill(text, session)
-                    n = len(ep.utterance())
-                    # A decode in flight at the pause delays the final one (one ASR
-                    # thread), so partials run only on longer speech (counted from the
-                    # onset: the utterance also holds the pre-roll), leave the thread
-                    # idle between passes, and never start in a silence that may be the end.
-                    spoken = getattr(ep, "spoken_ms", n / 16)
-                    if (partial_task is None and spoken >= self.cfg.asr.partial_min_ms
-                            and n - last_partial_len >= partial_every
-                            and n - partial_done_len >= partial_every
-                            and ep.silence_ms == 0):
-                        last_partial_len = n
-                        snapshot = ep.utterance()
-                        partial_len, partial_text = len(snapshot), ""
-                        partial_task = asyncio.create_task(
-                            self.partial_exec.run(self._partial, streamer, snapshot))
-            if not started:
+                done = turn.take_decode()
+                if done is not None:
+                    await turn.act(policy, policy.on(done))
+                resp = turn.resp
+                signal = Chunk(len(ep.utterance()), ep.silence_ms, ep.spoken_ms,
+                               alone=self._turns == 1,
+                               response_transcript=resp.transcript if resp else None,
+                               response_matched=resp.intent_matched if resp else False)
+                for partial in await turn.act(policy, policy.on(signal)):
+                    yield TranscriptEvent(partial)
+            if not policy.started:
                 trace.info["error"] = NO_SPEECH
                 yield TurnEnd(trace, "", "", error=NO_SPEECH)
                 return
@@ -719,40 +663,15 @@ class Assistant:
             trace.mark("speech_end", speech_end_t)
             trace.mark("turn_end")
             yield SpeechEnded(speech_end_t)
-            await _cancel(partial_task)
-            heard = await grammar.finish() if grammar else None
-            heard = _unless_said_more(heard, heard_words, trace)
-            if heard is not None:  # a known command, heard straight from the speech
-                text, intent = heard
-                trace.info["speech_intent"] = True
-                trace.mark("asr_final")  # the constrained recognizer's transcript
-                if resp is not None and _same_intent(resp.grammar_intent, intent):
-                    trace.info["speculative_used"] = True
-                else:
-                    if resp is not None:
-                        await _cancel(resp.task)
-                    resp = _Response()
-                    resp.task = asyncio.create_task(
-                        self._respond(resp, session, text=text, intent=intent))
-                yield TranscriptEvent(Transcript(text, text, True, time.monotonic()))
-            elif resp is not None and resp.grammar_intent is not None:
-                # the grammar's guess did not hold up: open transcription decides
-                await _cancel(resp.task)
-                resp = self._start_response(session, ep.utterance(), streaming=streaming)
-            elif resp is None:
-                resp = self._start_response(session, ep.utterance(), streaming=streaming)
-            else:
-                trace.info["speculative_used"] = True
-            resp.commit.set()
-            async for ev in self._drain(resp, trace):
+            for heard in await turn.act(policy, policy.on(SpeechEnd())):
+                trace.mark("asr_final")  # the grammar recognizer's transcript
+                yield TranscriptEvent(heard)
+            trace.info.update(policy.info)
+            async for ev in self._drain(turn.resp, trace):
                 yield ev
         finally:
             self._turns -= 1
-            await _cancel(partial_task)
-            if resp is not None:
-                await _cancel(resp.task)
-            if grammar:
-                grammar.release()
+            await turn.close()
 
     def _start_response(self, session: str, audio: np.ndarray | None, streaming: bool = True,
                         **given) -> _Response:
@@ -762,65 +681,129 @@ class Assistant:
         return resp
 
     @staticmethod
-    def _partial(streamer, audio: np.ndarray) -> Transcript:
+    def _partial(streamer: StreamingTranscriber, audio: np.ndarray) -> Transcript:
         t = streamer.update(audio)
         t.t = time.monotonic()
         return t
 
-    def _prefill(self, partial: str, session: str) -> None:
-        """Read a partial question into the LLM's cache while the person still speaks."""
-        prefill = getattr(self.llm, "prefill", None)
-        if prefill is None:
+
+class _TurnWork:
+    """The work of one turn in flight, started and stopped on the policy's actions: the
+    partial (or early) decode, the speculative response, the grammar recognizer."""
+
+    def __init__(self, a: Assistant, ep: TurnEndpointer, grammar: _GrammarFeed | None,
+                 session: str, streaming: bool):
+        self.a = a
+        self.ep = ep
+        self.grammar = grammar
+        self.session = session
+        self.streaming = streaming
+        self.resp: _Response | None = None
+        self.decode: asyncio.Task | None = None
+        self.early_began = False  # the early decode in flight has begun on its engine
+        self.streamer = StreamingTranscriber(a.partial_asr, a.cfg.asr)  # LocalAgreement
+
+    def take_decode(self) -> DecodeDone | None:
+        """The decode in flight, if it finished (it is then no longer in flight)."""
+        task = self.decode
+        if task is None or not task.done():
+            return None
+        self.decode = None
+        return DecodeDone(None if task.cancelled() or task.exception() else task.result())
+
+    async def act(self, policy: TurnPolicy, actions: list[Action]) -> list[Transcript]:
+        """Carry out ``actions`` in order; an action that asks something feeds the answer
+        back to ``policy`` and carries out what it says at once. Returns the transcripts
+        to report."""
+        a, ep = self.a, self.ep
+        report: list[Transcript] = []
+        todo = list(actions)
+        while todo:
+            act = todo.pop(0)
+            follow: list[Action] = []
+            if isinstance(act, SetEndOfTurn):
+                ep.set_eot_ms(act.ms)
+            elif isinstance(act, BeginGrammar):
+                await self.grammar.begin(ep.utterance())
+            elif isinstance(act, PeekGrammar):
+                heard = await self.grammar.peek()
+                follow = policy.on(GrammarGuess(*heard) if heard else GrammarGuess())
+            elif isinstance(act, FinishGrammar):
+                heard = await self.grammar.finish()
+                follow = policy.on(GrammarFinal(*heard) if heard else GrammarFinal())
+            elif isinstance(act, StartDecode):
+                self._start_decode(act.early)
+            elif isinstance(act, CancelDecode):
+                await _cancel(self.decode)
+                self.decode = None
+            elif isinstance(act, ShowPartial):
+                report.append(act.transcript)
+            elif isinstance(act, MatchTemplates):
+                # templates only: a paraphrase match on half a sentence must not cut the
+                # person off
+                intent = await a.nlu_exec.run(a.nlu.recognize, act.text, None, False)
+                follow = policy.on(TemplatesMatched(act.text, intent is not None))
+            elif isinstance(act, Prefill):
+                fut = asyncio.ensure_future(a.llm_exec.run(a.llm.prefill, act.text,
+                                                           self.session))
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            elif isinstance(act, StartResponse):
+                self.resp = self._respond(act)
+            elif isinstance(act, CancelResponse):
+                if self.resp is not None:
+                    await _cancel(self.resp.task)
+                self.resp = None
+            elif isinstance(act, HeardCommand):
+                report.append(Transcript(act.text, act.text, True, time.monotonic()))
+            elif isinstance(act, Commit):
+                self.resp.commit.set()
+            else:
+                raise TypeError(f"not a turn action: {act!r}")
+            todo[:0] = follow
+        return report
+
+    def _start_decode(self, early: bool) -> None:
+        a = self.a
+        snapshot = self.ep.utterance()
+        if not early:
+            self.decode = asyncio.create_task(
+                a.partial_exec.run(a._partial, self.streamer, snapshot))
             return
-        fut = asyncio.ensure_future(self.llm_exec.run(prefill, partial, session))
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.early_began = False
 
-    def _eot_default(self) -> int:
-        v = self.cfg.vad
-        return (v.eot_short_ms + v.eot_long_ms) // 2
+        def decode() -> Transcript:
+            self.early_began = True  # on the engine's thread: it really began
+            return Transcript(a.partial_asr.transcribe(snapshot).strip(), t=time.monotonic())
 
-    async def _eot_for(self, partial: str) -> int:
-        """End-of-turn timeout for what has been said so far."""
-        v = self.cfg.vad
-        if looks_unfinished(partial):
-            return v.eot_long_ms
-        # templates only: a paraphrase match on half a sentence must not cut the person off
-        intent = await self.nlu_exec.run(self.nlu.recognize, partial, None, False)
-        return v.eot_short_ms if intent is not None else self._eot_default()
+        self.decode = asyncio.create_task(a.partial_exec.run(decode))
+
+    def _respond(self, act: StartResponse) -> _Response:
+        a = self.a
+        if act.source == "grammar":
+            return a._start_response(self.session, None, text=act.text, intent=act.intent)
+        if act.source == "decode":
+            if act.text is None:  # the decode in flight becomes the transcript
+                pending = asyncio.ensure_future(_text_of(self.decode))
+                self.decode = None
+            else:
+                pending = asyncio.get_running_loop().create_future()
+                pending.set_result(act.text)
+            return a._start_response(self.session, None, pending=pending)
+        return a._start_response(self.session, self.ep.utterance(), streaming=self.streaming)
+
+    async def close(self) -> None:
+        await _cancel(self.decode)
+        if self.resp is not None:
+            await _cancel(self.resp.task)
+        if self.grammar:
+            self.grammar.release()
 
 
 async def _text_of(task: asyncio.Task) -> str:
     return (await task).text
 
 
-def _stem(word: str) -> str:
-    w = re.sub(r"[^a-z0-9']", "", word.lower())
-    return w[:-1] if len(w) > 3 and w.endswith("s") else w
-
-
-def _unless_said_more(heard, partial: str, trace) -> tuple | None:
-    """The grammar recognizer's (text, intent), unless open transcription has already
-    heard at least two words that its sentence lacks ("turn off the kitchen light in
-    two" against the grammar's "turn off the kitchen lights": a command with more to
-    it than the templates know, which Whisper then reads in full)."""
-    if heard is None or not partial:
-        return heard
-    said = {_stem(w) for w in heard[0].split()}
-    extra = {_stem(w) for w in partial.split()} - said - {""}
-    if len(extra) >= 2:
-        trace.info["grammar_overruled"] = trace.info.get("grammar_overruled", 0) + 1
-        return None
-    return heard
-
-
-def _same_intent(a: IntentResult | None, b: IntentResult | None) -> bool:
-    if a is None or b is None or a.name != b.name:
-        return False
-    norm = lambda slots: {k: str(v).strip().lower() for k, v in slots.items()}  # noqa: E731
-    return norm(a.slots) == norm(b.slots)
-
-
-async def _cancel(task: asyncio.Task | None) -> None:
+async def _cancel(task: asyncio.Future | None) -> None:
     if task is None or task.done():
         return
     task.cancel()

@@ -14,6 +14,9 @@ class TtsEngine(Protocol):
     def synthesize(self, text: str) -> Iterator[AudioChunk]:
         """Yield audio for ``text`` piece by piece (blocking generator)."""
 
+    def warm_up(self) -> None:
+        """Run once on a dummy input so the first real phrase is not the slow one."""
+
 
 def trim_silence(samples, rate: int, lead_ms: float | None, tail_ms: float | None,
                  level: int = 300):
@@ -21,8 +24,8 @@ def trim_silence(samples, rate: int, lead_ms: float | None, tail_ms: float | Non
     ``lead_ms`` of it kept before the first sample louder than ``level`` and ``tail_ms``
     after the last (None: that end untouched). All-quiet audio comes back unchanged.
 
-    Piper starts every phrase with ~60 ms of silence and ends it with 100-250 ms, which
-    is right between sentences but makes a reply cut mid-sentence ("Romeo and Juliet" |
+    Piper pads every phrase with silence, more at its end than at its start, which is
+    right between sentences but makes a reply cut mid-sentence ("Romeo and Juliet" |
     "were written by ...") stop and start, and delays the first word the person hears."""
     import numpy as np
 

@@ -3,25 +3,24 @@
 microWakeWord (pymicro-wakeword) turns 16 kHz audio into one feature vector per 10 ms
 and runs its streaming TFLite network on every third vector (stride 3, one score per
 30 ms), then averages the last few scores against a cutoff. Which three features fall
-into one inference depends on where the stream happened to start, and on real
-recordings that *phase* moves a keyword's peak score by up to 0.15: the same audio
-detected or missed, the same sentence false-accepted or not, depending on 10 ms of
-leading silence.
+into one inference depends on where the stream happened to start, and that *phase*
+moves a keyword's peak score enough that the same audio is detected or missed, the
+same sentence false-accepted or not, depending on 10 ms of leading silence.
 
 :class:`WakeWordDetector` removes that variance: it runs the model at all three stride
 phases (three interpreter instances fed the same features, offset by one feature each)
 and scores the mean of their latest outputs, so the score no longer depends on the
 stream's start. That more stable score must stay at or above ``threshold`` for
 ``confirm`` consecutive 10 ms features (80 ms by default: real keywords hold it far
-longer, the kitchen-noise transients that false-accepted 10-60 ms), then nothing fires for
-``refractory_s`` seconds of audio. CPU cost triples but stays under 1 % of a core.
+longer than the short noise transients that cross it), then nothing fires for
+``refractory_s`` seconds of audio. The three phases cost three times the CPU of one.
 
 A Silero VAD gate (accept only if speech is heard in the last second) was tried and
 rejected: every false accept on augmented real speech had speech around it, and run from
 a fresh state on a 1 s window Silero scored the kitchen-noise transients as speech too.
 
-A Whisper second-stage check was tried and rejected: 450-800 ms per check on a busy
-2-core CPU, and whisper-tiny does not reliably transcribe a lone "Alexa". The second
+A Whisper second-stage check was tried and rejected: too slow per check on a busy CPU,
+and whisper-tiny does not reliably transcribe a lone "Alexa". The second
 stage that is used is another keyword network (:mod:`hark.wake.verifier`): a candidate
 is reported only when openWakeWord, run on the last 2 s of audio, agrees.
 """
@@ -42,9 +41,9 @@ log = logging.getLogger(__name__)
 
 FEATURE_STEP_S = 0.010  # microWakeWord computes one feature vector per 10 ms of audio
 DEFAULT_THRESHOLD = 0.87  # on the phase-mean score; see ``hark eval wake``
-#: consecutive 10 ms features the score must stay at or above the threshold. Real
-#: spoken keywords held it for 110-400 ms; the kitchen-noise transients that crossed it
-#: lasted 10-60 ms (``hark eval wake --second-stage``).
+#: consecutive 10 ms features the score must stay at or above the threshold: longer
+#: than the noise transients that cross it, far shorter than a spoken keyword holds it
+#: (``hark eval wake --second-stage`` measures both).
 DEFAULT_CONFIRM = 8
 
 #: keyword name -> pymicro-wakeword built-in model

@@ -1,31 +1,22 @@
 """Second-stage wake word check: an independently trained model on the audio just heard.
 
 microWakeWord is the first stage: cheap, streaming, always on. Its false accepts on real
-speech are phrases that sound like the keyword to *that* network ("I'd like a twelve
-ounce..." for "alexa": the same recording, sped up, slowed down or louder, false-accepted
-5 times in 3 h of augmented coffee orders). A pocketsphinx alignment of "alexa" against
-a phone loop scored that phrase as well as real keywords (grammar 1.8-2.6, positives
-0.7-2.1), so a better acoustic fit is not the answer; a second network trained on other
-data is.
+speech are phrases that sound like the keyword to *that* network (for "alexa": "I'd
+like a twelve ounce..."). A pocketsphinx alignment of the keyword against a phone loop
+scored such a phrase as well as real keywords, so a better acoustic fit is not the
+answer; a second network trained on other data is.
 
 :class:`OpenWakeWordVerifier` runs openWakeWord (pyopen-wakeword: a melspectrogram, a
 speech embedding and a small keyword classifier, TFLite) over the last ``window_s``
 seconds of audio only when the first stage fires, and accepts when its best score
 reaches ``threshold``. openWakeWord scores a keyword once it has heard the word's end;
-on real voices that is already so when microWakeWord fires, but Piper's sharper "Alexa"
-needs about 0.25 s more, so a check that is not yet sure listens on for up to
-``wait_s`` (the satellite then sends that audio with the turn, nothing is clipped).
-
-Measured by ``hark eval wake`` on ``../shared/testdata`` (42 real "alexa" recordings;
-real coffee orders and "jarvis" recordings as speech without the keyword, augmented to
-6.55 h): the 41 recordings the first stage detects scored 0.45-1.0 (median 1.0); the
-11 first-stage false accepts 0.04 or less, so all were rejected. A threshold chosen on
-one half of the files and tested on the other kept every held-out keyword both ways;
-0.034 (chosen on one half) let 1 of 7 held-out false accepts through, 0.208 (the other)
-none; 0.10 is configured. One check costs 65 ms p50 / 81 ms p95 of one core
-on the 2-core test machine; detection latency after the keyword p50 91 ms (30 ms
-without it). The price: noisy keywords are confirmed less often (10 dB SNR: 88% against
-90% detected; 5 dB: 76% against 86%).
+on real voices that is already so when microWakeWord fires, but a sharper synthetic
+voice (Piper's "Alexa") ends later, so a check that is not yet sure listens on for up
+to ``wait_s`` (the satellite then sends that audio with the turn, nothing is clipped).
+A check adds its own time to the detection latency, and noisy keywords are confirmed
+somewhat less often than by the first stage alone. ``hark eval wake`` measures both and
+prints the scores and a threshold chosen per half of the recordings; the figures behind
+the defaults are in docs/ARCHITECTURE.md, "Measurements behind the defaults".
 
 The openWakeWord models ship inside the pyopen-wakeword wheel (code Apache-2.0); the
 pre-trained models themselves are licensed CC BY-NC-SA 4.0 (non-commercial). Set
@@ -47,8 +38,8 @@ from hark.errors import ConfigError, ModelError
 log = logging.getLogger(__name__)
 
 VERIFIERS = ("openwakeword", "none")
-#: least openWakeWord score accepted: between the highest non-keyword candidate (0.04)
-#: and the lowest real keyword (0.45), on the low side to keep noisy keywords
+#: least openWakeWord score accepted: between the highest score of a first-stage false
+#: accept and the lowest of a real keyword, on the low side to keep noisy keywords
 #: (``hark eval wake`` prints the scores and a threshold chosen per half)
 DEFAULT_THRESHOLD = 0.10
 #: seconds of audio before the detection that are scored. openWakeWord's classifier
@@ -58,7 +49,7 @@ DEFAULT_WINDOW_S = 2.0
 LEAD_S = 0.5
 #: how long the check may go on listening after the first stage fired. openWakeWord
 #: scores a keyword once it has heard its end, which on real voices is already the case
-#: when microWakeWord fires, but Piper's "Alexa" needs 0.22-0.32 s more.
+#: when microWakeWord fires; a synthetic voice's keyword ends a little later.
 DEFAULT_WAIT_S = 0.5
 
 #: hark's keyword name -> openWakeWord built-in model
@@ -110,7 +101,7 @@ class OpenWakeWordVerifier:
         with self._lock:
             self._model.reset()
             self._features.reset()
-            # reset() pretends 8 s of silence were heard; scoring only the window is 5x
+            # reset() pretends 8 s of silence were heard; scoring only the window is far
             # cheaper and the lead above gives the first embeddings their context
             self._features.new_audio_samples = 0
         return self.feed(x)

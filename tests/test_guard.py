@@ -1,0 +1,114 @@
+"""Never a wrong action: the guard's verdict on what was heard and what it was taken for.
+
+The intents below are what the recognizer returned for these texts (its source says how:
+a template, a fuzzy-corrected name, the paraphrase fallback)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hark.nlu.base import IntentResult
+from hark.nlu.guard import CANT_CHECK, DIDNT_CATCH, Confirmations, review
+from hark.nlu.home import Area, Entity, Home
+
+HOME = Home(
+    areas=[Area("bedroom"), Area("kitchen"), Area("living room", aliases=["lounge"])],
+    entities=[Entity("kitchen light", "light", "kitchen"),
+              Entity("living room lamp", "light", "living room"),
+              Entity("ceiling fan", "fan", "bedroom"),
+              Entity("garage door", "cover", "garage"),
+              Entity("thermostat", "climate", "living room")],
+)
+
+
+def I(intent: str, source: str = "hassil", **slots) -> IntentResult:  # noqa: E743
+    return IntentResult(intent, slots, source=source)
+
+
+CASES = [
+    # templates matched the words: act
+    ("turn on the kitchen light", I("HassTurnOn", name="kitchen light"), "act", ""),
+    ("close the bedroom", I("HassTurnOff", area="bedroom", domain="cover"), "act", ""),
+    ("what time is it", I("HassGetCurrentTime"), "act", ""),
+    # read-only intents act whatever their source
+    ("is the garage door open", I("HassGetState", "embedding", name="garage door"), "act", ""),
+    # the paraphrase fallback filled a device class nobody said: never close the covers
+    ("turn off my life in the bedroom",
+     I("HassTurnOff", "embedding", area="bedroom", domain="cover"),
+     "clarify", "Sorry, what should I turn off in the bedroom?"),
+    ("turn off the bedroom", I("HassTurnOff", "embedding", area="bedroom", domain="cover"),
+     "clarify", "Sorry, what should I turn off in the bedroom?"),
+    # ... or a device or an area nobody said
+    ("switch off the thing", I("HassTurnOff", "embedding", name="ceiling fan"),
+     "clarify", DIDNT_CATCH),
+    ("lights off please", I("HassTurnOff", "embedding", area="kitchen", domain="light"),
+     "clarify", DIDNT_CATCH),
+    # the paraphrase fallback, every slot in the words: act
+    ("kill the lights in the kitchen",
+     I("HassTurnOff", "embedding", area="kitchen", domain="light"), "act", ""),
+    ("lounge lamp on", I("HassTurnOn", "embedding", area="living room", domain="light"),
+     "act", ""),
+    ("thermostat 70", I("HassClimateSetTemperature", "embedding", name="thermostat",
+                        temperature=70), "act", ""),
+    # a name heard not quite right, and no word for the action: ask
+    ("leaving room lamp", I("HassTurnOn", "fuzzy", name="living room lamp"),
+     "confirm", "The living room lamp?"),
+    ("ceiling fan", I("HassTurnOn", "embedding", name="ceiling fan"),
+     "confirm", "The ceiling fan?"),
+    # no intent, but a command's words: say so, never the LLM
+    ("Turn off the T-ME", None, "clarify", DIDNT_CATCH),
+    ("turn on the", None, "clarify", DIDNT_CATCH),
+    ("Can't solve my timer", None, "clarify", DIDNT_CATCH),
+    ("Center timer for 10 minutes", None, "clarify", DIDNT_CATCH),
+    ("open the garage", None, "clarify", DIDNT_CATCH),
+    ("um", None, "clarify", DIDNT_CATCH),
+    (".", None, "clarify", DIDNT_CATCH),
+    # a device's state the home cannot tell: not the LLM's to invent
+    ("is the front door locked", None, "cant_check", CANT_CHECK),
+    ("are the lights on in the lounge", None, "cant_check", CANT_CHECK),
+    ("what's the temperature in the kitchen", None, "cant_check", CANT_CHECK),
+    # questions and conversation, even with home words: the LLM
+    ("why is the sky blue", None, "llm", ""),
+    ("is it cheaper to leave the lights on all day", None, "llm", ""),
+    ("what is a thermostat", None, "llm", ""),
+    ("the kitchen is a mess after dinner", None, "llm", ""),
+    ("how do you say kitchen in spanish", None, "llm", ""),
+    ("cancel culture explained", None, "llm", ""),
+    ("tell me a joke about lamps", None, "llm", ""),
+]
+
+
+@pytest.mark.parametrize("text,intent,kind,say", CASES, ids=[c[0] for c in CASES])
+def test_review(text, intent, kind, say):
+    verdict = review(text, intent, HOME)
+    assert (verdict.kind, verdict.say) == (kind, say), verdict.reason
+
+
+def test_user_domains_act_on_their_own_templates():
+    order = IntentResult("orderDrink", {"drink": "latte"}, source="embedding", domain="coffee")
+    assert review("a latte please", order, HOME).kind == "act"
+
+
+def test_a_yes_answers_the_question_asked_and_only_once_settled():
+    clock = [0.0]
+    c = Confirmations(ttl_s=30, clock=lambda: clock[0])
+    lamp = IntentResult("HassTurnOn", {"name": "living room lamp"}, source="fuzzy")
+    assert c.answer("kitchen", "yes") == (None, None)  # nothing asked
+    c.settle("kitchen", lamp)
+    assert c.answer("bedroom", "yes") == (None, None)  # another satellite's question
+    assert c.answer("kitchen", "what time is it") == (None, None)
+    assert c.answer("kitchen", "Yes please.") == ("yes", lamp)
+    assert c.answer("kitchen", "yes") == ("yes", lamp)  # a read changes nothing
+    assert c.answer("kitchen", "no thanks") == ("no", lamp)
+    c.settle("kitchen")  # the turn that answered was committed
+    assert c.answer("kitchen", "yes") == (None, None)
+    c.settle("kitchen", lamp)
+    clock[0] = 31.0
+    assert c.answer("kitchen", "yes") == (None, None)  # too late
+
+
+def test_questions_waiting_are_bounded():
+    c = Confirmations(size=3)
+    for i in range(10):
+        c.settle(f"s{i}", IntentResult("HassTurnOn", {"name": "x"}))
+    assert [c.answer(f"s{i}", "yes")[0] for i in range(10)] == [None] * 7 + ["yes"] * 3
