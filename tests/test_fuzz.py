@@ -188,6 +188,33 @@ def test_control_round_trip_and_truncation(events, cut):
     assert len(got) <= len(events)
 
 
+messages = pytest.importorskip("hark.transport.messages")
+# values that sit at the edges of the messages' fields
+EDGES = st.one_of(JSONISH, st.sampled_from([0, 1, -1, 65535, 65536, 2**32 - 1, 2**32, 10**40,
+                                            -(10**40), True, "opus", "tcp", "auto"]))
+FIELDS = st.sampled_from(["version", "name", "token", "capabilities", "codecs", "udp_port",
+                          "host_id", "session", "codec", "frame_ms", "up_rate", "down_rate",
+                          "ssrc", "server_ssrc", "rtp_port", "audio", "jitter_min_ms",
+                          "jitter_max_ms", "shm", "code", "message", "keyword", "followup",
+                          "seq", "rate", "last_seq", "reason", "text", "final", "slots",
+                          "source", "transcript", "reply", "error"])
+
+
+@FUZZ
+@given(etype=st.sampled_from(sorted(control.EVENT_TYPES) + ["frobnicate"]),
+       data=st.dictionaries(FIELDS, EDGES, max_size=8), payload=st.binary(max_size=16))
+def test_typed_messages_parse_or_raise_protocol_error(etype, data, payload):
+    try:  # from the wire, as a peer would send it (no NaN or Infinity there)
+        (received,) = _read_all(control.Event(etype, data, payload).encode())
+        msg = messages.parse(received)
+    except ProtocolError:
+        return
+    # what was accepted is written back as an event that parses to the same message
+    wire = msg.event().encode()
+    (again,) = _read_all(wire)
+    assert messages.parse(again) == msg
+
+
 # --- audio frames -----------------------------------------------------------------------
 
 codec = pytest.importorskip("hark.transport.codec")

@@ -17,7 +17,9 @@ HOME = Home(
               Entity("living room lamp", "light", "living room"),
               Entity("ceiling fan", "fan", "bedroom"),
               Entity("garage door", "cover", "garage"),
-              Entity("thermostat", "climate", "living room")],
+              Entity("bedroom blinds", "cover", "bedroom"),
+              Entity("thermostat", "climate", "living room"),
+              Entity("front door lock", "lock", "hallway")],
 )
 
 
@@ -55,6 +57,19 @@ CASES = [
      "confirm", "The living room lamp?"),
     ("ceiling fan", I("HassTurnOn", "embedding", name="ceiling fan"),
      "confirm", "The ceiling fan?"),
+    # an area and a class with no such device in this home: nothing to act on
+    ("turn on the lights in the garage", I("HassTurnOn", area="garage", domain="light"),
+     "clarify", "There's no light in the garage."),
+    ("open the kitchen curtains",
+     I("HassTurnOn", area="kitchen", domain="cover", device_class="curtain"),
+     "clarify", "There's no curtain in the kitchen."),
+    # a device's class implied by the action's word ("unlock" the front door lock)
+    ("unlock the front door", I("HassTurnOff", "fuzzy", name="front door lock"), "act", ""),
+    # a sound-alike of a name: asked, not acted on
+    ("open the garbage door", I("HassTurnOn", "fuzzy", name="garage door"),
+     "confirm", "The garage door?"),
+    ("turn off the living room lamb", I("HassTurnOff", "fuzzy", name="living room lamp"),
+     "confirm", "The living room lamp?"),
     # no intent, but a command's words: say so, never the LLM
     ("Turn off the T-ME", None, "clarify", DIDNT_CATCH),
     ("turn on the", None, "clarify", DIDNT_CATCH),
@@ -75,6 +90,10 @@ CASES = [
     ("how do you say kitchen in spanish", None, "llm", ""),
     ("cancel culture explained", None, "llm", ""),
     ("tell me a joke about lamps", None, "llm", ""),
+    ("set the record straight about dinosaurs", None, "llm", ""),
+    ("start the washing machine", None, "clarify", DIDNT_CATCH),
+    ("can you turn off the", None, "clarify", DIDNT_CATCH),
+    ("did i leave the garage open", None, "cant_check", CANT_CHECK),
 ]
 
 
@@ -112,3 +131,20 @@ def test_questions_waiting_are_bounded():
     for i in range(10):
         c.settle(f"s{i}", IntentResult("HassTurnOn", {"name": "x"}))
     assert [c.answer(f"s{i}", "yes")[0] for i in range(10)] == [None] * 7 + ["yes"] * 3
+
+
+@pytest.mark.models
+def test_the_blind_cases_keep_their_results():
+    """hark/nlu/eval/guard_cases.yaml through the real intent stage and the guard: the
+    one wrong action left is 'turn up the volume on the speaker' (hark's own volume),
+    the one sent to the LLM 'said a time for ten minutes'."""
+    from pathlib import Path
+
+    from hark.bench.eval_guard import evaluate
+    from hark.config import Config
+
+    cases = Path(__file__).parents[1] / "hark" / "nlu" / "eval" / "guard_cases.yaml"
+    result = evaluate(cases, Config())
+    assert result["wrong_actions"] <= 1 and result["not_act_to_llm"] <= 1
+    assert result["by_label"]["act"]["right"] >= 49
+    assert result["by_label"]["llm"]["right"] >= 49

@@ -574,7 +574,8 @@ def test_a_guessed_target_is_never_acted_on_and_a_yes_confirms_a_guessed_name():
                   handlers=FakeHandlers(log), llm=FakeLlm(log, ["Sure, done!"]),
                   tts=FakeTts(log),
                   home=Home([Area("bedroom"), Area("kitchen")],
-                            [Entity("kitchen light", "light", "kitchen")]))
+                            [Entity("kitchen light", "light", "kitchen"),
+                             Entity("bedroom blinds", "cover", "bedroom")]))
     end = _text_turn(a, "turn off my life in the bedroom")[-1]
     assert end.reply == "Sorry, what should I turn off in the bedroom?"
     assert end.trace.info["intent"] == "clarify"

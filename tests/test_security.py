@@ -146,9 +146,11 @@ def test_loopback_peers_need_a_token_too(tmp_path):
 
     out, refused, token = asyncio.run(go())
     assert token == read_server_token(_cfg(tmp_path))  # the file hark token show prints
-    for case in ("none", "empty", "wrong", "number", "surrogate", "short own", "other's own"):
+    for case in ("none", "empty", "wrong", "surrogate", "short own", "other's own"):
         assert out[case]["type"] == "error" and out[case]["code"] == "auth", case
         assert "hark token show" in out[case]["message"]
+    # a token that is no string is a malformed hello (hark.transport.messages)
+    assert out["number"]["type"] == "error" and out["number"]["code"] == "protocol"
     assert out["server token"]["type"] == "welcome" and out["own"]["type"] == "welcome"
     assert refused == 7
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -305,7 +306,7 @@ def test_satellite_killed_mid_turn_is_cleaned_up(speak):
             during = len(server.sessions)
             conn.writer.transport.abort()  # the satellite vanishes
             await asyncio.sleep(0.5)
-            return during, len(server.sessions), fake.closed, server._turn_slots._value
+            return during, len(server.sessions), fake.closed, server.turn_slots._value
         finally:
             await server.stop()
 
@@ -656,3 +657,105 @@ def test_turn_audio_that_beats_its_wake_event_is_kept(with_seq):
         assert speech >= 0.9 * 16000, speech  # both halves of the loud second
     else:
         assert speech <= 0.6 * 16000, speech  # the early half went to no turn
+
+
+# --- typed control messages on the wire ----------------------------------------------
+
+OLD_WELCOME_KEYS = ["version", "session", "capabilities", "codec", "frame_ms", "up_rate",
+                    "down_rate", "ssrc", "server_ssrc", "rtp_port", "audio", "jitter_min_ms",
+                    "jitter_max_ms"]
+
+
+def test_server_refuses_malformed_hellos_and_answers_bad_messages_by_field():
+    """The welcome carries the keys the untyped server wrote, in its order; a hello with
+    a mistyped or out-of-range field is refused as a protocol error that names the field;
+    a malformed message in a session gets 'bad-event', and one only a server sends gets
+    'unknown-event'; the session goes on."""
+    async def hello(server: Server, data: dict) -> Any:
+        conn = await Connection.open("127.0.0.1", server.control_port)
+        await conn.send("hello", data)
+        ev = await asyncio.wait_for(conn.recv(), 5)
+        await conn.close()
+        return ev
+
+    async def go():
+        server, _ = await _start(_cfg(shm="never"))
+        try:
+            refused = [await hello(server, {"version": PROTOCOL_VERSION, **bad}) for bad in (
+                {"udp_port": 10 ** 40}, {"udp_port": "9"}, {"capabilities": "opus"},
+                {"token": 5})]
+            conn, welcome = await _raw_client(server)
+            answers = []
+            for etype, data in [("wake", {"seq": 10 ** 40}), ("wake", {"followup": "yes"}),
+                                ("transport", {"audio": "tcp", "last_seq": -1}),
+                                ("welcome", {}), ("ping", {"n": 3})]:
+                await conn.send(etype, data)
+                answers.append(await asyncio.wait_for(conn.recv(), 5))
+            return refused, welcome, answers, server.stats
+        finally:
+            await server.stop()
+
+    refused, welcome, answers, stats = asyncio.run(go())
+    for ev, field in zip(refused, ["udp_port", "udp_port", "capabilities", "token"]):
+        assert ev.type == "error" and ev.data["code"] == "protocol"
+        assert ev.data["message"].startswith(f"'hello' event: field '{field}' must be")
+    assert list(welcome)[1:] == OLD_WELCOME_KEYS  # ("type" first: _raw_client adds it)
+    codes = [(a.type, a.data.get("code")) for a in answers]
+    assert codes == [("error", "bad-event")] * 3 + [("error", "unknown-event"), ("pong", None)]
+    assert "'seq' must be in [0, 65535]" in answers[0].data["message"]
+    assert "unknown event type 'welcome'" in answers[3].data["message"]
+    assert answers[4].data == {"n": 3}
+    assert stats.sessions_refused == 4 and stats.events_rejected == 4 and stats.turns == 0
+
+
+def test_satellite_hello_is_the_old_one_and_a_malformed_welcome_means_reconnecting(tmp_path):
+    """The satellite's hello has the old keys, values and order; a welcome without its
+    SSRC is a protocol error: the satellite closes that connection and tries again
+    (it used to die on a KeyError)."""
+    from hark.transport.shm import host_id
+
+    hellos: list[tuple[list, dict]] = []
+
+    async def fake_server(reader, writer):
+        conn = Connection(reader, writer)
+        ev = await conn.recv()
+        hellos.append((list(ev.data), ev.data))
+        await conn.send("welcome", {k: v for k, v in {
+            "version": 1, "session": "s", "capabilities": [], "codec": "pcm",
+            "frame_ms": 20, "up_rate": 16000, "down_rate": 22050, "server_ssrc": 1,
+            "rtp_port": 9, "audio": "always", "jitter_min_ms": 10,
+            "jitter_max_ms": 120}.items()})
+        with contextlib.suppress(Exception):
+            await conn.recv()
+        await conn.close()
+
+    async def go():
+        srv = await asyncio.start_server(fake_server, "127.0.0.1", 0)
+        cfg = _cfg(shm="never")
+        cfg.satellite.server = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        wav = write_wav(tmp_path / "quiet.wav", np.zeros(1600, np.int16), 16000)
+        sat = _satellite(cfg, wav, tmp_path / "out.wav", "garage")
+        sat.exit_when_done = False
+        task = asyncio.create_task(sat.run())
+        try:
+            for _ in range(200):
+                if len(hellos) >= 2 or task.done():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            sat.stop()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 5)
+            srv.close()
+        return sat
+
+    sat = asyncio.run(go())
+    assert len(hellos) >= 2 and sat.stats.connects == 0 and not sat.connected.is_set()
+    keys, data = hellos[0]
+    assert keys == ["version", "name", "token", "capabilities", "codecs", "udp_port",
+                    "host_id"]
+    assert data == {"version": 1, "name": "garage", "token": sat.token(),  # hark.auth
+                    "capabilities": ["audio-udp", "audio-tcp", "opus", "pcm", "barge-in"],
+                    "codecs": ["opus", "pcm"], "udp_port": data["udp_port"],
+                    "host_id": host_id()}
+    assert isinstance(data["udp_port"], int) and 0 < data["udp_port"] < 65536

@@ -11,6 +11,7 @@ import pytest
 from test_server import FakeAssistant
 
 import hark.server.server as srv
+import hark.server.session as session_mod
 from hark.config import Config
 from hark.transport.control import PROTOCOL_VERSION, Connection
 from hark.transport.keepalive import IDLE_S
@@ -109,7 +110,7 @@ class _Stuck(FakeAssistant):
 
 
 def test_a_turn_past_its_deadline_is_ended_and_frees_its_slot(tmp_path, monkeypatch):
-    monkeypatch.setattr(srv, "TURN_DEADLINE_S", 0.5)
+    monkeypatch.setattr(session_mod, "TURN_DEADLINE_S", 0.5)
 
     async def go():
         cfg = _cfg(tmp_path)
@@ -134,7 +135,7 @@ def test_a_turn_past_its_deadline_is_ended_and_frees_its_slot(tmp_path, monkeypa
 
 
 def test_wake_then_silence_ends_the_turns_audio(tmp_path, monkeypatch):
-    monkeypatch.setattr(srv, "AUDIO_GAP_S", 0.5)
+    monkeypatch.setattr(session_mod, "AUDIO_GAP_S", 0.5)
 
     async def go():
         fake = FakeAssistant()

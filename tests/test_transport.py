@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hark.errors import ProtocolError
+from hark.transport import messages as m
 from hark.transport.codec import (
     OpusDecoder,
     OpusEncoder,
@@ -20,6 +21,7 @@ from hark.transport.codec import (
 )
 from hark.transport.control import MAX_HEADER, MAX_PAYLOAD, Event, read_event
 from hark.transport.jitter import JitterBuffer
+from hark.transport.link import AudioLink
 from hark.transport.rtp import PT_OPUS, PT_PCM, RtpPacket, seq_delta
 from hark.transport.shm import ShmRing
 from hark.transport.stream import RtpStreamReceiver, RtpStreamSender
@@ -454,3 +456,71 @@ def test_shm_event_loop_reader_is_called_per_write():
     got, calls = asyncio.run(go())
     ring.close()
     assert got == [b"0", b"1", b"2"] and calls >= 1
+
+
+# --- the audio link ---------------------------------------------------------------------
+
+
+class _RecordingConn:
+    """A control connection that keeps what is sent, in the order the sends began (the
+    real one's lock then keeps that order on the wire)."""
+
+    def __init__(self):
+        self.sent: list = []
+
+    async def send_message(self, message) -> None:
+        self.sent.append(message)
+
+
+class _RecordingUdp:
+    def __init__(self):
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, raw: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((raw, addr))
+
+
+def test_audio_link_sends_over_the_current_path_and_tcp_when_it_is_not_set_up():
+    pkts = [RtpPacket(i, i * 320, 5, bytes([i]) * 4, PT_PCM) for i in range(8)]
+
+    async def go():
+        conn, udp = _RecordingConn(), _RecordingUdp()
+        link = AudioLink(conn, udp, None, path="udp")  # type: ignore[arg-type]
+        link.send(pkts[0])  # no UDP address yet: over TCP
+        link.udp_addr = ("127.0.0.1", 4000)
+        link.send(pkts[1])
+        link.path = "tcp"
+        link.send(pkts[2])
+        link.send(pkts[3], force_udp=True)  # a probe's answer
+        link.post(m.AudioStop())  # after the packets posted before it
+        link.path = "shm"
+        link.send(pkts[4])  # no ring: over TCP
+        down = ShmRing()
+        link.shm_out = ShmRing(down.name, create=False)
+        got: list[bytes] = []
+        woke = asyncio.Event()
+        up = ShmRing()
+        link.watch_shm(up, lambda raw: (got.append(raw), woke.set()), pytest.fail)
+        link.send(pkts[5])
+        peer = ShmRing(up.name, create=False)  # the peer writes its audio
+        peer.write(pkts[6].pack())
+        await asyncio.wait_for(woke.wait(), 5)
+        await asyncio.sleep(0.05)  # the posts go out
+        from_ring = down.read()
+        with pytest.raises(ValueError, match="carrier-pigeon"):
+            link.path = "carrier-pigeon"
+        link.close()
+        link.send(pkts[7])
+        link.post(m.AudioStop())
+        assert not link.send_udp(b"x") and link.shm_in is None and link.shm_out is None
+        peer.close()
+        down.close()
+        return conn.sent, udp.sent, from_ring, got
+
+    posted, datagrams, from_ring, got = asyncio.run(go())
+    assert posted == [m.AudioChunk(pkts[0].pack()), m.AudioChunk(pkts[2].pack()),
+                      m.AudioStop(), m.AudioChunk(pkts[4].pack())]
+    assert datagrams == [(pkts[1].pack(), ("127.0.0.1", 4000)),
+                         (pkts[3].pack(), ("127.0.0.1", 4000))]
+    assert from_ring == pkts[5].pack() and got == [pkts[6].pack()]
+

@@ -122,8 +122,8 @@ class _Stats:
 
 
 class _CoreLikeSession:
-    """The shape of hark.server.server.Session: monotonic connected_at, peer_host, a
-    turn task and a playing flag."""
+    """The shape of hark.server.session.SatelliteSession: monotonic connected_at,
+    peer_host, a turn task and a playing flag."""
 
     def __init__(self, name: str):
         self.id = f"{name}-1234"

@@ -17,6 +17,14 @@ def register(cli) -> None:
                    help="run each utterance in both modes (default), or in one")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: waterfalls + distributions")
+    p = cli.add("bench corpus", "write a spoken corpus in voices hark was not built with "
+                "(espeak-ng, Piper, sox)", _corpus)
+    p.add_argument("--voices", choices=["tune", "heldout"], default="heldout",
+                   help="the voice set: 'tune' to calibrate on, 'heldout' only to score")
+    p.add_argument("--out", metavar="DIR", required=True, help="where to write it")
+    from hark.bench.eval_guard import register_eval as register_guard
+
+    register_guard(cli)
     from hark.bench.abuse import register as register_abuse
 
     register_abuse(cli)
@@ -33,3 +41,15 @@ def _latency(args) -> int:
     from hark.cli import load_cfg
 
     return main(load_cfg(args), args)
+
+
+def _corpus(args) -> int:
+    from pathlib import Path
+
+    from hark.bench.corpus import make_corpus
+    from hark.cli import load_cfg
+
+    meta = make_corpus(Path(args.out), args.voices, load_cfg(args))
+    voices = sorted({m["voice"] for m in meta.values()})
+    print(f"{len(meta)} utterances in {len(voices)} voices ({', '.join(voices)}) -> {args.out}")
+    return 0

@@ -105,7 +105,8 @@ _STATE_OPENINGS = frozenset({"is", "are", "was", "were", "did", "have", "has"})
 _READING = re.compile(r"^(what's|whats|what is|how) (the )?(temperature|humidity|battery|"
                       r"state|status|level)\b")
 _POLITE = re.compile(r"^((please|hey|ok|okay|so|um|uh|and|alexa|hark|google|siri|jarvis|"
-                     r"mycroft|nabu|computer)\s+)+")
+                     r"mycroft|nabu|computer|can you|could you|would you|will you|"
+                     r"would you mind|would you please|can you please|could you please)\s+)+")
 _YES = frozenset({"yes", "yeah", "yep", "yes please", "sure", "do it", "correct",
                   "that's right", "right", "please do", "ok", "okay", "yup"})
 _NO = frozenset({"no", "nope", "no thanks", "no thank you", "cancel", "never mind",
@@ -128,11 +129,15 @@ def _stem(w: str) -> str:
     return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
 
 
-def _said(phrase: str, words: list[str]) -> bool:
-    """Every word of ``phrase`` is among ``words`` (plurals aside)."""
+def _said(phrase: str, words: list[str], implied: tuple[str, ...] = ()) -> bool:
+    """Every word of ``phrase`` is among ``words`` (plurals aside), except words in
+    ``implied`` (a device's class, when another word was said: "unlock the front door"
+    names the "front door lock")."""
     have = {_stem(w) for w in words}
     need = [_stem(w) for w in re.sub(r"[^\w\s']", " ", phrase.casefold()).split()]
-    return bool(need) and all(w in have for w in need)
+    missing = [w for w in need if w not in have]
+    return bool(need) and len(missing) < len(need) and all(
+        w in {_stem(i) for i in implied} and any(w in h for h in have) for w in missing)
 
 
 def _names(home: Home) -> list[str]:
@@ -151,7 +156,8 @@ def _grounded(intent: IntentResult, words: list[str], home: Home) -> str | None:
     entity = home.find_entity(name) if name else None
     if name and name.casefold() != "all":
         spoken = [name] + (entity.aliases if entity else [])
-        if not any(_said(n, words) for n in spoken):
+        implied = DOMAIN_WORDS.get(entity.domain, ()) if entity else ()
+        if not any(_said(n, words, implied) for n in spoken):
             return f"name {name!r}"
     area = str(slots.get("area", "") or "")
     if area:
@@ -169,6 +175,19 @@ def _grounded(intent: IntentResult, words: list[str], home: Home) -> str | None:
     return None
 
 
+def _absent(intent: IntentResult, home: Home) -> str:
+    """What to say when an area-and-class target names no device of this home ("turn on
+    the hallway light" in a home with no light in the hallway); "" when it names some."""
+    slots = intent.slots
+    area, domain = str(slots.get("area", "") or ""), str(slots.get("domain", "") or "")
+    if slots.get("name") or not area or not domain or not home.entities:
+        return ""
+    if any(e.domain == domain and e.area.casefold() == area.casefold() for e in home.entities):
+        return ""
+    noun = str(slots.get("device_class", "") or "") or DOMAIN_WORDS.get(domain, (domain,))[0]
+    return f"There's no {noun.replace('_', ' ')} in the {area}."
+
+
 def _target_phrase(intent: IntentResult) -> str:
     slots = intent.slots
     name = str(slots.get("name", "") or "")
@@ -184,7 +203,12 @@ def review(text: str, intent: IntentResult | None, home: Home) -> Verdict:
     """What a turn may do with ``intent``, recognized in ``text`` (see the module)."""
     words = _words(text)
     if intent is not None:
-        if intent.name in READ_ONLY or intent.source in EXACT_SOURCES:
+        if intent.name in READ_ONLY:
+            return Verdict("act")
+        absent = _absent(intent, home)
+        if absent:
+            return Verdict("clarify", absent, "no such device in that area")
+        if intent.source in EXACT_SOURCES:
             return Verdict("act")
         if intent.domain not in ("homeassistant", "hark"):
             return Verdict("act")  # the user's own domains (coffee orders): their templates
@@ -209,13 +233,14 @@ def review(text: str, intent: IntentResult | None, home: Home) -> Verdict:
     names = _names(home)
     about_home = any(w in HOME_NOUNS for w in words) or any(_said(n, words) for n in names)
     if (words[0] in _STATE_OPENINGS and len(words) > 2 and about_home and len(words) <= 8
-            and (words[1] in _DETERMINERS or any(_said(n, words[1:4]) for n in names))
+            and (words[1] in _DETERMINERS or any(_said(n, words[1:4]) for n in names)
+                 or words[1:3] in (["i", "leave"], ["we", "leave"], ["someone", "leave"]))
             and any(w in _STATE_WORDS for w in words[2:])):
         return Verdict("cant_check", CANT_CHECK, "asks for a device's state")
     if _READING.match(" ".join(words)) and any(_said(n, words) for n in names):
         return Verdict("cant_check", CANT_CHECK, "asks for a device's reading")
-    if (words[0] in ACTION_WORDS and about_home) or (words[0] in COMMAND_OPENINGS
-                                                     and len(words) <= 5):
+    if words[0] in ACTION_WORDS and (about_home or len(words) <= 5 and (
+            words[0] in COMMAND_OPENINGS or words[1:2] in (["the"], ["my"], ["our"]))):
         return Verdict("clarify", DIDNT_CATCH, "a command no template knows")
     if (about_home and words[0] not in _QUESTION_OPENING and len(words) <= 8
             and not any(w in _COPULAS for w in words)):

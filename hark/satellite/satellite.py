@@ -37,8 +37,10 @@ from hark.auth import read_server_token
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
 from hark.satellite.followup import FollowUpGate
-from hark.transport.control import PROTOCOL_VERSION, Connection
+from hark.transport import messages as m
+from hark.transport.control import Connection
 from hark.transport.keepalive import enable_keepalive
+from hark.transport.link import AudioLink
 from hark.transport.rtp import PT_PROBE, RtpPacket, seq_delta
 from hark.transport.shm import ShmRing, host_id
 from hark.transport.stream import RtpStreamReceiver, RtpStreamSender
@@ -132,11 +134,9 @@ class Satellite:
         self._turn_open = False  # wake sent, turn-end not yet received
         self._sender: RtpStreamSender | None = None
         self._receiver: RtpStreamReceiver | None = None
-        self._path = "tcp"
         self._udp: asyncio.DatagramTransport | None = None
-        self._welcome: dict = {}
-        self._shm_up: ShmRing | None = None
-        self._shm_down: ShmRing | None = None
+        self._welcome: m.Welcome | None = None
+        self._link: AudioLink | None = None  # this connection's audio paths
         self._followup_until = 0.0
         self._probe_ok = asyncio.Event()
         self._turn_sent: deque[RtpPacket] = deque(maxlen=int(TURN_BUFFER_S * 1000 / FRAME_MS))
@@ -151,6 +151,11 @@ class Satellite:
         self.connected = asyncio.Event()
         self._listener = self._make_listener() if cfg.wake.barge_in_speech else None
         self._followup_gate = self._make_followup_gate() if cfg.wake.followup_s > 0 else None
+
+    @property
+    def _path(self) -> str:
+        """The audio path of this (or the last) connection: udp, tcp or shm."""
+        return self._link.path if self._link is not None else "tcp"
 
     def _make_listener(self):
         """Hears the person over the reply, with the reply's own echo removed first."""
@@ -281,15 +286,16 @@ class Satellite:
         self._followup_until = 0.0
         if self._followup_gate is not None:
             self._followup_gate.reset()
+        w = self._welcome
+        assert w is not None  # conn is set only after a welcome
         if self._sender is None:  # one RTP stream per connection; each turn a talk spurt
-            self._sender = RtpStreamSender(self._welcome.get("codec", "opus"), SAMPLE_RATE,
-                                           self._welcome.get("frame_ms", 20),
-                                           self.cfg.transport.fec, ssrc=self._welcome["ssrc"])
+            self._sender = RtpStreamSender(w.codec, SAMPLE_RATE, w.frame_ms,
+                                           self.cfg.transport.fec, ssrc=w.ssrc)
         try:
             # "seq": the turn's first packet, so a server that reads the audio (UDP,
             # shared memory) before this event still gives it to the new turn
-            await self.conn.send("wake", {"keyword": self.detector.keyword,
-                                          "followup": followup, "seq": self._sender.seq})
+            await self.conn.send_message(m.Wake(self.detector.keyword, followup,
+                                                self._sender.seq))
         except (ConnectionError, OSError):
             return
         self._turn_open = True
@@ -309,25 +315,17 @@ class Satellite:
             self._send_packet(pkt)
 
     def _send_packet(self, pkt: RtpPacket) -> None:
-        raw = pkt.pack()
         self._turn_sent.append(pkt)
-        if self._path == "udp" and self._udp is not None:
-            self._udp.sendto(raw, (self.server_host, self._welcome["rtp_port"]))
-        elif self._path == "shm" and self._shm_up is not None:
-            self._shm_up.write(raw)
-        else:
-            self._send_tcp(raw)
-
-    def _send_tcp(self, raw: bytes) -> None:
-        """One packet as an ``audio-chunk`` event (tasks run, and the connection's lock
-        is granted, in order: packets arrive in the order sent)."""
-        if self.conn is not None:
-            asyncio.get_running_loop().create_task(self._send_event("audio-chunk", {}, raw))
+        if self._link is not None:
+            self._link.send(pkt)
 
     def _fall_back_to_tcp(self, last_seq: int | None) -> None:
         """The server got no (more) UDP audio: from now on audio goes over TCP, starting
         with every frame of this turn after ``last_seq``, the newest it did receive."""
-        self._path = "tcp"
+        link = self._link
+        if link is None:
+            return
+        link.path = "tcp"
         self.stats.udp_fallbacks += 1
         if self.cfg.transport.tcp_audio_fallback == "auto":
             self._udp_degraded = True
@@ -339,38 +337,34 @@ class Satellite:
             return
         for pkt in list(self._turn_sent):
             if last_seq is None or seq_delta(pkt.seq, last_seq) > 0:
-                self._send_tcp(pkt.pack())
+                link.post(m.AudioChunk(pkt.pack()))  # in order, after what went before
                 self.stats.frames_resent += 1
 
     async def _reprobe(self) -> None:
         """Between turns after a fallback: if UDP now carries audio-sized packets both
         ways, move audio back to it."""
-        if self._udp is None or self.conn is None or "rtp_port" not in self._welcome:
+        link, w = self._link, self._welcome
+        if link is None or link.closed or self.conn is None or w is None:
             return
         self._probe_ok.clear()
         pad = os.urandom(PROBE_BYTES)
         for i in range(3):
-            probe = RtpPacket(i, 0, self._welcome["ssrc"], pad, PT_PROBE).pack()
-            self._udp.sendto(probe, (self.server_host, self._welcome["rtp_port"]))
+            if not link.send_udp(RtpPacket(i, 0, w.ssrc, pad, PT_PROBE).pack()):
+                return
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._probe_ok.wait(), 0.2)
                 break
-        if not self._probe_ok.is_set() or self._turn_open or self._path != "tcp":
+        if not self._probe_ok.is_set() or self._turn_open or link.path != "tcp":
             return  # still blocked (or a turn began meanwhile: try after it)
         try:
-            await self.conn.send("transport", {"audio": "udp"})
+            await self.conn.send_message(m.Transport("udp"))
         except (ConnectionError, OSError, AttributeError):
             return
-        self._path = "udp"
+        link.path = "udp"
         self._udp_degraded = False
         self._restored_by_probe = True
         self.stats.udp_restored += 1
         log.info("UDP gets through again: audio back over UDP")
-
-    async def _send_event(self, etype: str, data: dict, payload: bytes = b"") -> None:
-        if self.conn is not None:
-            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-                await self.conn.send(etype, data, payload)
 
     # --- connection ---------------------------------------------------------------------
     async def _link_loop(self) -> None:
@@ -400,47 +394,57 @@ class Satellite:
             lambda: _SatUdp(self), local_addr=("0.0.0.0" if self.server_host not in
                                                ("127.0.0.1", "localhost") else "127.0.0.1", 0))
         udp_port = self._udp.get_extra_info("sockname")[1]
-        caps = ["audio-udp", "audio-tcp", "opus", "pcm", "barge-in"]
-        if self.cfg.transport.shm != "never":
-            caps.append("audio-shm")
-        await conn.send("hello", {"version": PROTOCOL_VERSION, "name": self.cfg.satellite.name,
-                                  "token": self.token(), "capabilities": caps,
-                                  "codecs": ["opus", "pcm"], "udp_port": udp_port,
-                                  "host_id": host_id()})
-        ev = await asyncio.wait_for(conn.recv(), 10.0)
-        if ev is None:
-            raise ConnectionError("server closed the connection")
-        if ev.type == "error":
-            await conn.close()
-            if ev.data.get("code") == "auth":
-                raise HarkError(f"server refused this satellite: {ev.data.get('message')}",
-                                fix="set satellite.token (or hark satellite --token) to the "
-                                "server's token ('hark token show' on the server) or to "
-                                "this satellite's entry in server.tokens")
-            raise ConnectionError(ev.data.get("message", "refused"))
-        if ev.type != "welcome":
-            raise ProtocolError(f"expected welcome, got {ev.type}")
-        self._welcome = ev.data
+        try:
+            welcome = await self._handshake(conn, udp_port)
+        except Exception:
+            await conn.close()  # (refused, or a malformed answer: the link loop retries)
+            raise
+        self._welcome = welcome
         self._sender = None
+        self._link = AudioLink(conn, self._udp, (self.server_host, welcome.rtp_port))
         self.conn = conn
-        self.session = ev.data["session"]
+        self.session = welcome.session
         self._receiver = self._new_receiver()
-        self._path = await self._choose_path(conn, ev.data)
-        await conn.send("transport", {"audio": self._path})
+        self._link.path = await self._choose_path(welcome)
+        await conn.send_message(m.Transport(self._link.path))
         self.stats.connects += 1
         log.info("connected to %s:%d as %s, audio over %s", self.server_host,
                  self.server_port, self.session, self._path)
         self.connected.set()
 
-    async def _choose_path(self, conn: Connection, welcome: dict) -> str:
+    async def _handshake(self, conn: Connection, udp_port: int) -> m.Welcome:
+        """Send ``hello``; the server's ``welcome``, or the error it answered with."""
+        caps = ["audio-udp", "audio-tcp", "opus", "pcm", "barge-in"]
+        if self.cfg.transport.shm != "never":
+            caps.append("audio-shm")
+        await conn.send_message(m.Hello(
+            name=self.cfg.satellite.name, token=self.token(), capabilities=caps,
+            codecs=["opus", "pcm"], udp_port=udp_port, host_id=host_id()))
+        ev = await asyncio.wait_for(conn.recv(), 10.0)
+        if ev is None:
+            raise ConnectionError("server closed the connection")
+        if m.Error.is_type(ev.type):
+            err = m.Error.from_event(ev)
+            if err.code == "auth":
+                raise HarkError(f"server refused this satellite: {err.message}",
+                                fix="set satellite.token (or hark satellite --token) to the "
+                                "server's token ('hark token show' on the server) or to "
+                                "this satellite's entry in server.tokens")
+            raise ConnectionError(err.message)
+        if not m.Welcome.is_type(ev.type):
+            raise ProtocolError(f"expected welcome, got {ev.type[:64]}")
+        return m.Welcome.from_event(ev)
+
+    async def _choose_path(self, welcome: m.Welcome) -> str:
         mode = self.cfg.transport.tcp_audio_fallback
-        if welcome.get("shm") and self.cfg.transport.shm != "never":
+        link = self._link
+        assert link is not None
+        if welcome.shm is not None and self.cfg.transport.shm != "never":
             try:
-                self._shm_up = ShmRing(welcome["shm"]["up"], create=False)
-                self._shm_down = ShmRing(welcome["shm"]["down"], create=False)
+                link.shm_out = ShmRing(welcome.shm.up, create=False)
                 # reply frames are taken the moment the server writes them (wake-up)
-                asyncio.get_running_loop().add_reader(self._shm_down.fileno(),
-                                                      self._on_shm_down)
+                link.watch_shm(ShmRing(welcome.shm.down, create=False), self.datagram,
+                               self._on_shm_error)
                 return "shm"
             except ProtocolError as exc:
                 log.info("shared memory unavailable (%s)", exc)
@@ -448,9 +452,7 @@ class Satellite:
             return "tcp"
         self._probe_ok.clear()
         for i in range(5):  # does UDP get through, both ways?
-            probe = RtpPacket(i, 0, welcome["ssrc"], b"", PT_PROBE).pack()
-            assert self._udp is not None
-            self._udp.sendto(probe, (self.server_host, welcome["rtp_port"]))
+            link.send_udp(RtpPacket(i, 0, welcome.ssrc, b"", PT_PROBE).pack())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._probe_ok.wait(), 0.2)
                 return "udp"
@@ -470,26 +472,22 @@ class Satellite:
 
     def _new_receiver(self) -> RtpStreamReceiver:
         w = self._welcome
-        return RtpStreamReceiver(w.get("codec", "opus"), w.get("down_rate", 24000),
-                                 w.get("frame_ms", 20), w.get("jitter_min_ms", 10),
-                                 w.get("jitter_max_ms", 120))
+        assert w is not None  # a receiver exists only once the server welcomed us
+        return RtpStreamReceiver(w.codec, w.down_rate, w.frame_ms, w.jitter_min_ms,
+                                 w.jitter_max_ms)
 
     async def _disconnect(self) -> None:
         conn, self.conn = self.conn, None
         self.connected.clear()
         self._streaming = False
         self._turn_open = False
+        if self._link is not None:
+            self._link.close()
         if conn is not None:
             await conn.close()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        if self._shm_down is not None and self._shm_down.listening:
-            asyncio.get_running_loop().remove_reader(self._shm_down.fileno())
-        for ring in (self._shm_up, self._shm_down):
-            if ring is not None:
-                ring.close()
-        self._shm_up = self._shm_down = None
 
     async def _control_loop(self) -> None:
         assert self.conn is not None
@@ -498,18 +496,31 @@ class Satellite:
             if ev is None:
                 raise ConnectionError("server closed the connection")
             self.stats.events.append(ev.type)
-            if ev.type == "audio-chunk":
-                self.datagram(ev.payload)
-            elif ev.type in ("speech-end", "busy"):
+            try:
+                msg = m.parse(ev)
+            except m.UnknownMessageType as exc:  # a newer server's: not for this satellite
+                log.debug("ignoring %s", exc)
+                continue
+            except ProtocolError as exc:
+                log.warning("ignoring a malformed message from the server: %s", exc)
+                continue
+            await self._on_message(msg)
+
+    async def _on_message(self, msg: m.Message) -> None:
+        """One message from the server, after the welcome."""
+        match msg:
+            case m.AudioChunk():
+                self.datagram(msg.packet)
+            case m.SpeechEnd() | m.Busy():
                 self._stop_streaming()
-                if ev.type == "busy" and self._listener is not None:
+                if isinstance(msg, m.Busy) and self._listener is not None:
                     self._listener.ignore_until_reset()  # talking over "busy" is no barge-in
-            elif ev.type == "transcript" and ev.data.get("final", True):
-                self.stats.transcripts.append(ev.data.get("text", ""))
-            elif ev.type == "reply-text":
-                log.info("reply: %s", ev.data.get("text"))
-                self.stats.replies.append(ev.data.get("text", ""))
-            elif ev.type == "turn-end":
+            case m.Transcript(final=True):
+                self.stats.transcripts.append(msg.text)
+            case m.ReplyText():
+                log.info("reply: %s", msg.text)
+                self.stats.replies.append(msg.text)
+            case m.TurnEnd():
                 self._stop_streaming()
                 self._turn_open = False
                 self.stats.turns_done += 1
@@ -521,29 +532,30 @@ class Satellite:
                         self._turns_degraded = 0
                         asyncio.get_running_loop().create_task(self._reprobe())
                 self._followup_until = time.monotonic() + 1.0 + self.cfg.wake.followup_s \
-                    if not ev.data.get("error") else 0.0
-            elif ev.type == "error":
-                log.warning("server: %s", ev.data.get("message"))
-            elif ev.type == "transport" and ev.data.get("audio") == "tcp":
-                last = ev.data.get("last_seq")
+                    if not msg.error else 0.0
+            case m.Error():
+                log.warning("server: %s", msg.message)
+            case m.Transport(audio="tcp"):
                 log.warning("server asks for audio over TCP (newest UDP frame it has: %s)",
-                            last)
-                self._fall_back_to_tcp(last if isinstance(last, int) else None)
-            elif ev.type == "transport" and ev.data.get("audio") == "udp":
+                            msg.last_seq)
+                self._fall_back_to_tcp(msg.last_seq)
+            case m.Transport(audio="udp") if self._link is not None:
                 log.warning("server asks for audio over UDP")
-                self._path = "udp"
-            elif ev.type == "timer":
-                log.info("timer: %s", ev.data.get("text"))
-            elif ev.type == "barge-in":
+                self._link.path = "udp"
+            case m.Timer():
+                log.info("timer: %s", msg.text)
+            case m.BargeIn():
                 log.info("reply interrupted")
-            elif ev.type == "ping":
-                await self.conn.send("pong", ev.data)
+            case m.Ping():
+                assert self.conn is not None
+                await self.conn.send_message(m.Pong(msg.data))
 
     def _stop_streaming(self) -> None:
         if self._streaming and self._sender is not None:
             for pkt in self._sender.flush():
                 self._send_packet(pkt)
-            asyncio.get_running_loop().create_task(self._send_event("audio-stop", {}))
+            if self._link is not None:
+                self._link.post(m.AudioStop())  # after the packets posted before it
         self._streaming = False
 
     # --- reply audio --------------------------------------------------------------------
@@ -553,7 +565,7 @@ class Satellite:
             pkt = RtpPacket.parse(data)
         except ProtocolError:
             return
-        if pkt.ssrc != self._welcome.get("server_ssrc"):
+        if self._welcome is None or pkt.ssrc != self._welcome.server_ssrc:
             return
         if pkt.pt == PT_PROBE:
             self._probe_ok.set()
@@ -561,17 +573,8 @@ class Satellite:
         if self._receiver is not None:
             self._receiver.push(pkt)
 
-    def _on_shm_down(self) -> None:
-        """The server wrote reply audio to the shared-memory ring."""
-        ring = self._shm_down
-        if ring is None:
-            return
-        try:
-            ring.clear()
-            for raw in ring.read_frames():  # at most MAX_FRAMES_PER_WAKEUP at a time
-                self.datagram(raw)
-        except ProtocolError as exc:
-            log.warning("reply audio ring: %s", exc)
+    def _on_shm_error(self, exc: ProtocolError) -> None:
+        log.warning("reply audio ring: %s", exc)
 
     async def _play_loop(self) -> None:
         while True:

@@ -9,8 +9,10 @@ A satellite opens with ``hello`` (protocol version, name, token, capabilities); 
 server answers ``welcome`` (session id, audio parameters) or ``error`` and closes.
 Headers over :data:`MAX_HEADER` bytes and payloads over :data:`MAX_PAYLOAD` are refused,
 so a peer cannot make the other side buffer without bound. A malformed event raises
-:class:`~hark.errors.ProtocolError`; an unknown ``type`` is the caller's business (the
-server answers it with an ``error`` event and keeps the connection).
+:class:`~hark.errors.ProtocolError`. This module frames events; what each event's
+``data`` holds is :mod:`hark.transport.messages` (one dataclass per type, checked when
+parsed); an unknown ``type`` is the caller's business (the server answers it with an
+``error`` event and keeps the connection).
 """
 
 from __future__ import annotations
@@ -18,24 +20,28 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hark.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from hark.transport.messages import Message
 
 PROTOCOL_VERSION = 1
 MAX_HEADER = 64 * 1024
 MAX_PAYLOAD = 1024 * 1024
 
-#: every event type, and who sends it (S: satellite, H: server)
+#: every event type, and who sends it (S: satellite, H: server); the fields of each are
+#: its message in :mod:`hark.transport.messages`
 EVENT_TYPES = {
     "hello",  # S: {version, name, token, capabilities, udp_port, host_id}
     "welcome",  # H: {version, session, capabilities, codec, frame_ms, rates, ssrc...}
     "error",  # both: {code, message}
-    "wake",  # S: {keyword, probability} a turn begins (or barge-in during playback)
-    "audio-start",  # both: {rate, codec, transport} audio of a turn follows
-    "audio-chunk",  # both: payload = one encoded frame, {seq} (TCP audio fallback)
+    "wake",  # S: {keyword, followup, seq} a turn begins (or barge-in during playback)
+    "audio-start",  # both: {rate, codec} audio of a turn follows
+    "audio-chunk",  # both: payload = one RTP packet (TCP audio fallback)
     "audio-stop",  # both: no more audio for this turn
-    "transport",  # S: {audio: "udp" | "tcp" | "shm"} the path audio takes from now on
+    "transport",  # both: {audio: "udp" | "tcp" | "shm", last_seq, reason} the audio path
     "speech-start",  # H
     "speech-end",  # H
     "transcript",  # H: {text, final}
@@ -73,8 +79,10 @@ def parse_header(line: bytes) -> tuple[str, dict[str, Any], int]:
     """Validate one header line: (type, data, payload_length)."""
     try:
         obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"event header is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ProtocolError("event header is nested too deeply") from exc
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of over 4300 digits
+        raise ProtocolError(f"event header is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("event header must be a JSON object")
     etype = obj.get("type")
@@ -134,7 +142,13 @@ class Connection:
 
     async def send(self, etype: str, data: dict[str, Any] | None = None,
                    payload: bytes = b"") -> None:
-        raw = Event(etype, data or {}, payload).encode()
+        await self._write(Event(etype, data or {}, payload).encode())
+
+    async def send_message(self, message: Message) -> None:
+        """Send a typed message (:mod:`hark.transport.messages`)."""
+        await self._write(message.event().encode())
+
+    async def _write(self, raw: bytes) -> None:
         async with self._lock:
             self.writer.write(raw)
             await self.writer.drain()
