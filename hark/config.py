@@ -322,18 +322,37 @@ class ServerConfig:
     rtp_port: int = ranged(10701, ge=1, le=65535)
     http_port: int = ranged(10780, ge=1, le=65535)
     wyoming_port: int = ranged(10300, ge=1, le=65535)
-    # satellite name -> its token (at least TOKEN_MIN_CHARS characters)
+    # satellite name -> its own token (at least TOKEN_MIN_CHARS characters); every
+    # satellite may also use the server token (hark/auth.py, 'hark token show')
     tokens: dict[str, str] = secret(token=True, dict_of=True)
     max_sessions: int = ranged(8, ge=1)  # satellites connected at once
     max_concurrent_turns: int = ranged(4, ge=1)
     trace_log: str = ""  # JSON lines of turn traces; "" = <home>/traces.jsonl
+    trace_log_max_mb: float = ranged(64.0, ge=0)  # rotated past this size (0: never)
+    trace_log_keep: int = ranged(3, ge=0)  # rotated files kept (traces.jsonl.1 .. .3)
+    timers_file: str = ""  # running timers, kept across restarts; "" = <home>/timers.json
+    # security (hark/auth.py): the server token, made on first start; "" = <home>/server.token
+    token_file: str = ""
+    # Host header names the web page may be reached by, besides IP addresses, localhost,
+    # server.host and this machine's host name (DNS-rebinding defence)
+    http_hosts: list[str] = field(default_factory=list)
+    # Wyoming carries no token: it listens on its own address (loopback by default); any
+    # other address needs wyoming_allow, the peers (addresses or networks such as
+    # "192.168.1.20" or "192.168.1.0/24") let in besides this machine
+    wyoming_host: str = "127.0.0.1"
+    wyoming_allow: list[str] = field(default_factory=list)
+    wyoming_max_connections: int = ranged(16, ge=1)  # more at once are closed at once
+    # a connection that sends nothing this long is closed
+    wyoming_idle_s: float = ranged(120.0, gt=0)
 
 
 @dataclass
 class SatelliteConfig:
     name: str = "satellite"
     server: str = "127.0.0.1:10700"
-    token: str = secret(token=True)  # as in the server's server.tokens; "" = none
+    # the server's token ('hark token show') or this satellite's in server.tokens;
+    # "" = the token file of a server on this machine, if this user can read it
+    token: str = secret(token=True)
 
 
 @dataclass

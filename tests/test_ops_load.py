@@ -52,7 +52,9 @@ class Stack:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def get(self, path: str) -> str:
-        with urllib.request.urlopen(self.http.url + path, timeout=10) as r:
+        req = urllib.request.Request(self.http.url + path,
+                                     headers={"Authorization": f"Bearer {self.http.token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.read().decode()
 
     def close(self) -> None:
@@ -248,7 +250,7 @@ def test_live_page_shows_a_real_turn(stack, utterances):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync"])
         page = ctx.new_page()
-        page.goto(stack.http.url + "/?poll=250")
+        page.goto(stack.http.login_url("/?poll=250"))
         sync_api.expect(page.locator("#status")).to_have_text("ready")
         before = len(stack.traces)
         res = stack.call(run_load("127.0.0.1", stack.server.control_port, [utt], 1, 1,

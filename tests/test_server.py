@@ -183,8 +183,11 @@ def test_two_satellites_at_once(wake_wav, tmp_path):
         assert _tone_energy(tmp_path / name)[1] > 0.8
 
 
-async def _raw_client(server: Server, name: str = "probe", token: str = "") -> tuple[Connection, dict]:
+async def _raw_client(server: Server, name: str = "probe", token: str | None = None
+                      ) -> tuple[Connection, dict]:
+    """A hand-made satellite; its token is the server's unless given."""
     conn = await Connection.open("127.0.0.1", server.control_port)
+    token = server.token if token is None else token
     await conn.send("hello", {"version": PROTOCOL_VERSION, "name": name, "token": token,
                               "capabilities": [], "udp_port": 9})
     ev = await conn.recv()
@@ -194,12 +197,12 @@ async def _raw_client(server: Server, name: str = "probe", token: str = "") -> t
 def test_wrong_token_and_bad_version_refused():
     async def go():
         cfg = _cfg()
-        cfg.server.tokens = {"kitchen": "s3cret"}
+        cfg.server.tokens = {"kitchen": "kitchen-secret-0123456789"}
         server, _ = await _start(cfg)
         try:
-            _, bad = await _raw_client(server, "kitchen", "guess")
-            _, missing = await _raw_client(server, "kitchen")
-            _, good = await _raw_client(server, "kitchen", "s3cret")
+            _, bad = await _raw_client(server, "kitchen", "guess-guess-guess-guess")
+            _, missing = await _raw_client(server, "kitchen", "")
+            _, good = await _raw_client(server, "kitchen", "kitchen-secret-0123456789")
             conn = await Connection.open("127.0.0.1", server.control_port)
             await conn.send("hello", {"version": 99, "name": "x"})
             version = await conn.recv()
@@ -751,7 +754,7 @@ def test_satellite_hello_is_the_old_one_and_a_malformed_welcome_means_reconnecti
     keys, data = hellos[0]
     assert keys == ["version", "name", "token", "capabilities", "codecs", "udp_port",
                     "host_id"]
-    assert data == {"version": 1, "name": "garage", "token": "",
+    assert data == {"version": 1, "name": "garage", "token": sat.token(),  # hark.auth
                     "capabilities": ["audio-udp", "audio-tcp", "opus", "pcm", "barge-in"],
                     "codecs": ["opus", "pcm"], "udp_port": data["udp_port"],
                     "host_id": host_id()}

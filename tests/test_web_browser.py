@@ -42,7 +42,7 @@ def test_page_loads_shows_a_turn_and_updates(browser, live):
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(live.url + "/?poll=200")
+    page.goto(live.login_url("/?poll=200"))
 
     # loads: empty state, not ready yet
     sync_api.expect(page.locator("#status")).to_have_text("starting (loading models)")
@@ -104,8 +104,26 @@ def test_page_loads_shows_a_turn_and_updates(browser, live):
 def test_page_says_when_the_server_is_gone(browser, tmp_path):
     live = LiveHttp(FakeServer(), Config(home_dir=str(tmp_path)))
     page = browser.new_page()
-    page.goto(live.url + "/?poll=200")
+    page.goto(live.login_url("/?poll=200"))
     sync_api.expect(page.locator("#status")).to_have_text("starting (loading models)")
     live.close()
     sync_api.expect(page.locator("#status")).to_have_text("server unreachable")
     page.close()
+
+
+def test_page_needs_a_login_and_says_when_it_is_lost(browser, tmp_path):
+    live = LiveHttp(FakeServer(), Config(home_dir=str(tmp_path)))
+    browser.clear_cookies()
+    page = browser.new_page()
+    try:
+        resp = page.goto(live.url + "/?poll=200")
+        assert resp is not None and resp.status == 401
+        sync_api.expect(page.locator("body")).to_contain_text("hark token show --url")
+        page.goto(live.login_url("/?poll=200"))
+        assert page.url == live.url + "/?poll=200"  # the token is not left in the address
+        sync_api.expect(page.locator("#status")).to_have_text("starting (loading models)")
+        browser.clear_cookies()  # as when the server's token is replaced
+        sync_api.expect(page.locator("#status")).to_contain_text("not logged in")
+    finally:
+        page.close()
+        live.close()

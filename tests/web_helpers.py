@@ -1,11 +1,14 @@
 """Shared by the web tests: a server-shaped object and the HTTP side running on a real
-socket in a background event loop (so sync clients such as Playwright can drive it)."""
+socket in a background event loop (so sync clients such as Playwright can drive it), and
+requests that log in (the server token as a bearer header, or a browser's login URL)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +56,27 @@ def make_trace(total_ms: float = 420.0, transcript: str = "what is the capital o
     return t
 
 
+def http_get(url: str, headers: dict[str, str] | None = None
+             ) -> tuple[int, str, str, dict[str, str]]:
+    """GET ``url`` (redirects not followed): (status, content type, body, headers)."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with opener.open(req, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode(), \
+                dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode(), dict(e.headers)
+
+
 class LiveHttp:
-    """start_http (port 0: any free one) in a thread with its own event loop."""
+    """start_http (port 0: any free one) in a thread with its own event loop; its
+    routes ask for the server token of ``cfg``'s home (:attr:`token`)."""
 
     def __init__(self, server: Any, cfg: Config, port: int = 0):
         self.server = server
@@ -66,6 +88,21 @@ class LiveHttp:
     @property
     def url(self) -> str:
         return self.http.url
+
+    @property
+    def token(self) -> str:
+        return self.http.token
+
+    def login_url(self, next_path: str = "/") -> str:
+        """The URL that logs a browser in, then shows ``next_path``."""
+        return self.http.login_url(next_path)
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, str, str]:
+        """GET ``path`` with ``Authorization: Bearer`` (this server's token unless
+        ``token`` is given; "" sends none): (status, content type, body)."""
+        token = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return http_get(self.url + path, headers)[:3]
 
     @property
     def obs(self) -> Observability:

@@ -25,6 +25,9 @@ def register(cli) -> None:
     from hark.bench.eval_guard import register_eval as register_guard
 
     register_guard(cli)
+    from hark.bench.abuse import register as register_abuse
+
+    register_abuse(cli)
     try:
         from hark.bench.eval_speech import register_eval
     except ImportError:

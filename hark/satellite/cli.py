@@ -24,6 +24,11 @@ def _satellite(args: argparse.Namespace) -> int:
         cfg.satellite.server = args.server
     if args.name:
         cfg.satellite.name = args.name
+    if args.token:
+        from hark.auth import check_token
+
+        check_token(args.token, "--token")
+        cfg.satellite.token = args.token
     if args.input:
         source = FileSource(args.input, FRAME)
     elif args.stdin:
@@ -50,6 +55,9 @@ def register(cli) -> None:
                 _satellite)
     p.add_argument("--server", default="", help="HOST:PORT (default satellite.server)")
     p.add_argument("--name", default="", help="satellite name (default satellite.name)")
+    p.add_argument("--token", default="", help="the server's token ('hark token show' on "
+                   "the server) or this satellite's own (server.tokens); default "
+                   "satellite.token, else the token file of a server on this machine")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", default="", help="WAV/FLAC file instead of the microphone "
                      "(played at real time; exits when its turns are answered)")

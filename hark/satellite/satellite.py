@@ -33,11 +33,13 @@ from typing import Any
 import numpy as np
 
 from hark.audio import SAMPLE_RATE, AudioChunk
+from hark.auth import read_server_token
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
 from hark.satellite.followup import FollowUpGate
 from hark.transport import messages as m
 from hark.transport.control import Connection
+from hark.transport.keepalive import enable_keepalive
 from hark.transport.link import AudioLink
 from hark.transport.rtp import PT_PROBE, RtpPacket, seq_delta
 from hark.transport.shm import ShmRing, host_id
@@ -375,6 +377,9 @@ class Satellite:
             except (TimeoutError, ConnectionError, OSError, ProtocolError) as exc:
                 log.info("server %s:%d unreachable (%s); retrying in %.1f s", self.server_host,
                          self.server_port, exc, backoff)
+            except HarkError as exc:  # refused (token): retry slowly, the token may change
+                backoff = 10.0
+                log.error("%s; retrying in %.0f s", exc, backoff)
             await self._disconnect()
             if self._stop.is_set():
                 return
@@ -383,6 +388,7 @@ class Satellite:
 
     async def _connect(self) -> None:
         conn = await Connection.open(self.server_host, self.server_port)
+        enable_keepalive(conn.writer)  # a server that vanished is noticed, then retried
         loop = asyncio.get_running_loop()
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: _SatUdp(self), local_addr=("0.0.0.0" if self.server_host not in
@@ -412,7 +418,7 @@ class Satellite:
         if self.cfg.transport.shm != "never":
             caps.append("audio-shm")
         await conn.send_message(m.Hello(
-            name=self.cfg.satellite.name, token=self.cfg.satellite.token, capabilities=caps,
+            name=self.cfg.satellite.name, token=self.token(), capabilities=caps,
             codecs=["opus", "pcm"], udp_port=udp_port, host_id=host_id()))
         ev = await asyncio.wait_for(conn.recv(), 10.0)
         if ev is None:
@@ -421,8 +427,9 @@ class Satellite:
             err = m.Error.from_event(ev)
             if err.code == "auth":
                 raise HarkError(f"server refused this satellite: {err.message}",
-                                fix="set satellite.token to the token in the server's "
-                                "server.tokens for satellite.name")
+                                fix="set satellite.token (or hark satellite --token) to the "
+                                "server's token ('hark token show' on the server) or to "
+                                "this satellite's entry in server.tokens")
             raise ConnectionError(err.message)
         if not m.Welcome.is_type(ev.type):
             raise ProtocolError(f"expected welcome, got {ev.type[:64]}")
@@ -456,6 +463,12 @@ class Satellite:
         self._udp_degraded = True
         self._turns_degraded = 0
         return "tcp"
+
+    def token(self) -> str:
+        """The token this satellite presents: ``satellite.token``, else the server
+        token file of a server on this machine (read at each connect: the server may make
+        it after the satellite starts), else none."""
+        return self.cfg.satellite.token or read_server_token(self.cfg) or ""
 
     def _new_receiver(self) -> RtpStreamReceiver:
         w = self._welcome

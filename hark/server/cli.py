@@ -9,7 +9,9 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
     import signal
+    import sys
 
+    from hark.auth import ensure_server_token
     from hark.cli import load_cfg
     from hark.pipeline.assistant import Assistant
     from hark.server.server import Server
@@ -21,6 +23,11 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
     if args.host:
         cfg.server.host = args.host
+    token = ensure_server_token(cfg)  # before any listener: every one asks for it
+    if not args.no_wyoming:  # a Wyoming port open beyond this machine: fail before loading
+        from hark.server.wyoming import check_wyoming_access
+
+        check_wyoming_access(cfg.server.wyoming_host, cfg.server.wyoming_allow)
     if cfg.llm.isolation == "auto":
         # a long-running service: a crash in llama.cpp must cost one answer, not every
         # satellite's connection (hark.llm.worker restarts the model process)
@@ -31,8 +38,14 @@ def _serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         loop_sched = apply_loop_sched(cfg) if cfg.sched.realtime else []
         # health and the page answer ("starting") while the models load and warm up
-        http = await start_http(Loading(), cfg)
+        http = await start_http(Loading(), cfg, token=token)
         log.info("http on %s (health, metrics, live page)", http.url)
+        if sys.stdout.isatty():  # the terminal only: logs are read by more people
+            print(f"live page (this URL logs a browser in; keep it secret):\n  "
+                  f"{http.login_url()}", flush=True)
+        else:
+            log.info("log a browser in to the live page with the URL that "
+                     "'hark token show --url' prints")
         log.info("loading models...")
         loop = asyncio.get_running_loop()
         assistant = holder["a"] = await loop.run_in_executor(
@@ -42,6 +55,12 @@ def _serve(args: argparse.Namespace) -> int:
         server.sched_results = loop_sched + assistant.sched_results
         await server.start()
         http.set_server(server)
+        timers = getattr(getattr(assistant, "handlers", None), "timers", None)
+        if timers is not None:  # kept across restarts; those that ended meanwhile fire now
+            from hark.nlu.timers import timers_path
+
+            assistant._loop = loop  # their announcements need the loop before any turn
+            await loop.run_in_executor(None, timers.persist, timers_path(cfg))
         wyoming = None
         if not args.no_wyoming:
             from hark.server.wyoming import start_wyoming
@@ -71,8 +90,32 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_show(args: argparse.Namespace) -> int:
+    from hark.auth import ensure_server_token, token_path
+    from hark.cli import load_cfg
+
+    cfg = load_cfg(args)
+    token = ensure_server_token(cfg)
+    if args.url:
+        from hark.server.http import login_url
+
+        print(login_url(cfg.server.host, cfg.server.http_port, token))
+    elif args.path:
+        print(token_path(cfg))
+    else:
+        print(token)
+    return 0
+
+
 def register(cli) -> None:
+    t = cli.add("token show", "print the server token (made on first use) that satellites, "
+                "HTTP clients and browsers need", _token_show)
+    what = t.add_mutually_exclusive_group()
+    what.add_argument("--url", action="store_true",
+                      help="print the URL that logs a browser in to the live page")
+    what.add_argument("--path", action="store_true", help="print where the token file is")
     p = cli.add("serve", "run the hark server for satellites (and Wyoming clients)", _serve)
     p.add_argument("--host", default="", help="address to listen on (default server.host, "
-                   "127.0.0.1); remote satellites then need server.tokens")
+                   "127.0.0.1); every satellite needs the server token ('hark token "
+                   "show') or its own server.tokens entry")
     p.add_argument("--no-wyoming", action="store_true", help="do not serve the Wyoming protocol")

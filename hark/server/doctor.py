@@ -229,7 +229,8 @@ def check_ports(cfg: Any) -> list[Check]:
              ("http_port", sc.http_port, socket.SOCK_STREAM, "tcp"),
              ("wyoming_port", sc.wyoming_port, socket.SOCK_STREAM, "tcp")]
     busy = {key: (port, proto, why) for key, port, kind, proto in ports
-            if (why := port_free(sc.host, port, kind))}
+            if (why := port_free(sc.wyoming_host if key == "wyoming_port" else sc.host,
+                                 port, kind))}
     free = [f"{key}={port}/{proto}" for key, port, _, proto in ports if key not in busy]
     if not busy:
         return [Check("ports", OK, f"free on {sc.host}: {', '.join(free)}")]

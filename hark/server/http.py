@@ -4,11 +4,21 @@ Routes (bound to ``server.host``:``server.http_port``, localhost by default):
 
 - ``GET /health``     200 ``{"status": "ready"}`` once every model is loaded and warm,
                       503 ``{"status": "starting"}`` before (for load balancers, systemd
-                      and docker health checks);
+                      and docker health checks); open to anyone, and says nothing else;
 - ``GET /metrics``    Prometheus text format (:mod:`hark.server.metrics`);
 - ``GET /api/state``  connected satellites, the last turns (marks, spans, waterfall
                       bars, transcript, reply) and p50/p95 per stage, as JSON;
-- ``GET /``           a small page polling ``/api/state`` (``hark/server/web``).
+- ``GET /``           a small page polling ``/api/state`` (``hark/server/web``);
+- ``GET /login?token=T[&next=/path]``  a browser's way in: with the server token it
+                      sets an HttpOnly, SameSite=Strict session cookie and redirects to
+                      ``next`` (a path on this server; default ``/``); else 401.
+
+Every route but ``/health`` and ``/login`` needs ``Authorization: Bearer <server token>``
+or the session cookie (else 401). Every route but ``/health`` also checks the ``Host``
+header (else 403): an IP address, ``localhost``, ``server.host``, this machine's host
+name or a name in ``server.http_hosts``. A DNS-rebinding page always sends its own
+domain name as the Host, so it is refused; an IP-address Host cannot be a rebinding (the
+browser's origin is then that address itself).
 
 It attaches to any object with the attributes the server core exposes, so it can be
 tested and reused without the rest of the server:
@@ -28,18 +38,23 @@ tested and reused without the rest of the server:
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import ipaddress
 import json
 import logging
 import math
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily
 
+from hark.auth import COOKIE_NAME, check_token, ensure_server_token, session_cookie
 from hark.errors import ConfigError
 from hark.server.metrics import CONTENT_TYPE, Metrics
 from hark.server.tracelog import TraceLog, trace_record
@@ -249,11 +264,99 @@ class Loading:
         self.sessions: dict = {}
 
 
-def make_app(target: dict[str, Any], obs: Observability) -> web.Application:
-    """The routes; ``target["server"]`` is read on every request, so it can be swapped."""
+def allowed_host_names(cfg: Any) -> set[str]:
+    """Host names (besides IP addresses) the page may be reached by: ``localhost``,
+    ``server.host``, this machine's names and ``server.http_hosts``."""
+    names = {"localhost", str(cfg.server.host)}
+    hostname = socket.gethostname()
+    names |= {hostname, f"{hostname}.local", socket.getfqdn()}
+    names |= set(getattr(cfg.server, "http_hosts", []) or [])
+    return {n.lower().rstrip(".") for n in names if n}
+
+
+def host_allowed(host: str | None, names: set[str]) -> bool:
+    """Whether a ``Host`` header (``name``, ``name:port``, ``[v6]:port``) is an IP
+    address or one of ``names``. A missing or malformed header is refused."""
+    if not host:
+        return False
+    host = host.strip().lower()
+    if host.startswith("["):  # [v6] or [v6]:port
+        name, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return False
+    elif host.count(":") == 1:
+        name = host.split(":", 1)[0]
+    else:
+        name = host  # a name, or a bare IPv6 address
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name.rstrip(".") in names
+
+
+UNAUTHORISED_PAGE = """<!doctype html><meta charset="utf-8"><title>hark: log in</title>
+<p>This page needs the server's token. On the server, run
+<code>hark token show --url</code> and open the URL it prints (once per browser).</p>
+"""
+
+
+def make_app(target: dict[str, Any], obs: Observability, token: str,
+             hosts: set[str]) -> web.Application:
+    """The routes; ``target["server"]`` is read on every request, so it can be swapped.
+    ``token`` is the server token every route but ``/health`` and ``/login`` asks for;
+    ``hosts`` the Host names accepted besides IP addresses."""
+    check_token(token, "the HTTP server's token")
+    cookie = session_cookie(token)
 
     def server() -> Any:
         return target["server"]
+
+    def authorised(request: web.Request) -> bool:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode("utf-8", "surrogatepass"), token.encode()):
+            return True
+        got = request.cookies.get(COOKIE_NAME, "")
+        return bool(got) and hmac.compare_digest(
+            got.encode("utf-8", "surrogatepass"), cookie.encode())
+
+    def unauthorised(request: web.Request) -> web.Response:
+        headers = {"WWW-Authenticate": 'Bearer realm="hark"', "Cache-Control": "no-store"}
+        if request.path == "/" or request.path == "/login":
+            return web.Response(status=401, text=UNAUTHORISED_PAGE,
+                                content_type="text/html", headers=headers)
+        return web.json_response({"error": "unauthorized"}, status=401, headers=headers)
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        if request.path == "/health":
+            return await handler(request)
+        if not host_allowed(request.headers.get("Host"), hosts):
+            log.info("refused a request for Host %r (not one of this server's names; "
+                        "add it to server.http_hosts if it is)",
+                        request.headers.get("Host", "")[:100])
+            return web.json_response({"error": "unknown host"}, status=403)
+        if request.path == "/login" or authorised(request):
+            return await handler(request)
+        return unauthorised(request)
+
+    async def login(request: web.Request) -> web.Response:
+        given = request.query.get("token", "")
+        if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                                                token.encode()):
+            return unauthorised(request)
+        target_path = request.query.get("next", "/")
+        if not target_path.startswith("/") or target_path.startswith("//") \
+                or "\\" in target_path:
+            target_path = "/"  # never a redirect off this server
+        resp = web.Response(status=303, headers={"Location": target_path,
+                                                 "Cache-Control": "no-store",
+                                                 "Referrer-Policy": "no-referrer"})
+        resp.set_cookie(COOKIE_NAME, cookie, httponly=True, samesite="Strict", path="/",
+                        max_age=400 * 24 * 3600)
+        return resp
 
     async def health(request: web.Request) -> web.Response:
         ok = is_ready(server())
@@ -273,7 +376,8 @@ def make_app(target: dict[str, Any], obs: Observability) -> web.Application:
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard])
+    app.router.add_get("/login", login)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
@@ -291,11 +395,15 @@ class HttpServer:
     port: int
     obs: Observability
     target: dict[str, Any]
+    token: str = ""  # the server token the routes ask for
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
+
+    def login_url(self, next_path: str = "/") -> str:
+        """The URL a browser logs in with (it holds the token: treat it as a secret)."""
+        return login_url(self.host, self.port, self.token, next_path)
 
     @property
     def server(self) -> Any:
@@ -311,11 +419,29 @@ class HttpServer:
         await self.runner.cleanup()
 
 
+def base_url(host: str, port: int) -> str:
+    """``http://host:port`` for a listen address; a wildcard address (0.0.0.0, ::) is
+    named by this machine's host name."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def login_url(host: str, port: int, token: str, next_path: str = "/") -> str:
+    """The browser login URL of a server listening on ``host``:``port``."""
+    url = f"{base_url(host, port)}/login?token={quote(token, safe='')}"
+    return url if next_path == "/" else f"{url}&next={quote(next_path, safe='/')}"
+
+
 async def start_http(server: Any, cfg: Any, obs: Observability | None = None,
-                     port: int | None = None, host: str | None = None) -> HttpServer:
+                     port: int | None = None, host: str | None = None,
+                     token: str | None = None) -> HttpServer:
     """Attach :class:`Observability` to ``server`` and serve the routes above on
     ``cfg.server.host``:``cfg.server.http_port`` (``port``/``host`` override; port 0
-    picks a free one). Raises :class:`ConfigError` when the port is taken.
+    picks a free one). Raises :class:`ConfigError` when the port is taken. The routes
+    ask for ``token``, by default the server token (:func:`hark.auth.ensure_server_token`,
+    made if there is none yet).
 
     In ``hark serve``: start it with :class:`Loading` before the models load, so
     ``/health`` says "starting", then :meth:`HttpServer.set_server` the real Server."""
@@ -323,7 +449,9 @@ async def start_http(server: Any, cfg: Any, obs: Observability | None = None,
     host = cfg.server.host if host is None else host
     port = cfg.server.http_port if port is None else port
     target = {"server": server}
-    runner = web.AppRunner(make_app(target, obs), access_log=None)
+    token = ensure_server_token(cfg) if token is None else token
+    hosts = allowed_host_names(cfg) | {host.lower()}
+    runner = web.AppRunner(make_app(target, obs, token, hosts), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
@@ -339,5 +467,5 @@ async def start_http(server: Any, cfg: Any, obs: Observability | None = None,
         if srv is not None and srv.sockets:
             bound = srv.sockets[0].getsockname()[1]
     log.info("web page and metrics on http://%s:%d", host, bound)
-    return HttpServer(runner, host, bound, obs, target)
+    return HttpServer(runner, host, bound, obs, target, token)
 

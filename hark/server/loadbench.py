@@ -107,6 +107,14 @@ class TurnResult:
     reply: str = ""
 
 
+def _local_token() -> str:
+    """The token of a server on this machine with the default home (hark.auth)."""
+    from hark.auth import read_server_token
+    from hark.config import Config
+
+    return read_server_token(Config()) or ""
+
+
 class SimSatellite:
     """One simulated satellite: a control connection and RTP audio over it."""
 
@@ -125,9 +133,7 @@ class SimSatellite:
 
         self.conn = await Connection.open(host, port, timeout)
         hello = {"version": PROTOCOL_VERSION, "name": self.name, "codecs": [self.codec],
-                 "capabilities": []}
-        if self.token:
-            hello["token"] = self.token
+                 "capabilities": [], "token": self.token or _local_token()}
         await self.conn.send("hello", hello)
         ev = await asyncio.wait_for(self.conn.recv(), timeout)
         if ev is None or ev.type != "welcome":
@@ -288,10 +294,12 @@ def summarize(n: int, turns: int, results: list[TurnResult], traces: list[Trace]
 
 async def run_load(host: str, port: int, utterances: list[Utterance], satellites: int,
                    turns: int, *, seed: int = 0, tokens: dict[str, str] | None = None,
+                   server_token: str | None = None,
                    pause_s: tuple[float, float] = (0.3, 2.0), timeout_s: float = 30.0,
                    traces: list[Trace] | None = None, codec: str = "pcm") -> dict[str, Any]:
     """``satellites`` clients, each speaking ``turns`` random utterances with random
-    pauses; returns :func:`summarize`'s dict."""
+    pauses; returns :func:`summarize`'s dict. Each presents its entry in ``tokens``,
+    else ``server_token``, else the token of a server on this machine."""
     rng = random.Random(seed)
     traces = traces if traces is not None else []
     first_trace = len(traces)
@@ -299,7 +307,7 @@ async def run_load(host: str, port: int, utterances: list[Utterance], satellites
 
     async def one(i: int, plan: list[Utterance], pauses: list[float]) -> None:
         name = f"loadsat{i}"
-        sat = SimSatellite(name, (tokens or {}).get(name), codec)
+        sat = SimSatellite(name, (tokens or {}).get(name) or server_token, codec)
         try:
             await sat.connect(host, port)
         except Exception as exc:  # noqa: BLE001 - counted: every planned turn is lost
@@ -355,6 +363,7 @@ async def _in_process(cfg: Any, counts: list[int], turns: int, seed: int, timeou
             log.info("load: %d satellite(s) x %d turn(s)", n, turns)
             runs.append(await run_load(cfg.server.host, server.control_port, utterances, n,
                                        turns, seed=seed + n, tokens=cfg.server.tokens,
+                                       server_token=server.token,
                                        timeout_s=timeout_s, traces=traces,
                                        codec=cfg.transport.codec))
             await asyncio.sleep(1.0)  # let the last turns' playback drain
@@ -439,6 +448,8 @@ def _bench_load(args) -> int:
     if not counts or min(counts) < 1 or args.turns < 1:
         raise ConfigError("--satellites and --turns must be at least 1")
     if args.server:
+        from hark.auth import read_server_token
+
         host, _, port = args.server.rpartition(":")
         speak = piper_speaker(cfg)
         utts = make_utterances(speak)
@@ -446,6 +457,7 @@ def _bench_load(args) -> int:
         async def external() -> dict[str, Any]:
             runs = [await run_load(host or "127.0.0.1", int(port), utts, n, args.turns,
                                    seed=args.seed + n, tokens=cfg.server.tokens,
+                                   server_token=read_server_token(cfg),
                                    timeout_s=args.timeout, codec=cfg.transport.codec)
                     for n in counts]
             return {"server": args.server, "runs": runs}

@@ -21,21 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hark.auth import ensure_server_token, token_acceptable
 from hark.config import Config
 from hark.errors import ProtocolError
 from hark.server.session import BUSY_TEXT, SatelliteSession
 from hark.trace import Trace
 from hark.transport import messages as m
 from hark.transport.control import MAX_HEADER, Connection
+from hark.transport.keepalive import enable_keepalive
 from hark.transport.rtp import RtpPacket
 from hark.transport.shm import host_id
 
@@ -45,6 +47,12 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 5.0
 PUMP_S = 0.005  # the jitter buffers' playout clock
+# bounds (issue 17): connections that have not finished their hello (the oldest is
+# closed to make room, so a real satellite always gets in), and a write the satellite
+# does not take; notifications kept for satellites that are away (timers)
+MAX_PENDING_HANDSHAKES = 64
+WRITE_TIMEOUT_S = 10.0
+HELD_SATELLITES, HELD_PER_SATELLITE = 64, 16
 
 
 def is_loopback(host: str | None) -> bool:
@@ -67,6 +75,18 @@ class ServerStats:
     llm_worker_restarts: int = 0  # crashed LLM worker processes restarted (hark.llm.worker)
 
 
+class _TimedConnection(Connection):
+    """A control connection whose writes give up after WRITE_TIMEOUT_S: a satellite
+    that stops reading is dropped (its connection aborted) instead of stalling a turn."""
+
+    async def _write(self, raw: bytes) -> None:
+        try:
+            await asyncio.wait_for(super()._write(raw), WRITE_TIMEOUT_S)
+        except TimeoutError:
+            self.writer.transport.abort()
+            raise ConnectionError(f"peer took nothing for {WRITE_TIMEOUT_S:.0f} s") from None
+
+
 class Server:
     """The hark server. ``await start()``, then ``await serve_forever()`` or ``stop()``."""
 
@@ -87,6 +107,9 @@ class Server:
         self._host_id = host_id()
         self.control_port = 0
         self.rtp_port = 0
+        self.token = ""  # the server token (hark.auth), read or made by start()
+        self._pending: dict[Connection, None] = {}  # connections before their welcome
+        self._held: dict[str, deque[str]] = {}  # satellite name -> notifications for it
         assistant.on_notify(self._on_notify)
         # LLM engines in a supervised child process (llm.isolation = "process"): count
         # their restarts (exported as hark_server_llm_worker_restarts_total)
@@ -101,6 +124,7 @@ class Server:
     async def start(self) -> None:
         sc = self.cfg.server
         loop = asyncio.get_running_loop()
+        self.token = ensure_server_token(self.cfg)
         self._tcp = await asyncio.start_server(self._handle_client, sc.host, sc.control_port,
                                                limit=MAX_HEADER)
         self.control_port = self._tcp.sockets[0].getsockname()[1]
@@ -147,11 +171,20 @@ class Server:
     # --- control connection -------------------------------------------------------------
     async def _handle_client(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        conn = Connection(reader, writer)
+        conn = _TimedConnection(reader, writer)
         peer = conn.peer[0] if conn.peer else None
         session: SatelliteSession | None = None
+        enable_keepalive(writer)
+        if len(self._pending) >= MAX_PENDING_HANDSHAKES:
+            oldest = next(iter(self._pending))
+            self._pending.pop(oldest)
+            oldest.writer.transport.abort()  # its hello read ends; it cleans itself up
+        self._pending[conn] = None
         try:
-            session = await self._handshake(conn, peer)
+            try:
+                session = await self._handshake(conn, peer)
+            finally:
+                self._pending.pop(conn, None)
             if session is None:
                 return
             await session.run()
@@ -194,14 +227,11 @@ class Server:
             await self._refuse(conn, "protocol", str(exc))
             return None
         name = (hello.name or "satellite")[:64]
-        expected = sc.tokens.get(name)
-        if expected is not None or not is_loopback(peer):
-            token = hello.token
-            if expected is None or token is None or not hmac.compare_digest(
-                    token.encode(), expected.encode()):
-                await self._refuse(conn, "auth", f"satellite '{name}' is not authorised: "
-                                   "wrong or missing token (server.tokens)")
-                return None
+        if not self.token_acceptable(name, hello.token, peer):
+            await self._refuse(conn, "auth", f"satellite '{name}' is not authorised: wrong "
+                               "or missing token (the server token, 'hark token show', or "
+                               "its own server.tokens entry)")
+            return None
         if len(self.sessions) >= sc.max_sessions:
             await self._refuse(conn, "busy", f"server at max_sessions ({sc.max_sessions})")
             return None
@@ -215,7 +245,14 @@ class Server:
         self._by_ssrc[s.ssrc_up] = s
         await conn.send_message(s.welcome(shm))
         log.info("satellite '%s' connected from %s: session %s", name, peer, s.id)
+        for text in self._held.pop(name, ()):  # said while it was away (timers)
+            self.spawn(self._on_notify(s.id, text))
         return s
+
+    def token_acceptable(self, name: str, token: object, peer: str | None) -> bool:
+        """Whether ``token`` admits a satellite called ``name``, from any peer
+        (loopback included): :func:`hark.auth.token_acceptable`."""
+        return token_acceptable(self.token, self.cfg.server.tokens, name, token)
 
     async def _refuse(self, conn: Connection, code: str, message: str) -> None:
         self.stats.sessions_refused += 1
@@ -236,9 +273,19 @@ class Server:
         log.info("session %s ended: %s", s.id, why)
 
     async def _on_notify(self, session: str, text: str) -> None:
-        s = self.sessions.get(session)
+        """Say ``text`` on ``session``'s satellite: the session itself, else the
+        satellite of the same name connected now (it reconnected, or the server
+        restarted and restored a timer), else the next time it connects."""
+        name = session.rsplit("-", 1)[0]
+        s = self.sessions.get(session) or next(
+            (x for x in self.sessions.values() if x.name == name), None)
         if s is None:
-            log.warning("notification for session %s, which is gone: %s", session, text)
+            if name not in self._held and len(self._held) >= HELD_SATELLITES:
+                log.warning("notification for %s dropped (no satellite): %s", session, text)
+                return
+            self._held.setdefault(name, deque(maxlen=HELD_PER_SATELLITE)).append(text)
+            log.info("notification for satellite '%s' held until it connects: %s", name,
+                     text)
             return
         await s.notify(text)
 

@@ -56,6 +56,9 @@ BUSY_TEXT = "Sorry, I'm busy right now. Please try again in a moment."
 UDP_SILENCE_S = 0.6  # no uplink audio this long after a wake: UDP is broken, use TCP
 RECENT_PACKETS = 64  # uplink packets kept for a turn whose audio beat its "wake" event
 REPLY_LEAD_S = 0.08  # reply audio is sent this far ahead of real time
+# bounds (issue 17): a turn's uplink audio going silent ends it, and a whole turn
+AUDIO_GAP_S = 10.0
+TURN_DEADLINE_S = 120.0
 CAPABILITIES = ["wake", "asr", "tts", "intent", "pipeline", "barge-in", "timer",
                 "audio-udp", "audio-tcp", "audio-shm", "opus", "pcm"]
 
@@ -176,7 +179,8 @@ class SatelliteSession:
         # a fresh jitter buffer, or the old clock would drop most of it as "late"
         self.receiver = self._new_receiver()
         self.fell_back = False
-        self.turn = self.server.spawn(self._turn(self.inbox, follow_up=msg.followup))
+        self.turn = self.server.spawn(self._with_deadline(
+            self._turn(self.inbox, follow_up=msg.followup)))
         if msg.seq is not None:
             # this turn's packets that arrived before this event went to no turn (or to
             # the one it interrupts): give them to this one
@@ -319,7 +323,12 @@ class SatelliteSession:
 
             async def audio() -> AsyncIterator[AudioChunk]:
                 while True:
-                    chunk = await inbox.get()
+                    try:  # a satellite that sends wake and then nothing ends its audio
+                        chunk = await asyncio.wait_for(inbox.get(), AUDIO_GAP_S)
+                    except TimeoutError:
+                        log.info("session %s: no audio for %.0f s: the turn's audio ends",
+                                 self.id, AUDIO_GAP_S)
+                        return
                     if chunk is None:
                         return
                     yield chunk
@@ -368,6 +377,15 @@ class SatelliteSession:
                             cb(trace)
                         except Exception:
                             log.exception("turn listener failed")
+
+    async def _with_deadline(self, turn: Awaitable[None]) -> None:
+        """Run ``turn``; past TURN_DEADLINE_S it is cancelled (its slot freed) and the
+        satellite told the turn ended in a timeout."""
+        try:
+            await asyncio.wait_for(turn, TURN_DEADLINE_S)
+        except TimeoutError:
+            log.warning("session %s: turn cancelled after %.0f s", self.id, TURN_DEADLINE_S)
+            await send_quietly(self.conn, m.TurnEnd(error="timeout"))
 
     def _notify_listeners(self, ev: Any) -> None:
         for cb in self.server.event_listeners:

@@ -106,7 +106,7 @@ class AudioLink:
             return
         try:
             ring.clear()  # the wake-ups first, so that none for a new record is lost
-            while (raw := ring.read()) is not None:
+            for raw in ring.read_frames():  # at most MAX_FRAMES_PER_WAKEUP at a time
                 on_packet(raw)
         except ProtocolError as exc:
             on_error(exc)

@@ -6,7 +6,12 @@ only grow; the writer's pid; a "writer closed" flag) then ``capacity`` bytes of 
 holding records ``<u32 length><bytes>``. The producer writes the record, then publishes
 the new write position; the consumer reads, then publishes the new read position, so
 neither side ever waits on a lock. A full ring drops the frame (real-time audio: a late
-frame is worth nothing).
+frame is worth nothing). The other side is not trusted: positions that no writer could
+have published (read ahead of write, or more than ``capacity`` apart) and record lengths
+that do not fit make :meth:`ShmRing.read` drop what is pending and raise
+:class:`~hark.errors.ProtocolError`, and :meth:`ShmRing.read_frames` takes at most
+:data:`MAX_FRAMES_PER_WAKEUP` frames per call, so a hostile or broken writer can neither
+hang nor monopolise the reader's event loop.
 
 Wake-up: the reader binds a Unix datagram socket named after the ring (Linux: in the
 abstract namespace, so nothing is left on disk); after publishing a frame the writer
@@ -34,6 +39,7 @@ from hark.errors import ProtocolError
 log = logging.getLogger(__name__)
 
 HEADER = 64
+MAX_FRAMES_PER_WAKEUP = 256  # 5 s of 20 ms frames; more wait for the next call
 _CREATED_HERE: set[str] = set()
 _LEN = struct.Struct("<I")
 _WRITER = struct.Struct("<II")  # at offset 16: writer pid, writer-closed flag
@@ -105,14 +111,16 @@ class ShmRing:
         """Append a frame; False (and counted in ``dropped``) when the ring is full."""
         need = _LEN.size + len(frame)
         w, r = int(self._pos[0]), int(self._pos[1])
-        if need > self.capacity - (w - r):
+        if r > w or need > self.capacity - (w - r):  # full (or a reader gone wrong)
             self.dropped += 1
             return False
         if not self._wrote:
             self._wrote = True
             _WRITER.pack_into(self._shm.buf, 16, os.getpid(), 0)
         self._copy_in(w, _LEN.pack(len(frame)) + frame)
-        self._pos[0] = w + need  # publish after the data is in place
+        # publish after the data is in place (a corrupt position near 2**64 wraps: the
+        # reader then sees read > write, drops what is pending and goes on)
+        self._pos[0] = (w + need) % 2 ** 64
         self._wake()
         return True
 
@@ -120,15 +128,17 @@ class ShmRing:
     def _wake(self) -> None:
         """Tell the reader a frame is there (nothing happens when no reader listens, and
         a full socket queue means it has been told already)."""
-        if self._tx is None:
-            self._tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._tx.setblocking(False)
         try:
-            self._tx.sendto(b"\x01", self._wake_addr)
+            (self._tx or self._new_tx()).sendto(b"\x01", self._wake_addr)
         except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
             pass
         except OSError as exc:
             log.debug("shared memory ring %s: wake-up not sent: %s", self.name, exc)
+
+    def _new_tx(self) -> socket.socket:
+        self._tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._tx.setblocking(False)
+        return self._tx
 
     def fileno(self) -> int:
         """The reader's wake-up socket (readable when frames may be waiting), for an
@@ -194,16 +204,40 @@ class ShmRing:
         return True
 
     def read(self) -> bytes | None:
-        """The oldest frame, or None when the ring is empty."""
+        """The oldest frame, or None when the ring is empty. Raises
+        :class:`ProtocolError` (after dropping every pending frame, so the ring works
+        again from the writer's next frame) when the positions or a record length are
+        impossible."""
         w, r = int(self._pos[0]), int(self._pos[1])
+        if r > w or w - r > self.capacity:
+            self._pos[1] = w
+            raise ProtocolError(f"shared memory ring {self.name} is corrupt: write position "
+                                f"{w}, read position {r}, capacity {self.capacity}")
         if w - r < _LEN.size:
             return None
         (n,) = _LEN.unpack(self._copy_out(r, _LEN.size))
-        if n > self.capacity or w - r < _LEN.size + n:
-            raise ProtocolError(f"shared memory ring {self.name} is corrupt")
+        if w - r < _LEN.size + n:
+            self._pos[1] = w
+            raise ProtocolError(f"shared memory ring {self.name} is corrupt: a record of "
+                                f"{n} bytes, {w - r - _LEN.size} written")
         frame = self._copy_out(r + _LEN.size, n)
         self._pos[1] = r + _LEN.size + n
         return frame
+
+    def read_frames(self, limit: int = MAX_FRAMES_PER_WAKEUP) -> list[bytes]:
+        """Up to ``limit`` frames, oldest first (see :meth:`read`, whose error it
+        raises). When more are waiting, the reader wakes itself, so an event loop comes
+        back for them after its other work."""
+        frames = []
+        while len(frames) < limit:
+            frame = self.read()
+            if frame is None:
+                return frames
+            frames.append(frame)
+        if int(self._pos[0]) != int(self._pos[1]) and self._rx is not None:
+            with contextlib.suppress(OSError):
+                (self._tx or self._new_tx()).sendto(b"\x01", self._wake_addr)
+        return frames
 
     def close(self) -> None:
         """Detach; the creating side also removes the segment. A writer marks the ring

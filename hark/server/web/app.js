@@ -174,6 +174,12 @@ function render(state) {
 async function poll() {
   try {
     const resp = await fetch("/api/state", { cache: "no-store" });
+    if (resp.status === 401) {  // the server token changed: log in again
+      const status = document.getElementById("status");
+      status.dataset.ready = "error";
+      status.textContent = "not logged in (open the URL 'hark token show --url' prints)";
+      return;
+    }
     render(await resp.json());
   } catch (err) {
     const status = document.getElementById("status");
