@@ -149,7 +149,11 @@ class AsrConfig:
     # engine; if the pause (vad.speculative_ms) follows, that decode is the transcript,
     # begun that much sooner (0: off)
     early_final_ms: int = ranged(64, ge=0)
-    initial_prompt: str = ""  # vocabulary hint passed to Whisper
+    initial_prompt: str = ""  # vocabulary hint passed to Whisper on every decode
+    # a command that was not understood is decoded again with a prompt of the home's
+    # device and area names (hark.asr.whisper.home_prompt): it hears the home's words
+    # better, and questions, never decoded with it, stay as they were heard
+    home_prompt: bool = True
 
 
 @dataclass

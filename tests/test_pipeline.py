@@ -593,3 +593,34 @@ def test_a_guessed_target_is_never_acted_on_and_a_yes_confirms_a_guessed_name():
     _text_turn(a, "yes")  # asked once, answered once
     assert log.items.count("handle:HassTurnOn") == 1
     a.close()
+
+
+def test_a_command_not_understood_is_decoded_again_with_the_home_prompt():
+    """The first decode heard 'turn off the t-me' (a command, not understood); decoded
+    again with the home's words in the prompt it is 'turn on the kitchen light'. A
+    question is never decoded again."""
+    log = Log()
+
+    class PromptedAsr(FakeAsr):
+        def transcribe(self, samples, prompt=""):
+            self.log.add(f"asr:{prompt!r}")
+            if "kitchen light" in prompt:
+                return "turn on the kitchen light"
+            return "why is the sky blue" if len(samples) < 4 * 512 else "turn off the t-me"
+
+    for chunks, expect in ((6, "Turning on the kitchen light."), (2, "It is blue.")):
+        log.items.clear()
+        a = Assistant(Config(), vad_factory=lambda: ScriptedEndpointer(
+                          {1: "speech_start", chunks: "speech_end"}),
+                      asr=PromptedAsr(log), nlu=FakeNlu(), handlers=FakeHandlers(log),
+                      llm=FakeLlm(log, ["It is blue."]), tts=FakeTts(log))
+        a.rescue_prompt = "Turn on the kitchen light."
+        events = asyncio.run(collect(a.run_turn(mic(chunks + 2))))
+        a.close()
+        assert events[-1].reply == expect
+        decodes = [s for s in log.items if s.startswith("asr:")]
+        if expect.startswith("Turning"):
+            assert decodes == ["asr:''", "asr:'Turn on the kitchen light.'"]
+            assert events[-1].trace.info["asr_rescue"]["acts"] is True
+        else:
+            assert decodes == ["asr:''"]

@@ -226,6 +226,8 @@ class Assistant:
         # what the guard checks an intent's targets against, and its open questions
         self.home = home if home is not None else Home()
         self.confirmations = Confirmations()
+        # the prompt a command that was not understood is decoded again with ("": never)
+        self.rescue_prompt = ""
         # speech straight to intent: () -> SpeechIntentRecognizer, one per concurrent turn
         self._grammar_factory = grammar_factory
         self._grammar_pool: list[SpeechIntentRecognizer] = []
@@ -305,6 +307,9 @@ class Assistant:
                    partial_asr=partial_asr, home=nlu.home)
         if partial_sched is not None:
             self.sched_results.append(partial_sched)
+        from hark.asr.whisper import home_prompt
+
+        self.rescue_prompt = home_prompt(cfg)
         if grammar_factory is not None:
             self._grammar_pool.append(grammar_factory())
         log.info("models loaded in %.1f s", time.monotonic() - t0)
@@ -435,6 +440,19 @@ class Assistant:
             if intent is None:
                 intent = await self.nlu_exec.run(self.nlu.recognize, text)
             verdict = review(text, intent, self.home)
+            if verdict.kind in ("clarify", "confirm", "cant_check") and audio is not None \
+                    and self.rescue_prompt and streaming:
+                # a command not understood: decode again with the home's words in the
+                # prompt (a question is never decoded with it: it biases toward them)
+                again = (await self.asr_exec.run(self.asr.transcribe, audio,
+                                                 self.rescue_prompt)).strip()
+                second = await self.nlu_exec.run(self.nlu.recognize, again) if again else None
+                second_verdict = review(again, second, self.home)
+                trace.info["asr_rescue"] = {"heard": again, "acts": second_verdict.kind == "act"}
+                if second is not None and second_verdict.kind == "act":
+                    text, intent, verdict = again, second, second_verdict
+                    trace.info["transcript"] = resp.transcript = text
+                    await q.put(TranscriptEvent(Transcript(text, text, True, time.monotonic())))
             answer, asked = self.confirmations.answer(session, text)
             if answer == "yes":  # the question hark asked last: "The kitchen light?"
                 intent, verdict = asked, Verdict("act")
@@ -788,7 +806,8 @@ class _TurnWork:
             else:
                 pending = asyncio.get_running_loop().create_future()
                 pending.set_result(act.text)
-            return a._start_response(self.session, None, pending=pending)
+            # the audio too: a command the decode did not understand is decoded again
+            return a._start_response(self.session, self.ep.utterance(), pending=pending)
         return a._start_response(self.session, self.ep.utterance(), streaming=self.streaming)
 
     async def close(self) -> None:
