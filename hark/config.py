@@ -154,6 +154,9 @@ class AsrConfig:
     # device and area names (hark.asr.whisper.home_prompt): it hears the home's words
     # better, and questions, never decoded with it, stay as they were heard
     home_prompt: bool = True
+    # a transcript the LLM would answer, decoded with a lower average log-probability
+    # than this, is asked again ("Sorry, could you say that again?"), not answered
+    question_min_logprob: float = ranged(-0.55, le=0)
 
 
 @dataclass

@@ -70,6 +70,13 @@ class FakeAsr:
     def __init__(self, log: Log, texts_by_len=None):
         self.log = log
 
+    def decode(self, samples: np.ndarray, prompt: str = "", prefix: str = ""):
+        from hark.asr.base import AsrResult
+
+        return AsrResult(self.transcribe(samples, prompt), 0.0, self.avg_logprob)
+
+    avg_logprob = -0.1  # a confident decode
+
     def transcribe(self, samples: np.ndarray, prompt: str = "") -> str:
         n_chunks = len(samples) // 512
         self.log.add(f"asr:{n_chunks}")
@@ -624,3 +631,22 @@ def test_a_command_not_understood_is_decoded_again_with_the_home_prompt():
             assert events[-1].trace.info["asr_rescue"]["acts"] is True
         else:
             assert decodes == ["asr:''"]
+
+
+@pytest.mark.parametrize("logprob,answered", [(-0.1, True), (-1.2, False)])
+def test_a_question_heard_unsurely_is_asked_again_not_answered(logprob, answered):
+    log = Log()
+    asr = FakeAsr(log)
+    asr.avg_logprob = logprob
+    a = Assistant(Config(), vad_factory=lambda: ScriptedEndpointer(
+                      {1: "speech_start", 3: "speech_end"}),
+                  asr=asr, nlu=FakeNlu(), handlers=FakeHandlers(log),
+                  llm=FakeLlm(log, ["It is sunny."]), tts=FakeTts(log))
+    end = asyncio.run(collect(a.run_turn(mic(5))))[-1]
+    a.close()
+    assert end.transcript == "what is the weather"
+    if answered:
+        assert end.reply == "It is sunny." and end.trace.info["intent"] == "LLM"
+    else:
+        assert end.reply == "Sorry, could you say that again?"
+        assert end.trace.info["intent"] == "clarify" and "llm:start" not in log.items

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hark.asr.base import AsrResult
 from hark.config import AsrConfig, Config
 from hark.errors import AudioError, ModelError
 from hark.models.store import resolve
@@ -44,17 +45,6 @@ HALLUCINATIONS = {
 }
 UNSURE_NO_SPEECH = 0.3
 UNSURE_LOGPROB = -0.7
-
-
-@dataclass
-class AsrResult:
-    """One decode: the text and the decoder's confidence."""
-
-    text: str
-    no_speech_prob: float = 1.0  # Whisper's probability that the window holds no speech
-    avg_logprob: float = 0.0  # mean log-probability per token of the text
-    audio_s: float = 0.0  # seconds of audio decoded
-    decode_s: float = 0.0  # wall time of the decode
 
 
 def _words(text: str) -> str:

@@ -41,7 +41,7 @@ from hark.config import Config
 from hark.nlu.base import IntentResult, Reply
 from hark.nlu.guard import Confirmations, Verdict, review
 from hark.nlu.home import Home
-from hark.asr.base import AsrEngine
+from hark.asr.base import AsrEngine, AsrResult
 from hark.llm.base import LlmResponder
 from hark.nlu.base import IntentRecognizer, SpeechIntentRecognizer, TurnHandlers
 from hark.pipeline.policy import (
@@ -91,6 +91,7 @@ __all__ = ["Assistant", "PURE_INTENTS", "looks_complete", "looks_unfinished"]
 log = logging.getLogger(__name__)
 
 NO_SPEECH = "no speech"
+SAY_AGAIN = "Sorry, could you say that again?"
 APOLOGY = "Sorry, something went wrong on my side."
 # silence kept before a spoken phrase, and after one cut mid-sentence (Piper puts ~60 ms
 # before and 100-250 ms after every phrase)
@@ -411,24 +412,27 @@ class Assistant:
     async def _respond(self, resp: _Response, session: str, *,
                        audio: np.ndarray | None = None, text: str | None = None,
                        intent: IntentResult | None = None, streaming: bool = True,
-                       pending: asyncio.Task | None = None) -> None:
+                       pending: asyncio.Future | None = None) -> None:
         """Fill ``resp.queue`` with events. Acting on the world (intent handlers) waits
         for ``resp.commit``; everything else runs ahead (speculatively)."""
         q = resp.queue
         trace = resp.trace
+        confidence: float | None = None  # the decode's average log-probability
         try:
             if text is None:
                 if pending is not None:  # a partial decode that already covers the speech
-                    text = (await pending).strip()
+                    heard = await pending
+                    text, confidence = heard.text.strip(), heard.avg_logprob
                 else:
                     assert audio is not None
                     trace.mark("asr_start")
 
-                    def transcribe() -> str:  # on the ASR thread: when it really begins
+                    def transcribe() -> AsrResult:  # on the ASR thread: when it begins
                         trace.mark("asr_begin")
-                        return self.asr.transcribe(audio)
+                        return self.asr.decode(audio)
 
-                    text = (await self.asr_exec.run(transcribe)).strip()
+                    result = await self.asr_exec.run(transcribe)
+                    text, confidence = result.text.strip(), result.avg_logprob
                 trace.mark("asr_final")
                 await q.put(TranscriptEvent(Transcript(text, text, True, time.monotonic())))
             trace.info["transcript"] = resp.transcript = text
@@ -453,6 +457,13 @@ class Assistant:
                     text, intent, verdict = again, second, second_verdict
                     trace.info["transcript"] = resp.transcript = text
                     await q.put(TranscriptEvent(Transcript(text, text, True, time.monotonic())))
+            if verdict.kind == "llm" and confidence is not None \
+                    and confidence < self.cfg.asr.question_min_logprob:
+                # heard too unsurely to be answered ("who painted the mowgah leader"): the
+                # LLM would answer about a thing that does not exist
+                verdict = Verdict("clarify", SAY_AGAIN,
+                                  f"unsure what was heard (avg log-probability "
+                                  f"{confidence:.2f})")
             answer, asked = self.confirmations.answer(session, text)
             if answer == "yes":  # the question hark asked last: "The kitchen light?"
                 intent, verdict = asked, Verdict("act")
@@ -719,6 +730,7 @@ class _TurnWork:
         self.resp: _Response | None = None
         self.decode: asyncio.Task | None = None
         self.early_began = False  # the early decode in flight has begun on its engine
+        self.last_decode: Transcript | None = None  # the last decode that finished
         self.streamer = StreamingTranscriber(a.partial_asr, a.cfg.asr)  # LocalAgreement
 
     def take_decode(self) -> DecodeDone | None:
@@ -727,7 +739,9 @@ class _TurnWork:
         if task is None or not task.done():
             return None
         self.decode = None
-        return DecodeDone(None if task.cancelled() or task.exception() else task.result())
+        done = None if task.cancelled() or task.exception() else task.result()
+        self.last_decode = done
+        return DecodeDone(done)
 
     async def act(self, policy: TurnPolicy, actions: list[Action]) -> list[Transcript]:
         """Carry out ``actions`` in order; an action that asks something feeds the answer
@@ -791,7 +805,9 @@ class _TurnWork:
 
         def decode() -> Transcript:
             self.early_began = True  # on the engine's thread: it really began
-            return Transcript(a.partial_asr.transcribe(snapshot).strip(), t=time.monotonic())
+            result = a.partial_asr.decode(snapshot)
+            return Transcript(result.text.strip(), t=time.monotonic(),
+                              avg_logprob=result.avg_logprob)
 
         self.decode = asyncio.create_task(a.partial_exec.run(decode))
 
@@ -801,11 +817,13 @@ class _TurnWork:
             return a._start_response(self.session, None, text=act.text, intent=act.intent)
         if act.source == "decode":
             if act.text is None:  # the decode in flight becomes the transcript
-                pending = asyncio.ensure_future(_text_of(self.decode))
+                pending = asyncio.ensure_future(_heard(self.decode))
                 self.decode = None
             else:
                 pending = asyncio.get_running_loop().create_future()
-                pending.set_result(act.text)
+                last = self.last_decode  # the decode that made the text, with its confidence
+                pending.set_result(last if last is not None and last.text == act.text
+                                   else Transcript(act.text))
             # the audio too: a command the decode did not understand is decoded again
             return a._start_response(self.session, self.ep.utterance(), pending=pending)
         return a._start_response(self.session, self.ep.utterance(), streaming=self.streaming)
@@ -818,8 +836,8 @@ class _TurnWork:
             self.grammar.release()
 
 
-async def _text_of(task: asyncio.Task) -> str:
-    return (await task).text
+async def _heard(task: asyncio.Task) -> Transcript:
+    return await task
 
 
 async def _cancel(task: asyncio.Future | None) -> None:
