@@ -127,6 +127,9 @@ class Server:
         self.sessions: dict[str, Session] = {}
         self.turn_listeners: list[Callable[[Trace], Any]] = []
         self.event_listeners: list[Callable[[Session, Any], Any]] = []
+        #: ``owns(session)`` of other front ends (Wyoming satellites): their sessions'
+        #: notifications are theirs to deliver, not a gone session of this server's
+        self.other_sessions: list[Callable[[str], bool]] = []
         self.stats = ServerStats()
         self._by_ssrc: dict[int, Session] = {}
         self._turn_slots = asyncio.Semaphore(cfg.server.max_concurrent_turns)
@@ -595,7 +598,8 @@ class Server:
     async def _on_notify(self, session: str, text: str) -> None:
         s = self.sessions.get(session)
         if s is None:
-            log.warning("notification for session %s, which is gone: %s", session, text)
+            if not any(owns(session) for owns in self.other_sessions):
+                log.warning("notification for session %s, which is gone: %s", session, text)
             return
         await s.conn.send("timer", {"text": text})
         self._spawn(self._play(s, self.assistant.speak(text), self.assistant.tts_rate))
