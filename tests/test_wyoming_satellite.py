@@ -129,6 +129,8 @@ class FakeSatellite:
         self.connections = 0
         self.connected = asyncio.Event()
         self.writer: asyncio.StreamWriter | None = None
+        self.reading = asyncio.Event()  # cleared: it stops reading (a stalled satellite)
+        self.reading.set()
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
@@ -145,6 +147,7 @@ class FakeSatellite:
         self.connections += 1
         self.writer = writer
         while (ev := await async_read_event(reader)) is not None:
+            await self.reading.wait()
             if Describe.is_type(ev.type):
                 if self.answer_describe:
                     await async_write_event(self.info.event(), writer)
@@ -605,3 +608,32 @@ def test_a_new_run_pipeline_interrupts_the_turn_and_malformed_events_are_answere
     assert len(audio_of(events)) == REPLY_SAMPLES
     assert a.closed == 1
     assert logged("malformed run-pipeline event")
+
+
+def test_a_satellite_that_stops_reading_is_dropped_and_reconnected(logged):
+    """An announcement to a satellite that reads nothing: the send times out, the
+    connection is dropped and made again; the announcement is reported lost."""
+    class Loud(FakeAssistant):
+        async def speak(self, text):
+            for _ in range(200):  # ~20 MB of audio: more than the socket buffers hold
+                yield AudioChunk(np.zeros(50_000, np.int16), self.tts_rate)
+
+    async def go():
+        sat = await FakeSatellite().start()
+        link = link_for(sat, Loud())
+        link.write_timeout_s = 0.5
+        link.start()
+        try:
+            await asyncio.wait_for(sat.connected.wait(), WAIT_S)
+            sat.reading.clear()
+            ok = await link.announce("a very long announcement")
+            sat.reading.set()
+            while link.stats.connects < 2:
+                await asyncio.sleep(0.05)
+            return ok
+        finally:
+            await link.stop()
+            await sat.close()
+
+    assert run(go()) is False
+    assert logged("announcement lost (the satellite read nothing for 0.5 s)")

@@ -192,6 +192,7 @@ class SatelliteLink:
     describe_timeout_s = 5.0
     no_speech_s = 8.0  # after the start of a turn, no speech this long ends it
     audio_gap_s = 2.0  # no audio this long while a turn listens ends its audio
+    write_timeout_s = 10.0  # a satellite that reads nothing this long is dropped
 
     def __init__(self, uri: str, cfg: Config, assistant: Any, *,
                  wake_factory: Callable[[str | None], Any] | None = None,
@@ -346,7 +347,17 @@ class SatelliteLink:
         if client is None:
             raise ConnectionError("not connected")
         async with self._write_lock:
-            await client.write_event(event)
+            try:
+                async with asyncio.timeout(self.write_timeout_s):
+                    await client.write_event(event)
+            except TimeoutError:
+                # it stopped reading: drop the connection (the reader sees it end and
+                # reconnects) rather than wait on it forever
+                writer = getattr(client, "_writer", None)
+                if writer is not None:
+                    writer.transport.abort()
+                raise ConnectionError(f"the satellite read nothing for "
+                                      f"{self.write_timeout_s:g} s") from None
 
     async def _on_event(self, event: Event) -> None:
         etype = event.type
@@ -624,6 +635,9 @@ class SatelliteLink:
                                      audio=data[i:i + CHUNK_SAMPLES].tobytes()).event())
 
     async def _turn_end(self, turn: _Turn, ev: TurnEnd) -> None:
+        if not ev.error:
+            log.info("wyoming satellite %s: heard %r, answered %r", self.label, ev.transcript,
+                     ev.reply)
         if ev.error == NO_SPEECH:
             log.info("wyoming satellite %s: no speech heard", self.label)
             await self._send(Error(text="no speech was heard",
