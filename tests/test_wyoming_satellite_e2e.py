@@ -39,6 +39,24 @@ def _heard(whisper, reply) -> str:
     return whisper.transcribe(resample(reply.audio, reply.rate, 16000))
 
 
+def _says_the_time(said: str, heard: str) -> bool:
+    """Whether Whisper heard the time the reply says. Whisper tiny writes the spoken
+    "three fifty-two PM" as "3:52 p.m.", "352pm" or "350 2pm", so the digits are compared
+    with their zeros left out ("It's 4:00 PM.": the hour alone)."""
+    hour, minute = (int(x) for x in re.findall(r"\d+", said)[:2])
+    want = (f"{hour}{minute:02d}" if minute else f"{hour}").replace("0", "")
+    return want in "".join(re.findall(r"\d", heard)).replace("0", "")
+
+
+def _close(reference: str, heard: str) -> bool:
+    """Whisper tiny heard ``reference`` (its numbers written either way, at most two words
+    in five wrong: Piper's own variation makes it hear "Timer set" as "Time or set" now
+    and then)."""
+    numbers = {"5": "five", "3": "three", "10": "ten"}
+    norm = lambda t: " ".join(numbers.get(w, w) for w in re.findall(r"[\w']+", t.lower()))
+    return word_error_rate(norm(reference), norm(heard)) <= 0.4
+
+
 def _config(cfg) -> Config:
     c = Config()
     c.llm = cfg.llm
@@ -103,9 +121,7 @@ def test_satellite_with_its_own_wake_word_answers_what_time_it_is(
     said = info["reply"]  # "It's 3:45 PM."
     assert reply.first_t is not None and len(reply.audio) / reply.rate > 0.8
     heard = _heard(whisper, reply)
-    hour, minute = (int(x) for x in re.findall(r"\d+", said)[:2])
-    numbers = [int(x) for x in re.findall(r"\d+", heard)]
-    assert hour in numbers and (minute in numbers or minute == 0), (said, heard)
+    assert _says_the_time(said, heard), (said, heard)
     assert stats.connects == 2 and stats.failures >= 1
 
 
@@ -143,11 +159,10 @@ def test_always_streaming_satellite_hark_wake_word_timer_announcement(
     set_reply, announced, time_reply, traces, stats = asyncio.run(go())
     assert [t.info["intent"] for t in traces] == ["HassStartTimer", "HassGetCurrentTime"]
     heard = _heard(whisper, set_reply)
-    assert word_error_rate("timer set for 5 seconds", heard) <= 0.4, heard
+    assert _close(traces[0].info["reply"], heard) and "set" in heard.lower(), heard
     heard = _heard(whisper, announced)
-    assert word_error_rate("your 5 second timer is done", heard) <= 0.4, heard
+    assert _close("Your 5 second timer is done.", heard) and "done" in heard.lower(), heard
     said = traces[1].info["reply"]
     heard = _heard(whisper, time_reply)
-    hour = int(re.findall(r"\d+", said)[0])
-    assert hour in [int(x) for x in re.findall(r"\d+", heard)], (said, heard)
+    assert _says_the_time(said, heard), (said, heard)
     assert stats.wakes == 2 and stats.announcements == 1 and stats.refused_chunks == 0

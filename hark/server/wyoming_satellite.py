@@ -18,7 +18,8 @@ sends ``describe`` and reads ``info`` (which must describe a satellite), then se
   reply is being sent interrupts that reply.
 
 The satellite's ``audio-chunk`` events (any rate from 8 to 48 kHz, 16-bit, mono or
-stereo; anything else is refused with a log line and an ``error`` event) are converted
+stereo; anything else is refused with one log line per format, an ``error`` event per
+pipeline and, after the satellite's own wake word, a spoken apology) are converted
 to 16 kHz mono and fed to :meth:`hark.pipeline.assistant.Assistant.run_turn`, so hark's
 own end of turn decides when the command is over; ``audio-stop`` ends the audio too.
 A turn also ends when no speech starts within :attr:`SatelliteLink.no_speech_s`, when
@@ -30,19 +31,20 @@ hark answers with the events the satellite expects (those Home Assistant sends):
 ``voice-started``/``voice-stopped``, then ``transcript`` as soon as the command is
 transcribed, then the reply as ``audio-start``/``audio-chunk``.../``audio-stop`` at the
 TTS voice's rate, streamed as it is synthesized (the satellite converts it for its
-speaker). Every turn sends exactly one ``transcript`` (empty when nothing was heard,
-after an ``error`` event): wyoming-satellite 1.0.0 goes back to waiting for its wake
-word on ``transcript``, and on nothing else. ``ping`` is answered with ``pong``;
-``streaming-started``, ``played`` and the other notices a satellite may send are
-logged at debug level.
+speaker). Every turn that runs to its end sends exactly one ``transcript`` (empty when
+nothing was heard, after an ``error`` event): wyoming-satellite 1.0.0 goes back to
+waiting for its wake word on ``transcript``, and on nothing else. ``ping`` is answered
+with ``pong``; ``streaming-started``, ``played`` and the other notices a satellite may
+send are logged at debug level.
 
 Announcements (a timer ending; :meth:`Assistant.on_notify`) are spoken to the satellite
 whose turn set them (its session is ``wyoming-satellite-HOST:PORT``, stable across
 reconnections). A satellite that is down, refuses the connection, drops it (mid-turn
 too) or does not answer ``describe`` is retried with exponential backoff
 (:attr:`SatelliteLink.backoff_min_s` doubling up to :attr:`SatelliteLink.backoff_max_s`,
-back to the minimum after a connection that held); each failure is one log line. Any
-number of satellites are driven at once, each on its own task.
+back to the minimum after a connection that held), and so is one that reads nothing for
+:attr:`SatelliteLink.write_timeout_s` (its connection is dropped); each failure is one
+log line. Several satellites are driven at once, each on its own task.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from wyoming.wake import Detection
 
 from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.config import Config, parse_uri
+from hark.pipeline.assistant import NO_SPEECH
 from hark.pipeline.events import (
     ReplyAudio,
     SpeechEnded,
@@ -89,7 +92,6 @@ WIDTH = 2
 CHANNELS = (1, 2)
 CHUNK_SAMPLES = 1024  # reply audio samples per audio-chunk event
 PRE_ROLL_S = 0.1  # audio before the wake word's detection point given to the turn
-NO_SPEECH = "no speech"  # hark.pipeline.assistant's TurnEnd error for a silent turn
 FORMAT_ERROR_TEXT = "Sorry, this satellite sends audio in a format I cannot use."
 
 
@@ -174,7 +176,7 @@ class _Turn:
 
 
 class _Disconnected(Exception):
-    pass
+    """The connection ended or cannot be used; the message says why."""
 
 
 class SatelliteLink:
