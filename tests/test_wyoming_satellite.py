@@ -637,3 +637,21 @@ def test_a_satellite_that_stops_reading_is_dropped_and_reconnected(logged):
 
     assert run(go()) is False
     assert logged("announcement lost (the satellite read nothing for 0.5 s)")
+
+
+def test_the_satellite_server_leaves_wyoming_satellite_notifications_to_them(caplog):
+    """hark serve: a timer set on a Wyoming satellite is not a "gone session" of the
+    satellite server (both hear every notification)."""
+    from hark.server.server import Server
+
+    server = Server(Config(), FakeAssistant())
+    group = WyomingSatellites(cfg(), FakeAssistant(), ["tcp://127.0.0.1:10700"])
+    session = group.links[0].session
+    caplog.set_level(logging.WARNING, logger="hark.server.server")
+    asyncio.run(server._on_notify(session, "Your timer is done."))
+    assert "which is gone" in caplog.text  # without the hook: a misleading warning
+    caplog.clear()
+    server.other_sessions.append(group.owns)
+    asyncio.run(server._on_notify(session, "Your timer is done."))
+    asyncio.run(server._on_notify("elsewhere", "Your timer is done."))
+    assert caplog.text.count("which is gone") == 1 and "elsewhere" in caplog.text
