@@ -583,9 +583,9 @@ class SatelliteLink:
                     await self._reply_audio(turn, ev.chunk)
                 elif isinstance(ev, TurnEnd):
                     await self._turn_end(turn, ev)
-        except (ConnectionError, OSError) as exc:
-            log.warning("wyoming satellite %s: connection lost mid-turn (%s); turn dropped",
-                        self.label, exc)
+        except (ConnectionError, OSError) as exc:  # the reader logs the connection's end
+            log.info("wyoming satellite %s: turn dropped, connection lost (%s)", self.label,
+                     exc)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the satellite must not be left streaming
