@@ -27,6 +27,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from hark.errors import ConfigError
 
@@ -38,7 +39,8 @@ def _default_home() -> str:
 # --- how a field declares what it accepts ---------------------------------------------
 # A value from a fixed set of strings is annotated ``Literal[...]``; a number with bounds
 # is declared with ``ranged(...)``; a secret (shown redacted, never in a repr) with
-# ``secret(...)``. :func:`validate` checks all three when a config is loaded.
+# ``secret(...)``; a list of network addresses with ``uris(...)``. :func:`validate`
+# checks them all when a config is loaded.
 
 TOKEN_MIN_CHARS = 16  # satellite tokens shorter than this are refused
 REDACTED = "<redacted>"  # what ``hark config show`` prints in place of a secret
@@ -92,6 +94,42 @@ def secret(*, token: bool = False, dict_of: bool = False) -> Any:
     if dict_of:
         return field(default_factory=dict, repr=False, metadata=meta)
     return field(default="", repr=False, metadata=meta)
+
+
+def uris(*schemes: str) -> Any:
+    """A list of ``SCHEME://HOST:PORT`` addresses, empty by default: each must have one
+    of ``schemes``, a host and a port, and none may be listed twice."""
+    return field(default_factory=list, metadata={"uri_schemes": schemes})
+
+
+def parse_uri(uri: Any, schemes: tuple[str, ...] = ("tcp",), where: str = "") -> tuple[str, int]:
+    """``(host, port)`` of ``SCHEME://HOST:PORT`` (an IPv6 host in brackets). Raises
+    :class:`ConfigError` naming ``where`` (a config key or a command-line flag), the
+    value and the form expected."""
+    form = f"{schemes[0]}://HOST:PORT"
+    example = f"{schemes[0]}://192.168.1.20:10700"
+    # a config key reads "config: server.x: ...", a command-line flag "--flag: ..."
+    label = "" if not where else f"{where}: " if where.startswith("-") else f"config: {where}: "
+    if not isinstance(uri, str):
+        raise ConfigError(f"{label}each address must be a string like "
+                          f"\"{form}\", not {uri!r}")
+    try:
+        parts = urlsplit(uri.strip())
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number or out of range
+        raise ConfigError(f"{label}{uri!r} is not a valid address ({exc})",
+                          fix=f"write it as \"{form}\", e.g. \"{example}\"") from exc
+    scheme = parts.scheme if "://" in uri else ""  # "host:1" parses as scheme "host"
+    if scheme not in schemes:
+        got = f"'{scheme}://'" if scheme else "no scheme"
+        raise ConfigError(f"{label}{uri!r} has {got}; expected "
+                          + " or ".join(f"'{s}://'" for s in schemes),
+                          fix=f"write it as \"{form}\"")
+    if not parts.hostname or port is None or port == 0 \
+            or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{label}{uri!r} must name a host and a port (1-65535) "
+                          "and nothing else", fix=f"write it as \"{form}\"")
+    return parts.hostname, port
 
 
 @dataclass
@@ -351,6 +389,9 @@ class ServerConfig:
     wyoming_max_connections: int = ranged(16, ge=1)  # more at once are closed at once
     # a connection that sends nothing this long is closed
     wyoming_idle_s: float = ranged(120.0, gt=0)
+    # wyoming-satellite devices (Home Assistant's Raspberry Pi satellites) hark drives as
+    # Home Assistant does: it connects to each, e.g. ["tcp://192.168.1.20:10700"]
+    wyoming_satellites: list[str] = uris("tcp")
 
 
 @dataclass
@@ -479,6 +520,8 @@ def _validate_section(obj: Any, where: str) -> None:
                 raise ConfigError(f"config: {path} must be {rng}, not {value!r}")
         if f.metadata.get("token"):
             _check_tokens(path, value)
+        if "uri_schemes" in f.metadata:
+            _check_uris(path, value, f.metadata["uri_schemes"])
 
 
 def _check_choice(path: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -490,6 +533,19 @@ def _check_choice(path: str, value: Any, choices: tuple[Any, ...]) -> None:
     raise ConfigError(
         f"config: {path} must be one of {', '.join(repr(c) for c in choices)}, "
         f"not {value!r}", fix=f"did you mean {close[0]!r}?" if close else None)
+
+
+def _check_uris(path: str, value: Any, schemes: tuple[str, ...]) -> None:
+    if not isinstance(value, list):
+        raise ConfigError(f"config: {path} must be a list of addresses like "
+                          f"[\"{schemes[0]}://HOST:PORT\"], not {value!r}")
+    seen: set[tuple[str, int]] = set()
+    for uri in value:
+        addr = parse_uri(uri, schemes, path)
+        if addr in seen:
+            raise ConfigError(f"config: {path} lists {uri!r} twice",
+                              fix="list each address once")
+        seen.add(addr)
 
 
 def _check_tokens(path: str, value: str | dict[str, Any]) -> None:

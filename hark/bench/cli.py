@@ -28,6 +28,19 @@ def register(cli) -> None:
     from hark.bench.abuse import register as register_abuse
 
     register_abuse(cli)
+    p = cli.add("bench wyoming-satellite", "turns through a real wyoming-satellite (PyPI): end "
+                "of speech to the first reply audio its snd command reads", _wyoming_satellite)
+    p.add_argument("--corpus", metavar="DIR",
+                   help="WAV files + transcripts.json (default: bench latency's Piper-spoken "
+                   "commands and questions)")
+    p.add_argument("--quick", action="store_true", help="bench latency --quick's corpus")
+    p.add_argument("--repeat", type=int, default=1, help="passes over the corpus")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--no-compare", action="store_true",
+                   help="do not also play each clip straight into the pipeline (as bench "
+                   "latency --mode streaming does)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the satellite's log and its mic and snd files")
     try:
         from hark.bench.eval_speech import register_eval
     except ImportError:
@@ -53,3 +66,10 @@ def _corpus(args) -> int:
     voices = sorted({m["voice"] for m in meta.values()})
     print(f"{len(meta)} utterances in {len(voices)} voices ({', '.join(voices)}) -> {args.out}")
     return 0
+
+
+def _wyoming_satellite(args) -> int:
+    from hark.bench.wyoming_satellite import main
+    from hark.cli import load_cfg
+
+    return main(load_cfg(args), args)

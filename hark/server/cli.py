@@ -19,10 +19,16 @@ def _serve(args: argparse.Namespace) -> int:
     from hark.sched import apply_loop_sched
     from hark.server.http import Loading, start_http
     from hark.server.server import BUSY_TEXT
+    from hark.config import parse_uri, validate
 
     cfg = load_cfg(args)
     if args.host:
         cfg.server.host = args.host
+    for uri in args.wyoming_satellite or []:
+        parse_uri(uri, ("tcp",), "--wyoming-satellite")  # a clear error naming the flag
+        if uri not in cfg.server.wyoming_satellites:
+            cfg.server.wyoming_satellites.append(uri)
+    validate(cfg)
     token = ensure_server_token(cfg)  # before any listener: every one asks for it
     if not args.no_wyoming:  # a Wyoming port open beyond this machine: fail before loading
         from hark.server.wyoming import check_wyoming_access
@@ -66,6 +72,14 @@ def _serve(args: argparse.Namespace) -> int:
             from hark.server.wyoming import start_wyoming
 
             wyoming = await start_wyoming(cfg, assistant)
+        satellites = None
+        if cfg.server.wyoming_satellites:
+            from hark.server.wyoming_satellite import start_wyoming_satellites
+
+            # their turns reach the trace log, metrics and live page like the others
+            satellites = await start_wyoming_satellites(
+                cfg, assistant, turn_listeners=server.turn_listeners)
+            server.other_sessions.append(satellites.owns)
         log.info("hark ready: control %s:%s, http %s", cfg.server.host, server.control_port,
                  http.url)
         serving = asyncio.create_task(server.serve_forever())
@@ -77,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             log.info("stopping (signal)")
         finally:
+            if satellites is not None:
+                await satellites.stop()
             await server.stop()
             if wyoming is not None:
                 await wyoming.stop()
@@ -119,3 +135,6 @@ def register(cli) -> None:
                    "127.0.0.1); every satellite needs the server token ('hark token "
                    "show') or its own server.tokens entry")
     p.add_argument("--no-wyoming", action="store_true", help="do not serve the Wyoming protocol")
+    p.add_argument("--wyoming-satellite", action="append", metavar="URI",
+                   help="drive the wyoming-satellite at tcp://HOST:PORT as Home Assistant "
+                   "does (repeatable; added to server.wyoming_satellites)")

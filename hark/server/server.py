@@ -96,6 +96,9 @@ class Server:
         self.sessions: dict[str, SatelliteSession] = {}
         self.turn_listeners: list[Callable[[Trace], Any]] = []
         self.event_listeners: list[Callable[[SatelliteSession, Any], Any]] = []
+        #: ``owns(session)`` of other front ends (Wyoming satellites): their sessions'
+        #: notifications are theirs to deliver, not a gone session of this server's
+        self.other_sessions: list[Callable[[str], bool]] = []
         self.stats = ServerStats()
         #: free while fewer than server.max_concurrent_turns turns run
         self.turn_slots = asyncio.Semaphore(cfg.server.max_concurrent_turns)
@@ -280,6 +283,8 @@ class Server:
         s = self.sessions.get(session) or next(
             (x for x in self.sessions.values() if x.name == name), None)
         if s is None:
+            if any(owns(session) for owns in self.other_sessions):
+                return
             if name not in self._held and len(self._held) >= HELD_SATELLITES:
                 log.warning("notification for %s dropped (no satellite): %s", session, text)
                 return
