@@ -24,9 +24,7 @@ COMMAND_MODULES = [
     "hark.bench.cli",
     "hark.server.cli",
     "hark.server.doctor",
-    "hark.server.loadbench",
     "hark.satellite.cli",
-    "hark.wake.cli",
     "hark.vad.cli",
     "hark.asr.cli",
 ]
