@@ -12,7 +12,7 @@ Threads and tasks:
 After a wake word the pre-roll and the live audio stream to the server until it says
 the person stopped speaking. The wake word keeps running during the reply: saying it
 again interrupts (barge-in), and so does speech over the reply (its echo removed first,
-:class:`~hark.pipeline.bargein.PlaybackListener`). For ``wake.followup_s`` after a reply,
+:class:`~hark.bargein.detector.PlaybackListener`). For ``wake.followup_s`` after a reply,
 speech starts a turn without the wake word: voice activity (Silero VAD,
 :class:`~hark.satellite.followup.FollowUpGate`), not loudness, once the reply and its
 echo have died away.
@@ -159,7 +159,7 @@ class Satellite:
 
     def _make_listener(self):
         """Hears the person over the reply, with the reply's own echo removed first."""
-        from hark.pipeline.bargein import PlaybackListener
+        from hark.bargein.detector import PlaybackListener
         from hark.vad.silero import load_vad
 
         try:
