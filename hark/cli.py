@@ -34,7 +34,7 @@ COMMAND_MODULES = [
 SERVER_PACKAGES = frozenset({
     "faster_whisper", "ctranslate2", "llama_cpp", "piper", "hassil",
     "home_assistant_intents", "rapidfuzz", "pocketsphinx", "wyoming", "matplotlib",
-    "aiohttp", "prometheus_client", "cachetools",
+    "aiohttp", "prometheus_client", "safetensors", "cachetools",
 })
 
 
