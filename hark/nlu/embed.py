@@ -978,26 +978,14 @@ class ParaphraseMatcher:
         """slot name -> list name for every list reference in a block's sentences."""
         key = id(data)
         if key not in self._refs:
-            from hassil.expression import Group, ListReference, RuleReference
-
+            rules = {**src.intents.expansion_rules, **data.expansion_rules}
             refs: dict[str, str] = {}
-
-            def walk(e: Any, depth: int = 0) -> None:
-                if depth > 30:
-                    return
-                if isinstance(e, ListReference):
-                    refs.setdefault(e.slot_name, e.list_name)
-                elif isinstance(e, Group):
-                    for item in e.items:
-                        walk(item, depth + 1)
-                elif isinstance(e, RuleReference):
-                    rule = (data.expansion_rules.get(e.rule_name)
-                            or src.intents.expansion_rules.get(e.rule_name))
-                    if rule is not None:
-                        walk(rule.expression, depth + 1)
-
-            for sentence in data.sentences:
-                walk(sentence.expression)
+            for sentence in data.sentences:  # hassil walks groups and rules, in order
+                try:
+                    for ref in sentence.expression.list_references(rules):
+                        refs.setdefault(ref.slot_name, ref.list_name)
+                except RecursionError:  # a rule that expands into itself: what was found
+                    pass
             self._refs[key] = refs
         return self._refs[key]
 
