@@ -361,9 +361,9 @@ def test_cli_eval_writes_json(tmp_path, capsys):
 def test_eval_reads_every_home_assistant_test_file_shape(tmp_path):
     """Context beside or under the intent, ``{value: X}`` slots, lists, mappings,
     responses and metadata: all read; a test whose slots are not a mapping is refused."""
+    from hark.bench.eval_intents import is_right
     from hark.errors import ConfigError
     from hark.nlu.base import IntentResult
-    from hark.bench.eval_intents import is_right
 
     path = tmp_path / "shapes.yaml"
     path.write_text(textwrap.dedent("""\

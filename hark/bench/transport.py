@@ -32,7 +32,6 @@ from hark.trace import percentile
 from hark.transport.rtp import RtpPacket
 from hark.transport.stream import RtpStreamReceiver, RtpStreamSender
 
-
 # what Piper says when no --input is given
 DEFAULT_TEXT = ("Alexa, set a timer for ten minutes. What is the weather like in Paris "
                 "tomorrow? Turn on the kitchen light and play some music in the living room. "
