@@ -335,7 +335,7 @@ async def probe_idle_connections(t: Target, turn, n: int = IDLE_CONNECTIONS
 # --- the run ----------------------------------------------------------------------------
 def probe_utterance(cfg: Any):
     """Piper saying :data:`PROBE_TEXT`, as the load bench's satellites speak it."""
-    from hark.server.loadbench import Utterance, piper_speaker, speech_end_offset
+    from hark.bench.load import Utterance, piper_speaker, speech_end_offset
 
     audio = piper_speaker(cfg)(PROBE_TEXT)
     return Utterance(PROBE_TEXT, "command", audio, speech_end_offset(audio))
@@ -343,7 +343,7 @@ def probe_utterance(cfg: Any):
 
 async def satellite_turn(t: Target, utt: Any) -> str:
     """One turn of a simulated satellite: its outcome ("completed", or why not)."""
-    from hark.server.loadbench import SimSatellite
+    from hark.bench.load import SimSatellite
 
     sat = SimSatellite("abuse-check", t.token, "pcm")
     try:
