@@ -24,9 +24,7 @@ COMMAND_MODULES = [
     "hark.bench.cli",
     "hark.server.cli",
     "hark.server.doctor",
-    "hark.server.loadbench",
     "hark.satellite.cli",
-    "hark.wake.cli",
     "hark.vad.cli",
     "hark.asr.cli",
 ]
@@ -36,7 +34,7 @@ COMMAND_MODULES = [
 SERVER_PACKAGES = frozenset({
     "faster_whisper", "ctranslate2", "llama_cpp", "piper", "hassil",
     "home_assistant_intents", "rapidfuzz", "pocketsphinx", "wyoming", "matplotlib",
-    "aiohttp", "prometheus_client",
+    "aiohttp", "prometheus_client", "safetensors", "cachetools",
 })
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hark.pipeline.bargein import BargeInDetector, echo_delay
+from hark.bargein.detector import BargeInDetector
+from hark.bargein.echo import echo_delay
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_person_speaking_over_the_reply_triggers(vad, speak):
 def test_playback_listener_with_satellite_frames(vad, speak):
     """The satellite's use: 20 ms microphone frames, reply audio at the voice's 22.05 kHz."""
     from hark.audio import resample
-    from hark.pipeline.bargein import PlaybackListener
+    from hark.bargein.detector import PlaybackListener
 
     reply16 = speak("Here is a long answer about the weather, which is sunny and warm today.")
     reply22 = resample(reply16, 16000, 22050)
@@ -142,7 +143,7 @@ def test_person_over_a_reverberant_echo_is_heard(vad, speak, start, level):
 def test_canceller_removes_a_known_echo_path():
     """EchoCanceller alone, on noise through a reverberant path: after a second of
     learning the residual is well below the echo (and the output is one hop late)."""
-    from hark.pipeline.bargein import EchoCanceller
+    from hark.bargein.echo import EchoCanceller
 
     rng = np.random.default_rng(3)
     ref = rng.normal(0, 3000, 48000)

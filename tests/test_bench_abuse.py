@@ -12,9 +12,9 @@ from test_server import FakeAssistant
 from test_wyoming_bounds import FakeAssistant as WyomingFake
 
 from hark.bench.abuse import RSS_LIMIT_MB, Target, format_table, run_abuse
+from hark.bench.load import Utterance
 from hark.config import Config
 from hark.server.http import start_http
-from hark.server.loadbench import Utterance
 from hark.server.server import Server
 from hark.server.wyoming import start_wyoming
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hark.llm.cli import QUESTIONS, is_correct
+from hark.bench.llm import QUESTIONS, is_correct
 
 pytestmark = pytest.mark.models
 

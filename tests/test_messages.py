@@ -36,7 +36,7 @@ OLD_WIRE = [
                "codecs": ["opus", "pcm"], "udp_port": 40001, "host_id": "pi:7f3e"}, b"",
      m.Hello(name="kitchen", token="", capabilities=SAT_CAPS, codecs=["opus", "pcm"],
              udp_port=40001, host_id="pi:7f3e"), True),
-    # server/loadbench.py: SimSatellite.connect, without and with a token
+    # bench/load.py: SimSatellite.connect, without and with a token
     ("hello", {"version": 1, "name": "sim-0", "codecs": ["pcm"], "capabilities": []}, b"",
      m.Hello(name="sim-0", codecs=["pcm"]), False),
     ("hello", {"version": 1, "name": "sim-1", "codecs": ["opus"], "capabilities": [],

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from hark.bench.eval_intents import evaluate, load_cases
 from hark.cli import main as hark_main
 from hark.config import Config
 from hark.nlu.domain_files import DomainFileError, check_domain, load_domain
-from hark.nlu.evaluate import evaluate, load_cases
 from hark.nlu.home import Area, Entity, Home, home_from_fixtures
 from hark.nlu.recognizer import IntentStage, normalize
 
@@ -361,9 +361,9 @@ def test_cli_eval_writes_json(tmp_path, capsys):
 def test_eval_reads_every_home_assistant_test_file_shape(tmp_path):
     """Context beside or under the intent, ``{value: X}`` slots, lists, mappings,
     responses and metadata: all read; a test whose slots are not a mapping is refused."""
+    from hark.bench.eval_intents import is_right
     from hark.errors import ConfigError
     from hark.nlu.base import IntentResult
-    from hark.nlu.evaluate import is_right
 
     path = tmp_path / "shapes.yaml"
     path.write_text(textwrap.dedent("""\
@@ -462,7 +462,7 @@ def test_fuzzy_does_not_drop_or_rewrite_words(plain_stage):
 def test_coverage_splits_errors_by_cause(plain_stage, tmp_path):
     """Bare hassil on the installed templates decides whether an error is the
     templates' (a test for another intents version) or hark's own layers'."""
-    from hark.nlu.evaluate import coverage
+    from hark.bench.eval_intents import coverage
 
     path = tmp_path / "cases.yaml"
     path.write_text(textwrap.dedent("""\

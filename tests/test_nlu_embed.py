@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hark.bench.eval_intents import evaluate, load_cases
 from hark.config import Config
 from hark.nlu import embed
-from hark.nlu.evaluate import evaluate, load_cases
 from hark.nlu.home import home_from_fixtures
 from hark.nlu.recognizer import IntentStage
 

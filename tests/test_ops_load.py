@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hark.bench.load import SimSatellite, make_utterances, run_load, speech_end_offset
 from hark.config import Config
-from hark.server.loadbench import SimSatellite, make_utterances, run_load, speech_end_offset
 from hark.server.tracelog import TraceLog, read_traces
 
 pytestmark = [pytest.mark.models, pytest.mark.timeout(600)]
@@ -123,7 +123,7 @@ def test_two_satellites_two_turns_each(stack, utterances, tmp_path):
         if t["outcome"] == "completed":
             assert t["total_ms"] > 0 and t["reply"] and t["transcript"]
     assert res["total_ms"]["n"] == res["completed"]
-    from hark.server.loadbench import plot_load  # the PNG drawn from these very turns
+    from hark.bench.load import plot_load  # the PNG drawn from these very turns
 
     png = plot_load({"runs": [res]}, str(tmp_path / "load.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -221,7 +221,7 @@ def test_past_capacity_turns_are_refused_with_a_spoken_busy(stack, utterances):
 
 
 def test_summary_counts_each_outcome():
-    from hark.server.loadbench import TurnResult, summarize
+    from hark.bench.load import TurnResult, summarize
 
     rs = [TurnResult("a", "x", "command", "completed", 500.0),
           TurnResult("a", "y", "question", "completed", 900.0),

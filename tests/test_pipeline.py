@@ -650,3 +650,16 @@ def test_a_question_heard_unsurely_is_asked_again_not_answered(logprob, answered
     else:
         assert end.reply == "Sorry, could you say that again?"
         assert end.trace.info["intent"] == "clarify" and "llm:start" not in log.items
+
+
+def test_tts_cache_keeps_the_most_recently_used_phrases():
+    from hark.pipeline.assistant import _TtsCache
+
+    cache = _TtsCache(size=2)
+    ok, done, sure = [np.ones(3, np.int16)], [np.zeros(2, np.int16)], [np.ones(1, np.int16)]
+    cache.put("OK.", ok)
+    cache.put("Done.", done)
+    assert cache.get("  ok. ") is ok  # case and surrounding spaces are not the phrase
+    cache.put("Sure.", sure)  # "done." was used least recently: it goes
+    assert cache.get("done.") is None
+    assert cache.get("ok.") is ok and cache.get("sure.") is sure

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from hark.transport.bench import Impairment, run_transport, word_error_rate
+from hark.bench.transport import Impairment, run_transport, word_error_rate
 
 
 def test_word_error_rate():
@@ -59,7 +59,7 @@ def test_bench_cli_json(tmp_path, speak):
 
 
 def test_shm_bench_reads_every_frame_from_another_process():
-    from hark.transport.bench import run_shm_latency
+    from hark.bench.transport import run_shm_latency
 
     woken = run_shm_latency("wake", frames=50, frame_ms=5)
     assert woken["frames"] == 50

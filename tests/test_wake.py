@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from hark.audio import AudioChunk, read_audio
+from hark.bench import augment
+from hark.bench import eval_wake as ev
+from hark.bench.eval_wake import keyword_end_s, mix_noise
 from hark.errors import AudioError, ConfigError
-from hark.wake import augment
-from hark.wake import evaluate as ev
 from hark.wake.detector import DEFAULT_CONFIRM, WakeWordDetector
-from hark.wake.evaluate import keyword_end_s, mix_noise
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from hark.audio import AudioChunk, read_audio
+from hark.bench.augment import speed_perturb
 from hark.config import Config
 from hark.errors import ConfigError
-from hark.wake.augment import speed_perturb
 from hark.wake.detector import WakeWordDetector, load_wake
 from hark.wake.verifier import AudioHistory, OpenWakeWordVerifier, load_verifier
 

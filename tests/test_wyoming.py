@@ -19,8 +19,8 @@ from wyoming.tts import Synthesize
 from wyoming.wake import Detect, Detection, NotDetected
 
 from hark.audio import resample
+from hark.bench.transport import word_error_rate
 from hark.config import Config
-from hark.transport.bench import word_error_rate
 
 pytestmark = pytest.mark.timeout(300)
 

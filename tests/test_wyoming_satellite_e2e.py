@@ -13,7 +13,7 @@ import pytest
 from hark.audio import resample
 from hark.config import Config
 from hark.errors import HarkError
-from hark.transport.bench import word_error_rate
+from hark.bench.transport import word_error_rate
 
 pytestmark = [pytest.mark.models, pytest.mark.timeout(600)]
 

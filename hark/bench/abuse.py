@@ -335,7 +335,7 @@ async def probe_idle_connections(t: Target, turn, n: int = IDLE_CONNECTIONS
 # --- the run ----------------------------------------------------------------------------
 def probe_utterance(cfg: Any):
     """Piper saying :data:`PROBE_TEXT`, as the load bench's satellites speak it."""
-    from hark.server.loadbench import Utterance, piper_speaker, speech_end_offset
+    from hark.bench.load import Utterance, piper_speaker, speech_end_offset
 
     audio = piper_speaker(cfg)(PROBE_TEXT)
     return Utterance(PROBE_TEXT, "command", audio, speech_end_offset(audio))
@@ -343,7 +343,7 @@ def probe_utterance(cfg: Any):
 
 async def satellite_turn(t: Target, utt: Any) -> str:
     """One turn of a simulated satellite: its outcome ("completed", or why not)."""
-    from hark.server.loadbench import SimSatellite
+    from hark.bench.load import SimSatellite
 
     sat = SimSatellite("abuse-check", t.token, "pcm")
     try:
@@ -486,19 +486,3 @@ def main(args: Any) -> int:
     if log_path is not None and out["passed"]:
         os.unlink(log_path)
     return 0 if out["passed"] else 1
-
-
-def register(cli) -> None:
-    p = cli.add("bench abuse", "hostile clients against a live hark serve: no token, "
-                "Wyoming memory bombs, idle connections; /health and a turn after each",
-                lambda args: main(args))
-    p.add_argument("--attach", type=int, metavar="PID", default=0,
-                   help="probe the running 'hark serve' with this pid (the ports of this "
-                   "config) instead of starting one")
-    p.add_argument("--idle", type=int, default=IDLE_CONNECTIONS,
-                   help=f"idle control connections to open (default {IDLE_CONNECTIONS})")
-    p.add_argument("--flood-minutes", type=float, default=10.0,
-                   help="minutes of audio in the Wyoming flood (default 10)")
-    p.add_argument("--ready-timeout", type=float, default=300.0,
-                   help="seconds to wait for the server's /health (default 300)")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")

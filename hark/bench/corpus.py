@@ -172,3 +172,13 @@ def make_corpus(out: Path, which: str, cfg) -> dict[str, dict]:
             meta[name] = {"text": text, "kind": kind, "voice": voice.name, "intent": intent}
     (out / "transcripts.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def cmd_bench_corpus(args) -> int:
+    """``hark bench corpus`` (options in :mod:`hark.bench.cli`)."""
+    from hark.cli import load_cfg
+
+    meta = make_corpus(Path(args.out), args.voices, load_cfg(args))
+    voices = sorted({m["voice"] for m in meta.values()})
+    print(f"{len(meta)} utterances in {len(voices)} voices ({', '.join(voices)}) -> {args.out}")
+    return 0

@@ -20,13 +20,6 @@ import yaml
 from hark.nlu.guard import READ_ONLY, review
 
 
-def register_eval(cli) -> None:
-    p = cli.add("eval guard", "never a wrong action: the guard on labelled sentences", _main)
-    p.add_argument("--cases", default=str(Path(__file__).parents[1] / "nlu" / "eval"
-                                          / "guard_cases.yaml"), metavar="FILE")
-    p.add_argument("--json", metavar="PATH", help="write every case and the counts as JSON")
-
-
 def evaluate(cases_file: Path, cfg) -> dict[str, Any]:
     from hark.nlu.recognizer import load_nlu
 
@@ -68,7 +61,8 @@ def evaluate(cases_file: Path, cfg) -> dict[str, Any]:
             "rows": rows}
 
 
-def _main(args) -> int:
+def cmd_eval_guard(args) -> int:
+    """``hark eval guard`` (options in :mod:`hark.bench.cli`)."""
     from hark.cli import load_cfg
 
     result = evaluate(Path(args.cases), load_cfg(args))

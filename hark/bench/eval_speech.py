@@ -32,35 +32,6 @@ log = logging.getLogger(__name__)
 MODES = ("combined", "grammar", "whisper")
 
 
-def register_eval(cli) -> None:
-    """Add ``hark eval speech-intents`` to the command tree."""
-    p = cli.add("eval speech-intents",
-                "spoken commands -> intent: command acceptance, per-slot accuracy, latency",
-                _main)
-    p.add_argument("--domain", required=True, metavar="PATH",
-                   help="domain file (hassil YAML) or built-in domain name, e.g. coffee")
-    p.add_argument("--data", required=True, metavar="DIR", help="folder of WAV files")
-    p.add_argument("--with-domain", action="append", default=[], metavar="PATH",
-                   help="another domain the grammar also listens for (repeatable), e.g. "
-                        "home_core: its sentences compete with --domain's")
-    p.add_argument("--labels", required=True, metavar="FILE",
-                   help="labels.json: {file: {intent, slots}}")
-    p.add_argument("--noise", metavar="FILE", help="noise WAV mixed into every file")
-    p.add_argument("--snr", type=float, nargs="+", action="extend", default=None,
-                   metavar="DB", help="SNR(s) in dB for --noise (repeatable)")
-    p.add_argument("--mode", choices=MODES, default="combined",
-                   help="combined: grammar, then Whisper + text intents when it rejects; "
-                        "grammar / whisper: one recognizer alone")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="grammar rejection threshold (default: the recognizer's)")
-    p.add_argument("--reject-data", metavar="DIR",
-                   help="WAV files that are NOT commands (questions, chatter): reports how "
-                        "many the fast path rejects (ood_rejection)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N files")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--verbose-files", action="store_true", help="print every file's result")
-
-
 # --- scoring ------------------------------------------------------------------------------
 
 def _norm(value: Any) -> str:
@@ -302,7 +273,8 @@ def _ood(path: SpeechPath, folder: Path, noise_audio, conditions, progress) -> d
     return out
 
 
-def _main(args) -> int:
+def cmd_eval_speech_intents(args) -> int:
+    """``hark eval speech-intents`` (options in :mod:`hark.bench.cli`)."""
     from hark.cli import load_cfg
 
     cfg = load_cfg(args)

@@ -32,7 +32,6 @@ import json
 import logging
 import random
 import re
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,8 +60,6 @@ CACHE_VERSION = "2"
 
 _MEMO: dict[str, np.ndarray] = {}  # example vectors by cache key, for this process
 _MEMO_EXAMPLES: dict[str, list] = {}  # example sentences by templates digest
-
-_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BF16": None}
 
 
 def _package_dir(name: str) -> Path | None:
@@ -264,24 +261,6 @@ class OnnxMiniLm(_BatchingEmbedder):
         return _mean_pool(hidden, mask)
 
 
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as numpy arrays (read-only memory map)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        out[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(info["shape"])
-    return out
-
-
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-12):
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
@@ -310,8 +289,15 @@ class MiniLmEmbedder(_BatchingEmbedder):
         config = json.loads((folder / "config.json").read_text())
         self.heads = int(config["num_attention_heads"])
         self.layers = int(config["num_hidden_layers"])
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(weights)
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
+            raise ModelError(f"cannot read {weights}: {exc}", fix=INSTALL_FIX) from exc
         t = {k.removeprefix("bert."): np.asarray(v, dtype=np.float32)
-             for k, v in read_safetensors(weights).items()}
+             for k, v in tensors.items()}
         self.t = t
         self.tokenizer = _tokenizer(folder)
         self.fingerprint = f"numpy:{file_digest(weights)}"
@@ -992,26 +978,14 @@ class ParaphraseMatcher:
         """slot name -> list name for every list reference in a block's sentences."""
         key = id(data)
         if key not in self._refs:
-            from hassil.expression import Group, ListReference, RuleReference
-
+            rules = {**src.intents.expansion_rules, **data.expansion_rules}
             refs: dict[str, str] = {}
-
-            def walk(e: Any, depth: int = 0) -> None:
-                if depth > 30:
-                    return
-                if isinstance(e, ListReference):
-                    refs.setdefault(e.slot_name, e.list_name)
-                elif isinstance(e, Group):
-                    for item in e.items:
-                        walk(item, depth + 1)
-                elif isinstance(e, RuleReference):
-                    rule = (data.expansion_rules.get(e.rule_name)
-                            or src.intents.expansion_rules.get(e.rule_name))
-                    if rule is not None:
-                        walk(rule.expression, depth + 1)
-
-            for sentence in data.sentences:
-                walk(sentence.expression)
+            for sentence in data.sentences:  # hassil walks groups and rules, in order
+                try:
+                    for ref in sentence.expression.list_references(rules):
+                        refs.setdefault(ref.slot_name, ref.list_name)
+                except RecursionError:  # a rule that expands into itself: what was found
+                    pass
             self._refs[key] = refs
         return self._refs[key]
 

@@ -26,11 +26,11 @@ import re
 import threading
 import time
 import unicodedata
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
 from hassil import Intents, TextSlotList, filter_intents, recognize_best, sample_expression
 from hassil.expression import TextChunk
 from hassil.intents import SlotList
@@ -55,6 +55,7 @@ HOMEASSISTANT = "homeassistant"
 
 MAX_CHARS = 400  # a spoken command is a sentence; longer text goes straight to the LLM
 MAX_WORDS = 40
+_MISS = object()  # not in the cache (None there means: matches nothing)
 
 # Filler words: dropped anywhere / only at the start / only at the end.
 _FILLERS = {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "hmm", "hm", "mm", "ah", "kindly"}
@@ -255,8 +256,9 @@ class IntentStage:
 
         self._vocab: list[str] = self._fuzzy_vocabulary()
         self._vocab_set = set(self._vocab)
-        self._cache: OrderedDict[str, IntentResult | None] = OrderedDict()
-        self._cache_size = max(0, cfg.nlu.cache_size)
+        self._cache_size = max(0, cfg.nlu.cache_size)  # 0: no cache
+        # results by normalized text, a no-match (None) too; least recently used dropped
+        self._cache: LRUCache[str, IntentResult | None] = LRUCache(self._cache_size)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -337,10 +339,9 @@ class IntentStage:
         if not paraphrase and self.paraphrase is not None:
             key += "\x00strict"
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
+            hit = self._cache.get(key, _MISS)
+            if hit is not _MISS:
                 self.hits += 1
-                hit = self._cache[key]
                 if hit is None:
                     return None
                 return dataclasses.replace(hit, source="cache", text=text, slots=dict(hit.slots))
@@ -350,8 +351,6 @@ class IntentStage:
             with self._lock:
                 self._cache[key] = (dataclasses.replace(result, slots=dict(result.slots))
                                     if result is not None else None)
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
         return result
 
     def match(self, text: str, original: str | None = None,

@@ -27,11 +27,11 @@ import contextlib
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from cachetools import LRUCache
 
 from hark.aio import StageExecutor
 from hark.asr.base import Transcript
@@ -113,21 +113,13 @@ class _TtsCache:
 
     def __init__(self, size: int = 256):
         self.size = size
-        self._d: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._d: LRUCache[str, list[np.ndarray]] = LRUCache(size)
 
     def get(self, text: str) -> list[np.ndarray] | None:
-        key = text.strip().lower()
-        hit = self._d.get(key)
-        if hit is not None:
-            self._d.move_to_end(key)
-        return hit
+        return self._d.get(text.strip().lower())
 
     def put(self, text: str, chunks: list[np.ndarray]) -> None:
-        key = text.strip().lower()
-        self._d[key] = chunks
-        self._d.move_to_end(key)
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
+        self._d[text.strip().lower()] = chunks
 
 
 @dataclass

@@ -5,7 +5,7 @@ One turn after another on the local sound card:
 1. microphone frames go to :meth:`Assistant.run_turn` until it says the speech ended;
 2. the reply's audio is streamed to the speaker as it arrives (a callback-driven
    ``OutputStream`` reads from a buffer that can be emptied at once);
-3. meanwhile the microphone goes to a :class:`~hark.pipeline.bargein.PlaybackListener`,
+3. meanwhile the microphone goes to a :class:`~hark.bargein.detector.PlaybackListener`,
    which is given every piece of audio the speaker plays, removes that echo and listens
    for the person. If they speak over the reply, playback stops at once, the turn is
    closed (its LLM and TTS work cancelled) and their speech, from a short ring of recent
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from hark.audio import SAMPLE_RATE, AudioChunk, resample
+from hark.bargein.detector import BargeInDetector, PlaybackListener
 from hark.errors import AudioError, HarkError
-from hark.pipeline.bargein import BargeInDetector, PlaybackListener
 
 log = logging.getLogger(__name__)
 

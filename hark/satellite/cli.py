@@ -64,9 +64,3 @@ def register(cli) -> None:
     src.add_argument("--stdin", action="store_true", help="raw 16 kHz mono s16le PCM on stdin")
     p.add_argument("--output", default="", help="write reply audio to this WAV instead of "
                    "the speaker")
-
-    # `hark bench transport` lives with the transport code; registered from here so
-    # hark/cli.py's module list needs no entry of its own
-    from hark.transport.cli import register as register_transport
-
-    register_transport(cli)

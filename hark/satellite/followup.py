@@ -4,7 +4,7 @@ the window opens on *voice activity*: a Silero VAD (the same engine the server's
 endpointer uses) must call a run of frames speech.
 
 While the reply is still playing, the satellite's
-:class:`~hark.pipeline.bargein.PlaybackListener` decides instead (it removes the reply's
+:class:`~hark.bargein.detector.PlaybackListener` decides instead (it removes the reply's
 echo before its VAD listens); this gate only hears the room once playback is over.
 """
 

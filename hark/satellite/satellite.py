@@ -12,7 +12,7 @@ Threads and tasks:
 After a wake word the pre-roll and the live audio stream to the server until it says
 the person stopped speaking. The wake word keeps running during the reply: saying it
 again interrupts (barge-in), and so does speech over the reply (its echo removed first,
-:class:`~hark.pipeline.bargein.PlaybackListener`). For ``wake.followup_s`` after a reply,
+:class:`~hark.bargein.detector.PlaybackListener`). For ``wake.followup_s`` after a reply,
 speech starts a turn without the wake word: voice activity (Silero VAD,
 :class:`~hark.satellite.followup.FollowUpGate`), not loudness, once the reply and its
 echo have died away.
@@ -37,6 +37,7 @@ from hark.auth import read_server_token
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
 from hark.satellite.followup import FollowUpGate
+from hark.sched import SchedResult, set_affinity, set_realtime
 from hark.transport import messages as m
 from hark.transport.control import Connection
 from hark.transport.keepalive import enable_keepalive
@@ -65,24 +66,17 @@ def earcon(freq: float = 880.0, seconds: float = 0.08) -> np.ndarray:
     return (4000 * env * np.sin(2 * np.pi * freq * t)).astype(np.int16)
 
 
-def set_realtime(cfg: Config, stage: str = "wake") -> str:
-    """Real-time priority and core pinning for the calling thread, where permitted.
-    Returns what was applied (for the log)."""
-    applied = []
-    if cfg.sched.realtime and hasattr(os, "sched_setscheduler"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg.sched.rt_priority))
-            applied.append(f"SCHED_FIFO {cfg.sched.rt_priority}")
-        except (PermissionError, OSError) as exc:
-            applied.append(f"no real-time priority ({exc.strerror or exc})")
-    if hasattr(os, "sched_setaffinity"):
-        cores = cfg.sched.pin_cores.get(stage) or [max(os.sched_getaffinity(0))]
-        try:
-            os.sched_setaffinity(0, set(cores))
-            applied.append(f"pinned to core(s) {cores}")
-        except (PermissionError, OSError) as exc:
-            applied.append(f"not pinned ({exc.strerror or exc})")
-    return ", ".join(applied) or "no scheduling controls on this OS"
+def wake_thread_sched(cfg: Config) -> list[SchedResult]:
+    """Scheduling for the calling thread, the wake thread: real-time priority
+    (``sched.realtime``) and pinned to ``sched.pin_cores.wake`` or else to the last core
+    this process may use, each where the OS permits (:mod:`hark.sched`; never raises).
+    Memory is not locked here."""
+    sc = cfg.sched
+    results = [set_realtime("wake", sc.rt_priority)] if sc.realtime else []
+    if hasattr(os, "sched_getaffinity"):
+        cores = (sc.pin_cores or {}).get("wake") or [max(os.sched_getaffinity(0))]
+        results.append(set_affinity("wake", list(cores)))
+    return results
 
 
 @dataclass
@@ -159,7 +153,7 @@ class Satellite:
 
     def _make_listener(self):
         """Hears the person over the reply, with the reply's own echo removed first."""
-        from hark.pipeline.bargein import PlaybackListener
+        from hark.bargein.detector import PlaybackListener
         from hark.vad.silero import load_vad
 
         try:
@@ -181,7 +175,8 @@ class Satellite:
     # --- wake thread --------------------------------------------------------------------
     def _wake_thread(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> None:
         if self.realtime_thread:
-            log.info("wake word thread: %s", set_realtime(self.cfg))
+            log.info("wake word thread: %s", "; ".join(map(str, wake_thread_sched(self.cfg)))
+                     or "no scheduling controls on this OS")
         try:
             for frame in self.source:
                 t = time.monotonic()

@@ -33,7 +33,7 @@ from hark.trace import Trace, percentile
 if TYPE_CHECKING:  # numpy is imported where it is used, so `hark --help` stays instant
     import numpy as np
 
-log = logging.getLogger("hark.loadbench")
+log = logging.getLogger(__name__)
 
 COMMANDS = ["turn on the kitchen light", "what time is it", "turn off the bedroom light",
             "set a timer for two minutes", "what is the date today"]
@@ -435,7 +435,8 @@ def plot_load(out: dict[str, Any], path: str) -> str:
     return path
 
 
-def _bench_load(args) -> int:
+def cmd_bench_load(args) -> int:
+    """``hark bench load`` (options in :mod:`hark.bench.cli`)."""
     from hark.cli import load_cfg
     from hark.errors import ConfigError
 
@@ -480,20 +481,3 @@ def _bench_load(args) -> int:
         print(f"plot: {plot_load(out, args.plot)}")
     return 0 if all(r["lost"] == 0 for r in out["runs"]) else 1
 
-
-def register(cli) -> None:
-    p = cli.add("bench load", "N simulated satellites on loopback, M spoken turns each: "
-                "completed/lost/errors and end-of-speech -> first audio p50/p95", _bench_load)
-    p.add_argument("--satellites", default="4", help="how many at once; a list such as "
-                   "1,2,4,8 runs one round per count (default 4)")
-    p.add_argument("--turns", type=int, default=5, help="turns per satellite (default 5)")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG: latency per turn and "
-                   "outcomes per satellite count")
-    p.add_argument("--server", metavar="HOST:PORT",
-                   help="a running 'hark serve' (control port); default: start one here")
-    p.add_argument("--seed", type=int, default=0, help="utterance and pause choice")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds after speech before a turn counts as lost (default 30)")
-    p.add_argument("--http", action="store_true",
-                   help="also serve the live page and /metrics while the bench runs")

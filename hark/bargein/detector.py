@@ -1,99 +1,37 @@
 """Barge-in: notice the person talking over the reply, but not the reply's own echo.
 
 While a reply plays, the microphone hears the loudspeaker. We know exactly what is being
-played, so the echo is predicted from the reply audio and subtracted; only speech in what
-is left (the residual) is a barge-in. Two predictions, and each frame keeps the one that
-leaves less:
+played, so the echo is predicted from the reply audio and subtracted
+(:mod:`hark.bargein.echo`); only speech in what is left (the residual) is a barge-in.
+Two predictions, and each frame keeps the one that leaves less:
 
-- one delayed gain: the echo path's delay is found by cross-correlation at the start of
-  each reply, and each frame's gain is fitted by least squares. Right for a direct echo
-  and from the first frames on, but a room's reverberation smears the echo over
-  hundreds of milliseconds, and that goes through.
-- :class:`EchoCanceller`: the room's response (reverberation included) learnt from the
-  replies, as a convolutive transfer function in the short-time Fourier domain. It
-  needs about a second of reply audio to learn the room, and keeps it for the next
-  replies.
+- one delayed gain: the echo path's delay is found by cross-correlation
+  (:func:`~hark.bargein.echo.echo_delay`) at the start of each reply, and each frame's
+  gain is fitted by least squares. Right for a direct echo and from the first frames on,
+  but a room's reverberation smears the echo over hundreds of milliseconds, and that
+  goes through.
+- :class:`~hark.bargein.echo.EchoCanceller`: the room's response (reverberation
+  included) learnt from the replies, as a convolutive transfer function in the
+  short-time Fourier domain. It needs about a second of reply audio to learn the room,
+  and keeps it for the next replies.
 
 A frame whose residual is more than ``echo_margin_db`` below the predicted echo is
 counted as leftover echo, whatever the VAD says of it.
+
+Contract: :class:`PlaybackListener` takes the reply audio as it is handed to the
+speaker (``played``, any rate) and microphone frames of any size (``heard``, 16 kHz
+int16) and answers True once the person has spoken over the reply for
+``min_speech_ms``; :class:`BargeInDetector` is the same on VAD-sized frames with the
+reply given up front. Both need only a :class:`~hark.vad.base.VadEngine`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from hark.bargein.echo import EchoCanceller, echo_delay
 from hark.errors import ConfigError
 from hark.vad.base import VadEngine
-
-
-def echo_delay(mic: np.ndarray, ref: np.ndarray, max_delay: int) -> int:
-    """Samples by which ``mic`` lags ``ref`` (0..max_delay): the peak of their
-    cross-correlation, computed by FFT."""
-    n = len(mic) + len(ref)
-    nfft = 1 << (n - 1).bit_length()
-    cross = np.fft.rfft(mic.astype(np.float64), nfft) * np.conj(np.fft.rfft(ref.astype(np.float64), nfft))
-    cc = np.fft.irfft(cross, nfft)
-    return int(np.argmax(cc[: max_delay + 1]))
-
-
-class EchoCanceller:
-    """Removes a known reference's echo from microphone audio: a convolutive transfer
-    function (``taps`` frames per frequency bin, short-time Fourier transform with
-    ``frame``-sample sqrt-Hann windows at 50% overlap) fitted by exponentially weighted
-    least squares (time constant ``forget_s``), solved every ``solve_every`` hops.
-
-    The person's speech does not correlate with the reply, so it does not bias the fit:
-    no double-talk detector is needed, and what is learnt of the room is kept from one
-    reply to the next (:meth:`restart` only clears the audio buffers). ``process`` takes
-    a hop of microphone audio and the reference a hop ahead of it, and returns the
-    residual of the hop before (the window's overlap delays the output by one hop).
-    """
-
-    def __init__(self, taps: int = 16, frame: int = 512, forget_s: float = 4.0,
-                 solve_every: int = 8, rate: int = 16000):
-        self.frame, self.hop, self.taps = frame, frame // 2, taps
-        self.rate = rate
-        self.win = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frame) / frame))
-        bins = frame // 2 + 1
-        self.R = np.zeros((bins, taps, taps), np.complex128)  # sum of conj(x) x^T
-        self.r = np.zeros((bins, taps), np.complex128)  # sum of conj(x) y
-        self.H = np.zeros((bins, taps), np.complex128)
-        self.lam = float(np.exp(-self.hop / (forget_s * rate)))
-        self.solve_every = solve_every
-        self.learnt_s = 0.0  # seconds of sounding reference the fit has seen
-        self._updates = 0
-        self.restart()
-
-    def restart(self) -> None:
-        """A new stream (the next reply): clear the buffers, keep the room."""
-        bins = self.frame // 2 + 1
-        self.X = np.zeros((bins, self.taps), np.complex128)  # newest reference frame first
-        self._mic = np.zeros(self.frame)
-        self._ref = np.zeros(self.frame)
-        self._tail = np.zeros(self.frame - self.hop)
-
-    def process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        h = self.hop
-        self._mic = np.concatenate([self._mic[h:], mic])
-        self._ref = np.concatenate([self._ref[h:], ref])
-        Y = np.fft.rfft(self.win * self._mic)
-        self.X = np.concatenate([np.fft.rfft(self.win * self._ref)[:, None], self.X[:, :-1]],
-                                axis=1)
-        E = Y - np.einsum("bk,bk->b", self.H, self.X)
-        if float(np.dot(ref, ref)) > 1e3 * len(ref):  # learn while the reply makes a sound
-            xc = np.conj(self.X)
-            self.R = self.lam * self.R + xc[:, :, None] * self.X[:, None, :]
-            self.r = self.lam * self.r + xc * Y[:, None]
-            self.learnt_s += h / self.rate
-            self._updates += 1
-            if self._updates % self.solve_every == 0:
-                d = np.real(np.einsum("bkk->b", self.R)) / self.taps
-                ridge = (1e-2 * d + 1e-6 * (d.mean() + 1.0))[:, None, None] * np.eye(self.taps)
-                self.H = np.linalg.solve(self.R + ridge, self.r[:, :, None])[:, :, 0]
-        e = np.fft.irfft(E, self.frame) * self.win
-        out = self._tail[:h] + e[:h]
-        self._tail = np.concatenate([self._tail[h:], np.zeros(h)]) + e[h:]
-        return out
 
 
 class BargeInDetector:

@@ -22,6 +22,7 @@ or beside it; ``response`` and ``metadata`` are ignored.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -260,3 +261,58 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
         "per_intent": dict(sorted(per_intent.items())),
         "errors": wrong,
     }
+
+
+def cmd_eval_intents(args) -> int:
+    """``hark eval intents`` (options in :mod:`hark.bench.cli`)."""
+    from hark.cli import load_cfg
+    from hark.nlu.home import home_from_fixtures
+    from hark.nlu.recognizer import load_nlu
+    from hark.sched import freeze_startup_objects
+
+    cfg = load_cfg(args)
+    home = home_from_fixtures(args.fixtures) if args.fixtures else None
+    stage = load_nlu(cfg, home=home)
+    stage.warmup()
+    freeze_startup_objects()  # as the server does after its warm-up
+    cases = [case for path in args.text_cases for case in load_cases(path)]
+    report = evaluate(stage, cases)
+    if args.coverage:
+        report["coverage"] = coverage(stage, cases, report)
+    report["text_cases"] = [str(p) for p in args.text_cases]
+    report["fixtures"] = args.fixtures or "(config [home])"
+    if report["sentences"]:
+        print(f"commands: {report['sentences']}  accuracy: {report['accuracy']:.1%}  "
+              f"(with exact capitals: {report['accuracy_exact_case']:.1%})")
+    cov = report.get("coverage")
+    if cov and cov["covered"]:
+        print(f"covered by the installed templates (bare hassil right): {cov['covered']}  "
+              f"hark's accuracy on them: {cov['accuracy_on_covered']:.1%}  errors: "
+              f"{cov['errors_by_class']['templates']} outside the templates, "
+              f"{cov['errors_by_class']['hark']} hark's own")
+    if report["rejects"]:
+        print(f"open questions: {report['rejects']}  rejected: {report['rejection_rate']:.1%}")
+    ms = report["ms_per_sentence"]
+    print(f"ms per sentence: p50 {ms['p50']:.2f}  p95 {ms['p95']:.2f}  max {ms['max']:.2f}  "
+          f"(cache hit p50 {report['cache_hit_ms']['p50']:.4f})")
+    cpu = report["cpu_ms_per_sentence"]
+    print(f"CPU ms per sentence: p50 {cpu['p50']:.2f}  p95 {cpu['p95']:.2f}")
+    fb = report.get("fallback")
+    if fb is None:
+        print("paraphrase fallback: off")
+    elif fb["sentences"]:
+        print(f"paraphrase fallback ({fb['encoder']}) alone, on the {fb['sentences']} "
+              f"sentences that reached it: ms p50 {fb['ms']['p50']:.2f}  p95 "
+              f"{fb['ms']['p95']:.2f}; CPU ms p50 {fb['cpu_ms']['p50']:.2f}  p95 "
+              f"{fb['cpu_ms']['p95']:.2f}")
+    print(f"{'intent':32} {'total':>5} {'errors':>6}")
+    for name, row in report["per_intent"].items():
+        print(f"{name:32} {row['total']:5d} {row['errors']:6d}")
+    for err in report["errors"]:
+        tag = f"[{err['class']}] " if "class" in err else ""
+        print(f"  wrong: {tag}{err['sentence']!r} expected {err['expected']} got {err['got']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
