@@ -9,6 +9,7 @@ import asyncio
 import re
 
 import pytest
+from spoken import digits_heard
 
 from hark.audio import resample
 from hark.config import Config
@@ -45,7 +46,7 @@ def _says_the_time(said: str, heard: str) -> bool:
     with their zeros left out ("It's 4:00 PM.": the hour alone)."""
     hour, minute = (int(x) for x in re.findall(r"\d+", said)[:2])
     want = (f"{hour}{minute:02d}" if minute else f"{hour}").replace("0", "")
-    return want in "".join(re.findall(r"\d", heard)).replace("0", "")
+    return want in digits_heard(heard).replace("0", "")
 
 
 def _close(reference: str, heard: str) -> bool:
