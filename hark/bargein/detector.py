@@ -42,7 +42,13 @@ class BargeInDetector:
     ``k * frame`` plays, plus the echo delay estimated from the first frames.
     ``canceller``: "adaptive" (the delayed gain and :class:`EchoCanceller`, the better of
     the two each frame) or "subtract" (the delayed gain alone). With "adaptive" the
-    residual runs half a VAD frame (16 ms) behind the microphone.
+    residual runs half a VAD frame (16 ms) behind the microphone (``lag`` samples).
+
+    ``residual`` returns None for the first frames, while the echo delay is measured; the
+    frame that completes the measurement leaves in ``backlog`` the residual of the frames
+    before it (the delayed gain's), so that ``backlog`` and the residuals after it (less
+    the first one's first ``lag`` samples, which ``backlog`` already covers) are one
+    gapless stream of echo-free audio from the first microphone sample after ``start``.
     """
 
     def __init__(self, vad: VadEngine, threshold: float = 0.6, min_speech_ms: int = 96,
@@ -59,6 +65,8 @@ class BargeInDetector:
         self.echo_margin = 10 ** (-echo_margin_db / 10)
         self.aec = EchoCanceller(frame=self.frame, rate=rate) if canceller == "adaptive" \
             else None
+        self.lag = self.aec.hop if self.aec is not None else 0
+        self.backlog = np.zeros(0)
         self.ref = np.zeros(0, np.float64)
         self.mic_seen: list[np.ndarray] = []
         self.pos = 0
@@ -77,6 +85,7 @@ class BargeInDetector:
         self.run = 0
         self.triggered = False
         self.leftover = False
+        self.backlog = np.zeros(0)
         self.vad.reset()
         if self.aec is not None:
             self.aec.restart()  # the room it learnt stays
@@ -93,9 +102,16 @@ class BargeInDetector:
             seg[a - start:b - start] = self.ref[a:b]
         return seg
 
+    def _gain_residual(self, x: np.ndarray, start: int) -> np.ndarray:
+        """``x`` less the reference from ``start``, delayed, at its least-squares gain."""
+        r = self._reference(start, len(x))
+        energy = float(r @ r)
+        gain = max(0.0, float(x @ r) / energy) if energy >= 1e-6 else 0.0
+        return x - gain * r
+
     def residual(self, frame: np.ndarray) -> np.ndarray | None:
         """The frame with the reply's echo removed; None while the echo delay is still
-        being measured (the first few frames of playback)."""
+        being measured (the first few frames of playback: see ``backlog``)."""
         x = frame.astype(np.float64)
         self.pos += len(x)
         if self.delay is None:
@@ -107,16 +123,17 @@ class BargeInDetector:
                 return None  # not enough played yet to place the echo
             self.delay = echo_delay(seen, ref, self.max_delay) if voiced > 0.05 else 0
             self.mic_seen.clear()
+            before = len(seen) - len(x)  # the frames held back, now that the echo is placed
+            self.backlog = np.concatenate([
+                self._gain_residual(seen[i:i + len(x)], i - self.delay)
+                for i in range(0, before, len(x))] or [np.zeros(0)])
             if self.aec is not None:  # the canceller hears the frames so far, to be in step
                 h = self.aec.hop
-                for i in range(0, len(seen) - len(x), h):
+                for i in range(0, before, h):
                     self.aec.process(seen[i:i + h], self._reference(i - self.delay + h, h))
-                self._held = self._held_res = seen[len(seen) - len(x) - h:len(seen) - len(x)]
+                self._held = self._held_res = seen[before - h:before]
         start = self.pos - len(x) - self.delay
-        r = self._reference(start, len(x))
-        energy = float(r @ r)
-        gain = max(0.0, float(x @ r) / energy) if energy >= 1e-6 else 0.0
-        res = x - gain * r
+        res = self._gain_residual(x, start)
         self.leftover = False
         if self.aec is None:
             return res

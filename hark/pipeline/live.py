@@ -8,8 +8,11 @@ One turn after another on the local sound card:
 3. meanwhile the microphone goes to a :class:`~hark.bargein.detector.PlaybackListener`,
    which is given every piece of audio the speaker plays, removes that echo and listens
    for the person. If they speak over the reply, playback stops at once, the turn is
-   closed (its LLM and TTS work cancelled) and their speech, from a short ring of recent
-   echo-free frames, starts the next turn. ``wake.barge_in_speech = false`` turns this off.
+   closed (its LLM and TTS work cancelled) and their speech starts the next turn: the
+   microphone's last second with the echo removed (from the first frames of the reply
+   too, heard while the echo delay was still being measured), then the microphone as it
+   comes.
+   ``wake.barge_in_speech = false`` turns this off.
 4. after a reply has played out, stale microphone audio is dropped and the next turn
    starts.
 
@@ -38,7 +41,7 @@ from hark.errors import AudioError, HarkError
 
 log = logging.getLogger(__name__)
 
-RING_S = 1.0  # microphone audio kept while a reply plays: the start of a barge-in
+RING_S = 1.0  # echo-free microphone audio kept while a reply plays: the start of a barge-in
 ECHO_TAIL_S = 0.3  # after the last reply sample is handed over, its echo may still come
 OUTPUT_BLOCK_S = 0.01  # speaker callback period: how soon a flush is heard
 DEFAULT_OUTPUT_RATE = 48000
@@ -189,32 +192,68 @@ class Player:
 
 
 class _EchoFreeDetector(BargeInDetector):
-    """A :class:`BargeInDetector` that keeps the echo-free microphone audio it computes, so
-    a barge-in's first words reach the next turn without the reply mixed in."""
+    """A :class:`BargeInDetector` that keeps the last ``keep`` samples of the echo-free
+    microphone audio it computes (the frames held back while the echo delay was measured
+    included, once it is), so a barge-in's first words reach the next turn without the
+    reply mixed in."""
 
-    def __init__(self, vad, **kwargs):
+    def __init__(self, vad, keep: int, **kwargs):
         super().__init__(vad, **kwargs)
-        self.clean: list[np.ndarray] = []
+        self.keep = keep
+        self.clean = np.zeros(0, np.int16)  # ends ``lag`` samples before ``pos``
+
+    def start(self, reply: np.ndarray) -> None:
+        super().start(reply)
+        self.clean = np.zeros(0, np.int16)
 
     def residual(self, frame: np.ndarray) -> np.ndarray | None:
         res = super().residual(frame)
-        self.clean.append(frame if res is None
-                          else np.clip(res, -32768, 32767).astype(np.int16))
+        if res is not None:
+            new = res
+            if len(self.backlog):  # the delay was just measured: the frames held back
+                new = np.concatenate([self.backlog, res[self.lag:]])
+                self.backlog = np.zeros(0)
+            self.clean = np.concatenate([
+                self.clean[-self.keep:],
+                np.clip(new, -32768, 32767).astype(np.int16)])
         return res
+
+    def uncleaned(self) -> np.ndarray:
+        """The last ``lag`` microphone samples heard, not yet in ``clean``."""
+        return self._held if self.lag else np.zeros(0)
 
 
 class _Listener(PlaybackListener):
+    """The barge-in listener of ``hark listen``, which also keeps what the person may be
+    saying: the echo-free audio of the last ``RING_S`` seconds (before the reply began to
+    sound, the microphone as it came: no echo yet)."""
+
     def __init__(self, vad, canceller: str = "adaptive"):
         super().__init__(vad, canceller=canceller)
-        self.detector = _EchoFreeDetector(vad, canceller=canceller)
+        self.keep = int(RING_S * SAMPLE_RATE)
+        self.detector = _EchoFreeDetector(vad, self.keep, canceller=canceller)
+        self._before = np.zeros(0, np.int16)  # heard before the reply began to sound
 
-    def take_clean(self) -> np.ndarray | None:
-        """Echo-free audio computed since the last call (None: nothing was computed)."""
-        parts = self.detector.clean
-        if not parts:
-            return None
-        self.detector.clean = []
-        return np.concatenate(parts)
+    def reset(self) -> None:
+        super().reset()
+        self._before = np.zeros(0, np.int16)
+
+    def heard(self, frame: np.ndarray) -> bool:
+        if not self.active:
+            self._before = np.concatenate([self._before, frame])[-self.keep:]
+        return super().heard(frame)
+
+    def speech(self, end: float) -> AudioChunk:
+        """The microphone's last ``RING_S`` seconds up to ``end`` (the end of the last
+        frame heard, a monotonic time), echo-free, as one chunk: what was heard before the
+        reply sounded, the echo-free audio kept, then the few samples the detector has not
+        cleaned yet (its ``lag`` and a part frame) as they came."""
+        det = self.detector
+        cleaned_from = det.pos - det.lag - len(det.clean)  # sample count since start()
+        before = [self._before] if cleaned_from == 0 else []
+        audio = np.concatenate([*before, det.clean, det.uncleaned(), self._pending])
+        audio = audio[-self.keep:].astype(np.int16)
+        return AudioChunk(audio, SAMPLE_RATE, end - len(audio) / SAMPLE_RATE)
 
 
 @dataclass
@@ -254,7 +293,7 @@ class LiveLoop:
         self.device_out = _device(cfg.audio.output_device)
         self.player = Player(output_rate(sd, self.device_out))
         self.listener = self._make_listener() if cfg.wake.barge_in_speech else None
-        self.ring: deque[AudioChunk] = deque(maxlen=max(1, round(RING_S * SAMPLE_RATE / self.frame)))
+        self._barge: AudioChunk | None = None  # the speech that interrupted the reply
         self.mic: asyncio.Queue[AudioChunk] | None = None
         self._running = False
         self._in_reply = False
@@ -376,7 +415,7 @@ class LiveLoop:
             return []
         # answering: the reply plays while the listener hears the room
         self._in_reply = True
-        self.ring.clear()
+        self._barge = None
         played_before = self.player.samples_played
         reply = asyncio.create_task(self._play_reply(gen, turn))
         watch = asyncio.create_task(self._watch())
@@ -404,8 +443,8 @@ class LiveLoop:
         for result in results:
             if isinstance(result, Exception):  # the turn itself failed
                 raise result
-        next_start = list(self.ring) if barge else []
-        self.ring.clear()
+        next_start = [self._barge] if barge and self._barge is not None else []
+        self._barge = None
         if not barge:  # don't answer our own voice: what the microphone heard is stale
             while not self.mic.empty():
                 self.mic.get_nowait()
@@ -428,7 +467,7 @@ class LiveLoop:
 
     async def _watch(self) -> bool:
         """The microphone while the reply is produced and played: True when the person
-        speaks over it (never returns otherwise). Keeps the recent frames in ``ring``."""
+        speaks over it (never returns otherwise), their speech then in ``_barge``."""
         assert self.mic is not None
         lis = self.listener
         played = self.player.played
@@ -440,10 +479,8 @@ class LiveLoop:
             # the speaker's output up to the end of this frame, in order: the echo reference
             while played and played[0][0] <= end:
                 lis.played(played.popleft()[1], SAMPLE_RATE)
-            heard = lis.heard(chunk.samples)
-            clean = lis.take_clean()
-            self.ring.append(chunk if clean is None else AudioChunk(clean, SAMPLE_RATE, chunk.t))
-            if heard:
+            if lis.heard(chunk.samples):
+                self._barge = lis.speech(end)
                 return True
 
 
