@@ -153,6 +153,19 @@ def test_cache_hit_returns_same_result_marked_cache():
     assert fresh.recognize("why is the sky blue") is None
     assert fresh.recognize("what time is it").source == "hassil"
     assert fresh.cache_info()["size"] == 2
+
+
+def test_a_cached_guess_keeps_its_source():
+    """A fuzzy-corrected name served from the cache is still a guess (the guard asks
+    before acting on it), not a template's match."""
+    cfg = Config()
+    cfg.nlu.builtin_domains = []
+    fresh = IntentStage(cfg)
+    first = fresh.recognize("close the damage door")
+    assert first is not None and first.source in ("fuzzy", "embedding")
+    again = fresh.recognize("Close the damage door.")
+    assert again is not None and again.source == first.source
+    assert fresh.cache_info()["hits"] == 1
     assert fresh.recognize("turn on the kitchen light").source == "hassil"  # evicted
 
 

@@ -344,7 +344,10 @@ class IntentStage:
                 self.hits += 1
                 if hit is None:
                     return None
-                return dataclasses.replace(hit, source="cache", text=text, slots=dict(hit.slots))
+                # a template's match is marked as cached; a guessed one (fuzzy names, the
+                # paraphrase fallback) keeps its source: the guard must see it was a guess
+                source = "cache" if hit.source == "hassil" else hit.source
+                return dataclasses.replace(hit, source=source, text=text, slots=dict(hit.slots))
             self.misses += 1
         result = self.match(text, original=text, context=context, paraphrase=paraphrase)
         if self._cache_size:
