@@ -52,6 +52,10 @@ CASES = [
      "act", ""),
     ("thermostat 70", I("HassClimateSetTemperature", "embedding", name="thermostat",
                         temperature=70), "act", ""),
+    # every device of a class from a guess ("switch off the living room lamp" misheard)
+    ("switch off and leaving room lamp", I("HassTurnOff", "embedding", domain="light"),
+     "clarify", "Sorry, which light?"),
+    ("lights off", I("HassTurnOff", domain="light"), "act", ""),  # a template: all of them
     # a name heard not quite right, and no word for the action: ask
     ("leaving room lamp", I("HassTurnOn", "fuzzy", name="living room lamp"),
      "confirm", "The living room lamp?"),

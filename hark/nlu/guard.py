@@ -225,6 +225,14 @@ def review(text: str, intent: IntentResult | None, home: Home) -> Verdict:
         need = _INTENT_WORDS.get(intent.name)
         if need and not any(w in need for w in words):
             return Verdict("clarify", DIDNT_CATCH, f"{intent.source}: no word names a timer")
+        slots = intent.slots
+        if slots.get("domain") and not slots.get("name") and not slots.get("area") \
+                and intent.name in _BROAD:
+            # every device of a class, from a guess ("switch off and leaving room lamp"
+            # read as all the lights): too much to do on a guess
+            noun = DOMAIN_WORDS.get(str(slots["domain"]), (str(slots["domain"]),))[0]
+            return Verdict("clarify", f"Sorry, which {noun}?",
+                           f"{intent.source} guessed every {slots['domain']}")
         missing = _grounded(intent, words, home)
         if missing is not None and intent.source == "fuzzy" and missing.startswith("name"):
             # a name heard not quite right ("leaving room lamp"): ask
@@ -266,6 +274,10 @@ def _names_device(words: list[str], home: Home) -> bool:
     """A word for a class of device this home has ("lamp": it has lights)."""
     return any(_stem(w) in {_stem(c) for c in DOMAIN_WORDS.get(d, ())}
                for w in words for d in home.domains)
+
+
+_BROAD = frozenset({"HassTurnOn", "HassTurnOff", "HassLightSet", "HassSetPosition",
+                    "HassFanSetSpeed"})
 
 
 def _verb(intent: IntentResult) -> str:
