@@ -356,8 +356,53 @@ async def satellite_turn(t: Target, utt: Any) -> str:
         await sat.close()
 
 
+RSS_FLAT_MB = 20.0  # growth allowed over the turns of the steady-state probe
+
+
+async def _wyoming_text_turn(t: Target, text: str) -> bool:
+    """One turn over Wyoming's handle service: a transcript in, the answer's event out."""
+    reader, writer = await _wyoming_open(t)
+    try:
+        body = json.dumps({"type": "transcript", "data": {"text": text}}).encode() + b"\n"
+        writer.write(body)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 30)
+        return b'"handled"' in line or b'"not-handled"' in line
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def probe_rss_over_turns(t: Target, utt: Any, turns: int) -> ProbeResult:
+    """The server's RSS after a warm-up, then after ``turns`` turns (Wyoming text turns,
+    and one satellite turn in 50): it stays within :data:`RSS_FLAT_MB`."""
+    texts = ["what time is it", "turn on the kitchen light", "turn off the kitchen light",
+             "set a timer for 5 minutes", "cancel the timer", "what's the date today"]
+    for text in texts:  # warm: every path taken once
+        await _wyoming_text_turn(t, text)
+    await satellite_turn(t, utt)
+    first = round(rss_mb(t.pid), 1) if t.pid is not None else None
+    ok_turns = 0
+    samples = []
+    for i in range(turns):
+        if i % 50 == 49:
+            ok_turns += await satellite_turn(t, utt) == "completed"
+        else:
+            ok_turns += await _wyoming_text_turn(t, texts[i % len(texts)])
+        if i % 100 == 99 and t.pid is not None:
+            samples.append(round(rss_mb(t.pid), 1))
+    last = round(rss_mb(t.pid), 1) if t.pid is not None else None
+    growth = None if first is None or last is None else round(last - first, 1)
+    ok = ok_turns == turns and (growth is None or growth < RSS_FLAT_MB)
+    return ProbeResult(f"{turns} turns (1 in 50 a satellite's)",
+                       f"all answered, RSS +<{RSS_FLAT_MB:.0f} MB",
+                       f"{ok_turns}/{turns} answered, RSS {first} -> {last} MB",
+                       ok, growth, numbers={"rss_every_100": samples})
+
+
 async def run_abuse(t: Target, utt: Any, *, idle: int = IDLE_CONNECTIONS,
-                    flood_minutes: float = 10.0) -> dict[str, Any]:
+                    flood_minutes: float = 10.0, turns: int = 0) -> dict[str, Any]:
     """Every probe, each followed by a /health check and a satellite turn."""
     probes = [
         ("HTTP without token", lambda: probe_http_without_token(t)),
@@ -368,6 +413,8 @@ async def run_abuse(t: Target, utt: Any, *, idle: int = IDLE_CONNECTIONS,
         ("idle connections",
          lambda: probe_idle_connections(t, lambda: satellite_turn(t, utt), idle)),
     ]
+    if turns:
+        probes.append(("RSS over turns", lambda: probe_rss_over_turns(t, utt, turns)))
     results = []
     start_rss = rss_mb(t.pid) if t.pid is not None else None
     for name, probe in probes:
@@ -469,7 +516,8 @@ def main(args: Any) -> int:
     try:
         _wait_ready(target, proc, args.ready_timeout)
         out = asyncio.run(run_abuse(target, utt, idle=args.idle,
-                                    flood_minutes=args.flood_minutes))
+                                    flood_minutes=args.flood_minutes,
+                                    turns=getattr(args, "turns", 0)))
     finally:
         if proc is not None:
             proc.terminate()

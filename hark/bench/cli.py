@@ -159,6 +159,9 @@ def _bench_abuse(cli) -> None:
                    help=f"idle control connections to open (default {IDLE_CONNECTIONS})")
     p.add_argument("--flood-minutes", type=float, default=10.0,
                    help="minutes of audio in the Wyoming flood (default 10)")
+    p.add_argument("--turns", type=int, default=0, metavar="N",
+                   help="then N turns (Wyoming text turns, 1 in 50 a satellite's) with the "
+                   "server's RSS sampled: it must stay flat (default 0: skipped)")
     p.add_argument("--ready-timeout", type=float, default=300.0,
                    help="seconds to wait for the server's /health (default 300)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
