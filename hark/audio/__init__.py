@@ -102,6 +102,24 @@ def read_audio(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
         raise AudioError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: the file is empty")
+    try:
+        samples, src_rate = _read_samples(path)
+        if not MIN_FILE_RATE <= src_rate <= MAX_FILE_RATE:
+            raise AudioError(f"{path}: a sample rate of {src_rate} Hz is not audio hark takes",
+                             fix=f"{MIN_FILE_RATE}-{MAX_FILE_RATE} Hz")
+        return resample(samples, src_rate, rate)
+    except AudioError:
+        raise
+    except Exception as exc:  # a damaged header: zero channels, sizes past the file, ...
+        raise AudioError(f"{path}: cannot read it as audio ({type(exc).__name__}: {exc})",
+                         fix="give a WAV or FLAC file, 16 kHz mono preferred") from exc
+
+
+MIN_FILE_RATE, MAX_FILE_RATE = 4000, 384000  # sample rates read_audio takes
+
+
+def _read_samples(path: Path) -> tuple[np.ndarray, int]:
+    """Mono int16 samples of a file and their rate (plain 16-bit WAV read directly)."""
     if path.suffix.lower() == ".wav":
         try:
             with wave.open(str(path), "rb") as w:
@@ -109,19 +127,15 @@ def read_audio(path: str | Path, rate: int = SAMPLE_RATE) -> np.ndarray:
                                           w.getframerate(), w.getnframes())
                 raw = w.readframes(n)
         except (wave.Error, EOFError):
-            samples, src_rate = _decode_with_av(path)  # e.g. float or extensible WAVs
-        else:
-            if width != 2:
-                samples, src_rate = _decode_with_av(path)
-            else:
-                usable = len(raw) - len(raw) % (2 * ch)
-                data = np.frombuffer(raw[:usable], dtype="<i2")
-                if ch > 1:
-                    data = data.reshape(-1, ch).astype(np.int32).mean(axis=1)
-                samples = data.astype(np.int16)
-    else:
-        samples, src_rate = _decode_with_av(path)
-    return resample(samples, src_rate, rate)
+            return _decode_with_av(path)  # e.g. float or extensible WAVs
+        if width != 2 or ch < 1:
+            return _decode_with_av(path)
+        usable = len(raw) - len(raw) % (2 * ch)
+        data = np.frombuffer(raw[:usable], dtype="<i2")
+        if ch > 1:
+            data = data.reshape(-1, ch).astype(np.int32).mean(axis=1)
+        return data.astype(np.int16), src_rate
+    return _decode_with_av(path)
 
 
 def write_wav(path: str | Path, samples: np.ndarray, rate: int) -> Path:

@@ -172,12 +172,14 @@ class TraceLog:
 
 
 def read_traces(path: str | Path) -> list[dict[str, Any]]:
-    """Every record in a trace log (lines that are not JSON are skipped)."""
+    """Every record in a trace log (lines that are not JSON objects are skipped)."""
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # not JSON, a 5000-digit number, nesting
                 continue
+            if isinstance(record, dict):
+                out.append(record)
     return out
