@@ -248,3 +248,22 @@ def test_token_show_prints_the_token_url_and_path(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"http://127.0.0.1:10999/login?token={token}"
     assert main(["--set", home, "token", "show", "--path"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "server.token")
+
+
+def test_the_satellite_takes_reply_audio_only_from_its_server_host():
+    from hark.satellite.satellite import _SatUdp
+
+    class Sat:
+        _server_ip = "192.0.2.10"
+
+        def __init__(self):
+            self.got = []
+
+        def datagram(self, data):
+            self.got.append(data)
+
+    sat = Sat()
+    udp = _SatUdp(sat)
+    udp.datagram_received(b"from the server", ("192.0.2.10", 10701))
+    udp.datagram_received(b"from elsewhere, any SSRC", ("192.0.2.99", 10701))
+    assert sat.got == [b"from the server"]

@@ -130,6 +130,7 @@ class Satellite:
         self._receiver: RtpStreamReceiver | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._welcome: m.Welcome | None = None
+        self._server_ip = ""  # the control connection's peer: reply audio comes from it
         self._link: AudioLink | None = None  # this connection's audio paths
         self._followup_until = 0.0
         self._probe_ok = asyncio.Event()
@@ -396,6 +397,8 @@ class Satellite:
             raise
         self._welcome = welcome
         self._sender = None
+        # reply audio over UDP counts only from the server's own address
+        self._server_ip = (conn.writer.get_extra_info("peername") or ("",))[0]
         self._link = AudioLink(conn, self._udp, (self.server_host, welcome.rtp_port))
         self.conn = conn
         self.session = welcome.session
@@ -607,4 +610,7 @@ class _SatUdp(asyncio.DatagramProtocol):
         self.sat = sat
 
     def datagram_received(self, data: bytes, addr) -> None:
+        server = self.sat._server_ip
+        if server and addr and addr[0] != server:
+            return  # another host's packet, whatever SSRC it carries
         self.sat.datagram(data)
