@@ -323,3 +323,53 @@ def test_a_turn_is_cancelled_when_its_client_leaves():
 
     closed, handlers = _run(body)
     assert closed == 1 and handlers == 0
+
+
+def test_wyoming_work_waits_for_a_turn_slot():
+    """transcribe/synthesize/handle share server.max_concurrent_turns with the satellites:
+    with every slot taken, a handle request waits until one is free."""
+    import asyncio as aio
+
+    from hark.config import Config
+    from hark.server import wyoming as wy
+
+    class Assistant:
+        async def run_text(self, text, session="x"):
+            from hark.pipeline.events import ReplyText, TurnEnd
+            from hark.trace import Trace
+
+            yield ReplyText("ok", "intent")
+            yield TurnEnd(Trace(), text, "ok")
+
+    async def go():
+        slots = aio.Semaphore(1)
+        writer_out = []
+
+        class Writer:
+            def write(self, data):
+                writer_out.append(data)
+
+            def writelines(self, parts):
+                writer_out.extend(parts)
+
+            async def drain(self):
+                pass
+
+            def close(self):
+                pass
+
+            def is_closing(self):
+                return False
+
+        handler = wy.HarkWyomingHandler(Config(), Assistant(), aio.StreamReader(), Writer(),
+                                        turn_slots=slots)
+        await slots.acquire()  # a satellite's turn holds the only slot
+        task = aio.create_task(handler._handle_text("what time is it"))
+        await aio.sleep(0.2)
+        waited = not task.done()
+        slots.release()
+        await aio.wait_for(task, 5)
+        return waited, b"".join(writer_out)
+
+    waited, out = aio.run(go())
+    assert waited and b"handled" in out

@@ -71,7 +71,9 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.no_wyoming:
             from hark.server.wyoming import start_wyoming
 
-            wyoming = await start_wyoming(cfg, assistant)
+            # its transcribe/synthesize/handle/pipeline work shares the satellites' turn
+            # slots (server.max_concurrent_turns)
+            wyoming = await start_wyoming(cfg, assistant, turn_slots=server.turn_slots)
         satellites = None
         if cfg.server.wyoming_satellites:
             from hark.server.wyoming_satellite import start_wyoming_satellites

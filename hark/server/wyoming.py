@@ -213,10 +213,13 @@ class HarkWyomingHandler(AsyncEventHandler):
     """One Wyoming connection: :meth:`run` reads events (bounded, with an idle timeout)
     until the client leaves, then cancels what it started."""
 
-    def __init__(self, cfg, assistant: Any, *args, session: str | None = None, **kwargs):
+    def __init__(self, cfg, assistant: Any, *args, session: str | None = None,
+                 turn_slots: asyncio.Semaphore | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cfg = cfg
         self.assistant = assistant
+        # the server's server.max_concurrent_turns: Wyoming's work takes a slot too
+        self.turn_slots = turn_slots or contextlib.nullcontext()
         self.mode: str | None = None  # "asr" | "wake" | "pipeline"
         self.converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
         self.audio: list[np.ndarray] = []
@@ -363,7 +366,8 @@ class HarkWyomingHandler(AsyncEventHandler):
         if self.mode == "asr":
             audio = np.concatenate(self.audio) if self.audio else np.zeros(0, np.int16)
             self.audio, self.audio_samples = [], 0
-            text = await self.assistant.asr_exec.run(self.assistant.asr.transcribe, audio)
+            async with self.turn_slots:
+                text = await self.assistant.asr_exec.run(self.assistant.asr.transcribe, audio)
             await self.write_event(Transcript(text=text).event())
         elif self.mode == "wake":
             await self.write_event(NotDetected().event())
@@ -390,7 +394,8 @@ class HarkWyomingHandler(AsyncEventHandler):
         await self.write_event(AudioStop().event())
 
     async def _speak(self, text: str) -> None:
-        await self._send_audio(self.assistant.speak(text))
+        async with self.turn_slots:
+            await self._send_audio(self.assistant.speak(text))
 
     async def _recognize(self, text: str) -> None:
         result = await self.assistant.nlu_exec.run(self.assistant.nlu.recognize, text)
@@ -402,11 +407,12 @@ class HarkWyomingHandler(AsyncEventHandler):
 
     async def _handle_text(self, text: str) -> None:
         reply, error = [], None
-        async for ev in self.assistant.run_text(text, session=self.session):
-            if isinstance(ev, ReplyText):
-                reply.append(ev.text)
-            elif isinstance(ev, TurnEnd):
-                error = ev.error
+        async with self.turn_slots:
+            async for ev in self.assistant.run_text(text, session=self.session):
+                if isinstance(ev, ReplyText):
+                    reply.append(ev.text)
+                elif isinstance(ev, TurnEnd):
+                    error = ev.error
         if reply and not error:
             await self.write_event(Handled(text=" ".join(reply)).event())
         else:
@@ -433,7 +439,12 @@ class HarkWyomingHandler(AsyncEventHandler):
         self.turn_task = asyncio.create_task(self._turn(self.turn_audio))
 
     async def _turn(self, q: asyncio.Queue) -> None:
-        """One pipeline turn through the Assistant, reported in Wyoming events."""
+        """One pipeline turn through the Assistant, reported in Wyoming events, in one of
+        the server's turn slots."""
+        async with self.turn_slots:
+            await self._pipeline_turn(q)
+
+    async def _pipeline_turn(self, q: asyncio.Queue) -> None:
         assert self.pipeline is not None
         end = self.pipeline.end_stage
 
@@ -517,9 +528,11 @@ class WyomingService:
     """The running Wyoming server (``await stop()`` to end it): every connection is
     checked against the allow-list and the connection cap before anything is read."""
 
-    def __init__(self, cfg, assistant: Any, host: str):
+    def __init__(self, cfg, assistant: Any, host: str,
+                 turn_slots: asyncio.Semaphore | None = None):
         self.cfg = cfg
         self.assistant = assistant
+        self.turn_slots = turn_slots
         self.allowed = check_wyoming_access(host, cfg.server.wyoming_allow)
         self.max_connections = int(getattr(cfg.server, "wyoming_max_connections", 16))
         self.handlers: dict[asyncio.Task, HarkWyomingHandler] = {}
@@ -555,7 +568,8 @@ class WyomingService:
                         "(server.wyoming_max_connections)", host, len(self.handlers))
             writer.transport.abort()
             return
-        handler = HarkWyomingHandler(self.cfg, self.assistant, reader, writer)
+        handler = HarkWyomingHandler(self.cfg, self.assistant, reader, writer,
+                                     turn_slots=self.turn_slots)
         task = asyncio.current_task()
         assert task is not None
         self.handlers[task] = handler
@@ -585,12 +599,13 @@ class WyomingService:
 
 
 async def start_wyoming(cfg, assistant: Any, port: int | None = None,
-                        host: str | None = None) -> WyomingService:
+                        host: str | None = None,
+                        turn_slots: asyncio.Semaphore | None = None) -> WyomingService:
     """Serve Wyoming on ``server.wyoming_host``:``server.wyoming_port`` (``host``/``port``
     override; port 0 = any free port). Raises :class:`ConfigError` for a listen address
     beyond this machine without ``server.wyoming_allow``, or a taken port."""
     host = cfg.server.wyoming_host if host is None else host
-    svc = WyomingService(cfg, assistant, host)
+    svc = WyomingService(cfg, assistant, host, turn_slots)
     try:
         await svc.start(host, cfg.server.wyoming_port if port is None else port)
     except OSError as exc:
