@@ -8,6 +8,9 @@ import pytest
 from hark.pipeline.bargein import BargeInDetector, echo_delay
 
 
+MODEL_FIXTURES = frozenset({"vad"})  # Silero VAD
+
+
 @pytest.fixture(scope="module")
 def vad(cfg):
     from hark.vad.silero import load_vad
