@@ -1,5 +1,15 @@
 """Shared fixtures. Real models come from the catalogue (``make test`` pulls them first);
-real recordings from ../shared/testdata, skipped when absent."""
+real recordings from ../shared/testdata, skipped when absent.
+
+Markers (declared in pyproject.toml) are given at collection, so ``pytest -m "not models"``
+runs only tests that load no model at all (Whisper, Piper, the LLM, Silero VAD, the wake
+word models, the sentence encoder, the pocketsphinx grammar recognizer):
+
+- a test using a fixture named in ``MODEL_FIXTURES`` below, or in its module's own
+  ``MODEL_FIXTURES``, directly or through another fixture, is marked ``models``;
+- one using ``testdata`` is marked ``testdata``;
+- a test that loads a model itself says so with ``@pytest.mark.models``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +24,19 @@ from hark.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = Path(os.environ.get("HARK_TESTDATA", REPO.parent / "shared" / "testdata"))
+
+MODEL_FIXTURES = frozenset({"speak", "assistant"})  # the fixtures below that load models
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        local = getattr(getattr(item, "module", None), "MODEL_FIXTURES", frozenset())
+        if used & (MODEL_FIXTURES | set(local)):
+            item.add_marker(pytest.mark.models)
+        if "testdata" in used:
+            item.add_marker(pytest.mark.testdata)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,9 @@ NUMBERS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": 
            "7": "seven", "8": "eight", "9": "nine", "10": "ten", "12": "twelve"}
 
 
+MODEL_FIXTURES = frozenset({"asr"})  # Whisper
+
+
 def words(text: str) -> list[str]:
     """Case, punctuation and digit-insensitive words."""
     ws = re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()

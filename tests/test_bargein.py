@@ -9,6 +9,9 @@ from hark.bargein.detector import BargeInDetector
 from hark.bargein.echo import echo_delay
 
 
+MODEL_FIXTURES = frozenset({"vad"})  # Silero VAD
+
+
 @pytest.fixture(scope="module")
 def vad(cfg):
     from hark.vad.silero import load_vad

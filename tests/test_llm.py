@@ -16,7 +16,7 @@ from hark.llm.base import ChatMessage, LlmError
 from hark.llm.llama import LlamaCppEngine, engine_for_profile
 from hark.llm.service import APOLOGY, LlmService, load_llm, normalize, template_reply
 
-pytestmark = pytest.mark.models
+MODEL_FIXTURES = frozenset({"engine"})  # the tiny LLM
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +351,7 @@ def test_prefill_leaves_only_the_last_words_to_read(engine, tiny_cfg) -> None:
     assert prefilled.reused_tokens > cold.reused_tokens
 
 
+@pytest.mark.models
 def test_missing_model_not_strict_apologises_until_fixed(tmp_path, caplog) -> None:
     """With strict=False a broken model file does not stop hark: LLM turns apologise and
     log why, and once a good file is in place the next turn works without a restart."""

@@ -10,8 +10,6 @@ import pytest
 
 from hark.bench.llm import QUESTIONS, is_correct
 
-pytestmark = pytest.mark.models
-
 
 def hark(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hark", "--set", "llm.profile=tiny",
@@ -19,12 +17,14 @@ def hark(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.models
 def test_ask_answers_templates_and_questions() -> None:
     r = hark("llm", "ask", "hello", "What is the capital of France?")
     assert r.returncode == 0, r.stderr
     assert "[template" in r.stdout and "[llm tiny" in r.stdout
 
 
+@pytest.mark.models
 def test_bench_writes_json_and_plot(tmp_path) -> None:
     out, png = tmp_path / "llm.json", tmp_path / "llm.png"
     r = hark("bench", "llm", "--profiles", "tiny,missing", "--quick", "--limit", "3",

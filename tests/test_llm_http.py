@@ -24,9 +24,10 @@ from hark.llm.openai_http import OpenAiEngine
 from hark.llm.service import APOLOGY, LlmService, load_llm
 from hark.models.store import resolve
 
-pytestmark = pytest.mark.models
-
 pytest.importorskip("uvicorn", reason="llama-cpp-python[server] extras not installed")
+
+
+MODEL_FIXTURES = frozenset({"server_url"})  # llama_cpp.server with the tiny LLM
 
 
 def free_port() -> int:

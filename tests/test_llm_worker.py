@@ -28,7 +28,10 @@ from hark.llm.llama import engine_for_profile
 from hark.llm.service import APOLOGY, LlmService, RetryingEngine, load_llm
 from hark.llm.worker import ProcessEngine, backoff_s, worker_for_profile
 
-pytestmark = [pytest.mark.models, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
+
+# fixtures that load a model: the tiny LLM in a worker process; an Assistant
+MODEL_FIXTURES = frozenset({"worker", "process_assistant"})
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,7 @@ def test_hold_pauses_generation_in_the_child(worker: ProcessEngine, tiny_cfg: Co
     assert "".join(worker.stream(msgs(tiny_cfg, "Name a planet."), 8)).strip()
 
 
+@pytest.mark.models
 def test_hold_pauses_generation_in_this_process(tiny_cfg: Config) -> None:
     local = engine_for_profile(tiny_cfg, "tiny")
     try:
@@ -258,6 +262,7 @@ def test_missing_model_is_a_clear_error(tiny_cfg: Config, tmp_path: Path) -> Non
         load_llm(cfg, warm=False)
 
 
+@pytest.mark.models
 def test_close_leaves_no_process_or_thread(tiny_cfg: Config) -> None:
     cfg = copy.deepcopy(tiny_cfg)
     cfg.sched.pin_cores = {"llm": [0]}  # the llm stage's scheduling, applied in the child

@@ -79,6 +79,7 @@ def test_catalogue_entries_are_complete():
             assert spec.entry in {f.name for f in spec.files}
 
 
+@pytest.mark.models
 def test_default_models_verify(cfg, capsys):
     """The real assembled models (make test pulls them) match their catalogue hashes."""
     rc = main(["models", "verify", "whisper-tiny.en", "piper-en_US-joe-medium",

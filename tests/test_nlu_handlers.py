@@ -24,6 +24,9 @@ from hark.nlu.recognizer import IntentStage
 from hark.nlu.timers import TimerManager, say_duration
 
 
+MODEL_FIXTURES = frozenset({"stage"})  # its paraphrase fallback loads the sentence encoder
+
+
 def intent(intent_name: str, domain: str = "homeassistant", **slots) -> IntentResult:
     return IntentResult(name=intent_name, slots=slots, domain=domain)
 
@@ -350,6 +353,7 @@ def test_domain_handler_fills_the_response_template():
     assert plain.text == "Okay: green."
 
 
+@pytest.mark.models
 def test_handlers_use_domain_file_responses(tmp_path):
     (tmp_path / "pizza.yaml").write_text(
         "language: en\nintents:\n  orderPizza:\n    data:\n      - sentences:\n"

@@ -20,7 +20,9 @@ from hark.bench.load import SimSatellite, make_utterances, run_load, speech_end_
 from hark.config import Config
 from hark.server.tracelog import TraceLog, read_traces
 
-pytestmark = [pytest.mark.models, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
+
+MODEL_FIXTURES = frozenset({"stack"})  # an Assistant (every model)
 
 
 class Stack:

@@ -18,6 +18,8 @@ from hark.vad.silero import load_vad
 
 pytestmark = pytest.mark.timeout(120)
 
+MODEL_FIXTURES = frozenset({"gate"})  # Silero VAD
+
 
 def _levels(x: np.ndarray) -> np.ndarray:
     """dBFS of each 20 ms frame."""

@@ -19,6 +19,10 @@ COFFEE = BUILTIN_DOMAINS_DIR / "coffee.yaml"
 SLOTS = {"coffeeDrink", "size", "roast", "numberOfShots", "milkAmount", "sugarAmount"}
 
 
+# fixtures that load a model: pocketsphinx; the sentence encoder
+MODEL_FIXTURES = frozenset({"recognizer", "paraphrase"})
+
+
 def small_intents() -> Intents:
     return Intents.from_dict({
         "language": "en",
@@ -195,6 +199,7 @@ def test_scoring_and_noise_mixing():
     assert abs(snr - 12.0) < 0.2
 
 
+@pytest.mark.models
 def test_real_coffee_orders(testdata):
     """The real recordings through VAD + the constrained recognizer (no Whisper)."""
     from hark.bench.eval_speech import evaluate

@@ -25,6 +25,9 @@ from hark.nlu.speech_intent import (
 HOME_CORE = BUILTIN_DOMAINS_DIR / "home_core.yaml"
 
 
+MODEL_FIXTURES = frozenset({"recognizer"})  # pocketsphinx
+
+
 @pytest.fixture(scope="module")
 def domains():
     return load_domains(Config())
@@ -62,6 +65,7 @@ def test_grammar_domains_are_configurable():
     assert [d.name for d in load_domains(cfg)] == ["home_core"]
 
 
+@pytest.mark.models
 def test_text_stage_does_not_load_home_core():
     """The intent stage answers these sentences from local.yaml / Home Assistant's
     sentences as before: home_core adds no second, conflicting match."""

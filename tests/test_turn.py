@@ -68,6 +68,7 @@ def test_silence_is_no_speech(assistant):
     assert events[-1].error == "no speech"
 
 
+@pytest.mark.models
 def test_demo_file_to_reply_wav(tmp_path, speak, capsys):
     q = write_wav(tmp_path / "q.wav", speak("Set a timer for two minutes."), 16000)
     out = tmp_path / "reply.wav"
@@ -79,6 +80,7 @@ def test_demo_file_to_reply_wav(tmp_path, speak, capsys):
     assert len(reply) > 8000
 
 
+@pytest.mark.models
 def test_demo_text_uses_local_handler(capsys):
     rc = main(["--set", "llm.profile=tiny", "demo", "--text", "what time is it",
                "--output", "/dev/null"])

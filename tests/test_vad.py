@@ -20,6 +20,9 @@ T0 = 100.0  # monotonic time of the first sample fed
 LEAD_S = 1.0  # silence before the speech
 
 
+MODEL_FIXTURES = frozenset({"vad"})  # Silero VAD
+
+
 @pytest.fixture(scope="module")
 def vad(cfg) -> SileroVad:
     return load_vad(cfg)

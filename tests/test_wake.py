@@ -15,6 +15,9 @@ from hark.errors import AudioError, ConfigError
 from hark.wake.detector import DEFAULT_CONFIRM, WakeWordDetector
 
 
+MODEL_FIXTURES = frozenset({"det"})  # the microWakeWord model
+
+
 @pytest.fixture(scope="module")
 def det() -> WakeWordDetector:
     return WakeWordDetector("alexa", refractory_s=1.0)

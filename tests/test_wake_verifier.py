@@ -21,6 +21,9 @@ PAD = np.zeros(8000, np.int16)
 LOOKALIKE = "coffee/b30b89a8-2fc1-4adb-9e6e-74eac5c446e8.wav"
 
 
+MODEL_FIXTURES = frozenset({"verifier"})  # the openWakeWord models
+
+
 @pytest.fixture(scope="module")
 def verifier() -> OpenWakeWordVerifier:
     return OpenWakeWordVerifier("alexa")
@@ -57,6 +60,7 @@ def test_verifier_scores_keyword_high_and_other_speech_low(verifier, speak):
     assert verifier.score(np.concatenate([PAD, speak("I'd like a twelve ounce latte.")])) < 0.05
 
 
+@pytest.mark.models
 def test_a_rejected_candidate_is_checked_once_and_reported_never(speak):
     class Never:
         threshold, window_s, wait_s, last_ms = 0.5, 2.0, 0.2, 0.0
@@ -109,6 +113,7 @@ def test_audio_history_keeps_the_last_seconds():
     assert len(h.get()) == 0
 
 
+@pytest.mark.models
 def test_verifier_config(caplog):
     cfg = Config()
     assert cfg.wake.verifier == "openwakeword"
