@@ -407,3 +407,19 @@ def test_slow_endless_generation_cut_by_timeout(tiny_cfg) -> None:
     words = reply.split()
     assert svc.last_source == "llm" and words
     assert words == [f"word{i}" for i in range(1, len(words) + 1)]  # nothing lost or held
+
+
+def test_conversations_are_bounded(tiny_cfg):
+    from hark.llm.service import MAX_SESSIONS, LlmService
+
+    class Echo:
+        name = "echo"
+
+        def stream(self, messages, max_tokens):
+            yield "Fine."
+
+    svc = LlmService(tiny_cfg, Echo())
+    for i in range(MAX_SESSIONS + 50):
+        "".join(svc.reply_stream(f"question {i}", session=f"s{i}", cacheable=False))
+    assert len(svc._sessions) == MAX_SESSIONS
+    assert f"s{MAX_SESSIONS + 49}" in svc._sessions and "s0" not in svc._sessions

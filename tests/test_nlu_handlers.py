@@ -376,3 +376,14 @@ def test_a_failing_handler_answers_instead_of_raising(handlers):
     handlers.home = Broken()
     reply = handlers.handle(intent("HassTurnOn", name="tv"))
     assert reply.text == "Sorry, something went wrong doing that."
+
+
+def test_per_session_state_is_bounded():
+    h = IntentHandlers(Config())
+    try:
+        for i in range(1000):
+            h.remember(f"satellite-{i}", "said")
+        assert len(h._last) == 256 and h.last_reply("satellite-999").text == "said"
+        assert h.last_reply("satellite-0") is None
+    finally:
+        h.close()

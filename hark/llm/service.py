@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
+
 from hark.config import Config
 from hark.errors import HarkError, ModelError
 from hark.llm.base import ChatMessage, LlmEngine, LlmError
@@ -121,6 +123,9 @@ class _ProfileLoad:
             a * ttft_s + (1 - a) * self.ttft_ema_s)
 
 
+MAX_SESSIONS = 256  # conversations kept at once
+
+
 class LlmService:
     """The LLM stage. ``reply_stream`` is a blocking generator: run it on a stage thread
     (``StageExecutor.iterate``). Calls are serialised by a lock."""
@@ -135,7 +140,9 @@ class LlmService:
         self.ttft_budget_s = ttft_budget_s
         self.retry_every = retry_every  # after this many skipped turns, try the slow one again
         self.system_prompt = cfg.llm.system_prompt
-        self._sessions: dict[str, _Session] = {}
+        # one conversation per session, the least recently used dropped past MAX_SESSIONS
+        # (a satellite that reconnects a million times does not keep a million histories)
+        self._sessions: LRUCache[str, _Session] = LRUCache(maxsize=MAX_SESSIONS)
         self._cache: dict[str, tuple[float, str]] = {}
         self._load: dict[str, _ProfileLoad] = {}
         # a plain Lock (not RLock): a generator abandoned by its consumer may be closed,

@@ -42,7 +42,7 @@ class IntentHandler(Protocol):
 
 
 class TurnHandlers(Protocol):
-    """What a turn calls to answer an intent (:class:`hark.nlu.handlers.Handlers`)."""
+    """What a turn calls to answer an intent (:class:`hark.nlu.handlers.IntentHandlers`)."""
 
     def handle(self, intent: IntentResult, session: str = "default") -> Reply:
         """Carry out ``intent`` for ``session`` and say what was done."""

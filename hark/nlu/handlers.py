@@ -24,6 +24,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from cachetools import LRUCache
+
 from hark.config import Config
 from hark.nlu.base import IntentResult, Reply
 from hark.nlu.timers import Timer, TimerManager, say_duration
@@ -250,8 +252,9 @@ class IntentHandlers:
         # registered first, so the command has run (and done_message says what it did)
         # before any later callback, such as the pipeline's notification, reads it
         self.timers.on_fire(self._run_timer_action)
-        self.volume: dict[str, int] = {}
-        self._last: dict[str, Reply] = {}
+        # per session, bounded: the least recently used sessions are forgotten
+        self.volume: LRUCache[str, int] = LRUCache(maxsize=256)
+        self._last: LRUCache[str, Reply] = LRUCache(maxsize=256)
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------
