@@ -137,4 +137,7 @@ def test_pipeline_turn(assistant, cfg, speak):
     assert "time" in Transcript.from_event(got["transcript"]).text.lower()
     handled = Handled.from_event(got["handled"]).text
     assert handled
-    assert len(reply_audio) / assistant.tts_rate > 0.8
+    # the whole spoken reply arrived: "It's 5:20 PM." is 0.79 s of Piper once its
+    # silence is trimmed, so the bound is on the words, not on a second
+    assert len(reply_audio) / assistant.tts_rate > 0.04 * len(handled), (handled,
+                                                                          len(reply_audio))
