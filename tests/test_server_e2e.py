@@ -18,18 +18,6 @@ from hark.config import Config
 
 pytestmark = pytest.mark.timeout(300)
 
-# The time the assistant tells in these tests. Whisper tiny misreads some spoken clock
-# times ("It's 5:18 PM." as "it's 5 aching pm", 4:30 as "for 30": 56 of the 720
-# afternoon times), so a check on the real clock failed at some minutes of the day.
-SAID_TIME = datetime.datetime(2026, 1, 2, 15, 25)
-
-
-@pytest.fixture
-def clock(assistant, monkeypatch):
-    monkeypatch.setattr(assistant.handlers, "now", lambda: SAID_TIME)
-    return SAID_TIME
-
-
 def _run(cfg: Config, assistant, wav: Path, out: Path, **transport):
     from hark.satellite.audio import FileSource, WavSink
     from hark.satellite.satellite import FRAME, Satellite

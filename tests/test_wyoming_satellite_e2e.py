@@ -75,7 +75,7 @@ async def _drive(c, assistant, sat, traces):
 
 
 def test_satellite_with_its_own_wake_word_answers_what_time_it_is(
-        assistant, cfg, speak, satellite_python, whisper, tmp_path):
+        assistant, cfg, speak, satellite_python, whisper, tmp_path, clock):
     """The satellite detects "Alexa" itself (its --wake-uri is hark's Wyoming wake
     service), then streams; hark's end of turn ends the command, the reply is played by
     the satellite's snd command and says the time; the satellite goes back to waiting
@@ -127,7 +127,7 @@ def test_satellite_with_its_own_wake_word_answers_what_time_it_is(
 
 
 def test_always_streaming_satellite_hark_wake_word_timer_announcement(
-        assistant, cfg, speak, satellite_python, whisper, tmp_path):
+        assistant, cfg, speak, satellite_python, whisper, tmp_path, clock):
     """The satellite streams all the time (no wake word of its own), at 48 kHz stereo:
     hark hears "Alexa", sets the timer, announces its end on that satellite, and hears
     the next "Alexa" on the same stream."""
