@@ -38,6 +38,36 @@ def test_echo_delay_is_found(speak):
     assert echo_delay(_echo(ref, 1234, 0.5), ref, 3200) == 1234
 
 
+class _FramesOnly:
+    """Stands in for the VAD where only its frame size is used (``residual``)."""
+
+    frame_samples = 512
+
+    def reset(self) -> None:
+        pass
+
+
+def test_echo_delay_is_measured_right_wherever_the_reply_starts(speak):
+    """The delay is measured afresh at every reply and after every stall of the speaker,
+    so from any point of a reply; a voiced reply repeats every pitch period, and a delay
+    one period off leaves the echo in the residual (a barge-in by the reply itself)."""
+    reply = speak("It is noon. Is there anything else I can do for you? "
+                  "It is three fifteen in the afternoon.").astype(float)
+    rng = np.random.default_rng(0)
+    wrong = []
+    for start in range(0, len(reply) - 24 * 512, 160):
+        delay = int(rng.integers(700, 1300))  # a sound card's latency and the room
+        det = BargeInDetector(_FramesOnly(), canceller="subtract")
+        det.start(reply[start:])
+        mic = _echo(reply[start:], delay, 0.5)
+        for i in range(0, 24 * 512, 512):
+            if det.residual(mic[i:i + 512]) is not None:
+                break
+        if det.delay != delay:
+            wrong.append((start, delay, det.delay))
+    assert not wrong
+
+
 def test_own_voice_echo_does_not_trigger(vad, speak):
     reply = speak("It is three fifteen in the afternoon, and your timer has two minutes left.")
     det = BargeInDetector(vad)

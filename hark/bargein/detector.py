@@ -5,7 +5,7 @@ played, so the echo is predicted from the reply audio and subtracted
 (:mod:`hark.bargein.echo`); only speech in what is left (the residual) is a barge-in.
 Two predictions, and each frame keeps the one that leaves less:
 
-- one delayed gain: the echo path's delay is found by cross-correlation
+- one delayed gain: the echo path's delay is found by phase-weighted cross-correlation
   (:func:`~hark.bargein.echo.echo_delay`) at the start of each reply, and each frame's
   gain is fitted by least squares. Right for a direct echo and from the first frames on,
   but a room's reverberation smears the echo over hundreds of milliseconds, and that
@@ -119,8 +119,11 @@ class BargeInDetector:
             seen = np.concatenate(self.mic_seen)
             ref = self._reference(0, len(seen))
             voiced = float(np.mean(np.abs(ref) > 500))  # share of the reference with sound
-            if len(seen) < 8 * self.frame or (voiced < 0.3 and len(seen) < 24 * self.frame):
-                return None  # not enough played yet to place the echo
+            # not enough played yet to place the echo: 12 frames (384 ms) at least, of
+            # which the echo may miss the first max_delay (on 8 the delay sometimes came
+            # out a pitch period off)
+            if len(seen) < 12 * self.frame or (voiced < 0.3 and len(seen) < 24 * self.frame):
+                return None
             self.delay = echo_delay(seen, ref, self.max_delay) if voiced > 0.05 else 0
             self.mic_seen.clear()
             before = len(seen) - len(x)  # the frames held back, now that the echo is placed

@@ -6,7 +6,7 @@ find it in the microphone signal. Plain numpy, no model and no state shared betw
 instances.
 
 - :func:`echo_delay`: how many samples the microphone lags the reference (the peak of
-  their cross-correlation).
+  their phase-weighted cross-correlation).
 - :class:`EchoCanceller`: the room's response to the reference (reverberation included)
   learnt as it plays and subtracted. ``process(mic_hop, ref_hop)`` takes a hop of
   microphone audio (exactly ``frame // 2`` samples) and the reference a
@@ -21,10 +21,13 @@ import numpy as np
 
 def echo_delay(mic: np.ndarray, ref: np.ndarray, max_delay: int) -> int:
     """Samples by which ``mic`` lags ``ref`` (0..max_delay): the peak of their
-    cross-correlation, computed by FFT."""
+    cross-correlation computed by FFT, its spectrum mostly whitened (the phase
+    transform, GCC-PHAT, at weight 0.8), so that a voiced reply's pitch period, which
+    repeats in the plain cross-correlation, is not taken for the delay."""
     n = len(mic) + len(ref)
     nfft = 1 << (n - 1).bit_length()
     cross = np.fft.rfft(mic.astype(np.float64), nfft) * np.conj(np.fft.rfft(ref.astype(np.float64), nfft))
+    cross /= np.maximum(np.abs(cross), 1e-12) ** 0.8
     cc = np.fft.irfft(cross, nfft)
     return int(np.argmax(cc[: max_delay + 1]))
 
