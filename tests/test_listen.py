@@ -342,7 +342,7 @@ def test_speech_over_the_reply_is_handed_on_without_the_echo(cfg, speak, cancell
 # --- the parts, with small fakes -------------------------------------------------------
 
 def test_sample_clock_ignores_late_callbacks():
-    from hark.pipeline.live import SampleClock
+    from hark.audio import SampleClock
 
     clock = SampleClock(16000)
     # 512-sample blocks captured every 32 ms from t=100; the third callback runs 50 ms late
@@ -353,7 +353,7 @@ def test_sample_clock_ignores_late_callbacks():
 
 
 def test_sample_clock_follows_a_slow_sound_card():
-    from hark.pipeline.live import SampleClock
+    from hark.audio import SampleClock
 
     clock = SampleClock(16000)
     slow = 1.0005  # the card delivers 16000 samples every 1.0005 s

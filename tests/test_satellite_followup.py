@@ -79,8 +79,12 @@ def test_gate_ignores_kitchen_noise_and_hears_speech(gate, kitchen, speak):
 def test_follow_up_window_opens_on_speech_not_noise(then, kitchen, speak, tmp_path):
     pad = np.zeros(8000, np.int16)
     after = kitchen if then == "noise" else speak("And in Paris?")
+    # the 0.6 s reply ends at least 0.9 s after the question (0.3 s of quiet ends the
+    # turn) and the barge-in listener hears the room for 0.5 s more: speech 1.5 s after
+    # the question was a barge-in whenever a busy machine made the reply a little late;
+    # 2.5 s is after all that, and within the 4 s follow-up window
     wav = write_wav(tmp_path / "talk.wav", np.concatenate([
-        pad, speak("Alexa, what time is it?"), np.zeros(int(1.5 * 16000), np.int16),
+        pad, speak("Alexa, what time is it?"), np.zeros(int(2.5 * 16000), np.int16),
         after, pad]), 16000)
 
     async def go():
@@ -110,7 +114,7 @@ class _Room:
     the satellite plays goes into the speaker's buffer (``latency_ms`` deep when it
     starts from idle, then appended) and comes back into the microphone 6 dB down,
     mixed with the recording. Microphone frame ``k`` holds speaker samples
-    ``[k*320, (k+1)*320)``."""
+    ``[k*320, (k+1)*320)``. Like a sound card, it says when it ran dry (``underran``)."""
 
     def __init__(self, wav, latency_ms: int = 60, gain: float = 0.5, seconds: int = 60):
         import threading
@@ -126,6 +130,7 @@ class _Room:
         self.frames = 0  # microphone frames delivered
         self._lock = threading.Lock()
         self.echo_samples = 0  # reply samples that reached the microphone
+        self.underran = False  # the last write found the speaker idle
 
     def _index(self) -> int:
         """The speaker sample now being captured by the microphone."""
@@ -142,6 +147,7 @@ class _Room:
         x = resample(np.asarray(samples, np.int16), rate, 16000).astype(np.float32)
         with self._lock:
             now = self._index()
+            self.underran = self.cursor <= now
             at = self.cursor if self.cursor > now else now + self.latency
             x = x[: max(0, len(self.speaker) - at)]
             self.speaker[at:at + len(x)] = x * self.gain
@@ -189,10 +195,15 @@ def test_reply_echo_neither_opens_a_turn_nor_interrupts(speak, tmp_path):
 
     pad = np.zeros(8000, np.int16)
     ask = speak("Alexa, what time is it?")
-    wav = write_wav(tmp_path / "talk.wav", np.concatenate([
-        pad, ask, np.zeros(4 * 16000, np.int16), speak("And in Paris?"), pad]), 16000)
-    follow_up_at = (len(pad) + len(ask)) / 16000 + 4.0  # seconds into the recording
     reply = speak("It is noon. Is there anything else I can do for you?")
+    # the follow-up comes 2 s after the reply would end if it began at once: speech
+    # while the listener still hears the room (0.5 s after the reply) is a barge-in, and
+    # on a busy machine the reply begins late and stalls now and then
+    wait_s = 2.0 + len(reply) / 16000
+    wav = write_wav(tmp_path / "talk.wav", np.concatenate([
+        pad, ask, np.zeros(int(wait_s * 16000), np.int16), speak("And in Paris?"), pad]),
+        16000)
+    follow_up_at = (len(pad) + len(ask)) / 16000 + wait_s  # seconds into the recording
     turn_starts: list[float] = []  # seconds into the recording
 
     async def go():

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from hark.audio import SAMPLE_RATE, AudioChunk, resample
+from hark.audio import SAMPLE_RATE, AudioChunk, SampleClock, resample
 from hark.bargein.detector import BargeInDetector, PlaybackListener
 from hark.errors import AudioError, HarkError
 
@@ -79,35 +79,6 @@ def output_rate(sd: Any, device: int | str | None) -> int:
     except Exception:  # noqa: BLE001 - any trouble: the common rate
         return DEFAULT_OUTPUT_RATE
     return rate if rate > 0 else DEFAULT_OUTPUT_RATE
-
-
-class SampleClock:
-    """When a stream's samples were captured or played, from how many came before.
-
-    A callback that runs late (a busy interpreter) must not move its audio in time, or
-    the microphone and the speaker stop lining up for echo removal. The stream's start is
-    the earliest one consistent with every callback so far, let go of slowly (``leak``
-    seconds per second) so a sound card clock a little slower than ours is followed."""
-
-    def __init__(self, rate: int, leak: float = 1e-3):
-        self.rate = rate
-        self.leak = leak
-        self.count = 0
-        self._start: float | None = None
-        self._last = 0.0
-
-    def stamp(self, frames: int, now: float, *, captured: bool) -> float:
-        """Time of the first of ``frames`` samples, given at ``now`` (an input callback
-        comes after its samples were ``captured``; an output one before they play)."""
-        start = now - (self.count + (frames if captured else 0)) / self.rate
-        if self._start is None:
-            self._start = start
-        else:
-            self._start = min(start, self._start + self.leak * (now - self._last))
-        self._last = now
-        t = self._start + self.count / self.rate
-        self.count += frames
-        return t
 
 
 class Player:

@@ -2,7 +2,9 @@
 
 Sources are blocking iterators of 16 kHz mono int16 frames, read on the wake word
 thread: a sounddevice microphone, a WAV file played at real time, or raw PCM on stdin.
-Sinks take decoded reply audio: a sounddevice speaker or a WAV file.
+Sinks take decoded reply audio: a sounddevice speaker or a WAV file. A sink that can
+tell sets ``underran`` on each ``write``: True when the speaker ran dry (played a gap)
+before that audio, which puts the reply's echo out of line with what was written.
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ class SpeakerSink:
         self._dev = int(device) if device.isdigit() else (device or None)
         self._stream = None
         self.rate = 0
+        self.underran = False  # PortAudio played silence before the last write's audio
 
     def write(self, samples: np.ndarray, rate: int) -> None:
         if self._stream is None or rate != self.rate:
@@ -174,7 +177,8 @@ class SpeakerSink:
                 raise AudioError(f"no usable speaker: {exc}",
                                  fix="set audio.output_device, or use --output FILE.wav") from exc
             self.rate = rate
-        self._stream.write(np.ascontiguousarray(samples, dtype=np.int16).reshape(-1, 1))
+        self.underran = bool(
+            self._stream.write(np.ascontiguousarray(samples, dtype=np.int16).reshape(-1, 1)))
 
     def stop(self) -> None:
         if self._stream is not None:

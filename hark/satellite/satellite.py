@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hark.audio import SAMPLE_RATE, AudioChunk
+from hark.audio import SAMPLE_RATE, AudioChunk, SampleClock
 from hark.auth import read_server_token
 from hark.config import Config
 from hark.errors import HarkError, ProtocolError
@@ -178,13 +178,17 @@ class Satellite:
         if self.realtime_thread:
             log.info("wake word thread: %s", "; ".join(map(str, wake_thread_sched(self.cfg)))
                      or "no scheduling controls on this OS")
+        # when each frame was captured: a thread that fell behind reads a backlog of older
+        # frames at once, and their reading time would place them after the reply began
+        clock = SampleClock(SAMPLE_RATE)
         try:
             for frame in self.source:
                 t = time.monotonic()
+                captured = clock.stamp(len(frame), t, captured=True)
                 ev = self.detector.process(AudioChunk(frame, SAMPLE_RATE, t))
                 if self._stop.is_set():
                     return
-                loop.call_soon_threadsafe(q.put_nowait, (frame, ev, t))
+                loop.call_soon_threadsafe(q.put_nowait, (frame, ev, captured))
             loop.call_soon_threadsafe(q.put_nowait, None)
         except RuntimeError:  # the loop closed under us: the satellite is stopping
             return
@@ -208,8 +212,8 @@ class Satellite:
                     break
                 if isinstance(item, Exception):
                     raise item
-                frame, ev, t = item
-                await self._on_frame(frame, ev, t)
+                frame, ev, captured = item
+                await self._on_frame(frame, ev, captured)
                 if self.exit_when_done and self._finished():
                     break
         finally:
@@ -586,9 +590,14 @@ class Satellite:
                     self.stats.reply_audio_at.append(time.monotonic())
                 self.sink.write(pcm, rx.rate)
                 now = time.monotonic()
+                # did the speaker play a gap before this audio (it ran dry in a stall)? The
+                # sink says so when it can tell; else: this late, it did (less late, its
+                # buffer carried the reply on)
+                told = getattr(self.sink, "underran", None)
+                gap = now > self._speaker_clock + UNDERRUN_S if told is None else told
                 lis = self._listener
                 if lis is not None:
-                    if lis.active and now > self._speaker_clock + UNDERRUN_S:
+                    if lis.active and gap:
                         # the speaker ran dry (a stall): the echo no longer lines up
                         # with the reference, so the listener measures it afresh
                         ignoring = lis.ignoring
@@ -597,7 +606,11 @@ class Satellite:
                     if not lis.active:
                         self._playback_started = now
                     lis.played(pcm, rx.rate)
-                self._speaker_clock = max(self._speaker_clock, now) + len(pcm) / rx.rate
+                # when the audio handed over will have played: on from the audio before
+                # it, or from now after a gap (a clock moved on by every small delay ran
+                # ahead of the speaker, until a gap it took for none put the echo out of
+                # line with the reference and the listener heard the reply as a barge-in)
+                self._speaker_clock = (now if gap else self._speaker_clock) + len(pcm) / rx.rate
                 self.stats.frames_played += 1
                 self._last_audio = time.monotonic()
                 if self._followup_until:
