@@ -68,7 +68,8 @@ def blocked_udp_audio(monkeypatch):
 
 
 def test_fallback_keeps_the_whole_question_and_udp_comes_back(cfg, assistant, speak,
-                                                              tmp_path, blocked_udp_audio):
+                                                              tmp_path, blocked_udp_audio,
+                                                              clock):
     from hark.satellite.audio import FileSource, WavSink
     from hark.satellite.satellite import FRAME, Satellite
     from hark.server.server import Server
