@@ -159,6 +159,7 @@ def test_cache_hit_returns_same_result_marked_cache():
     assert fresh.cache_info()["size"] == 2
 
 
+@pytest.mark.models  # the paraphrase fallback loads the sentence encoder
 def test_a_cached_guess_keeps_its_source():
     """A fuzzy-corrected name served from the cache is still a guess (the guard asks
     before acting on it), not a template's match."""

@@ -724,6 +724,7 @@ def test_server_refuses_malformed_hellos_and_answers_bad_messages_by_field():
     assert stats.sessions_refused == 4 and stats.events_rejected == 4 and stats.turns == 0
 
 
+@pytest.mark.models  # the satellite loads the wake word models
 def test_satellite_hello_is_the_old_one_and_a_malformed_welcome_means_reconnecting(tmp_path):
     """The satellite's hello has the old keys, values and order; a welcome without its
     SSRC is a protocol error: the satellite closes that connection and tries again
