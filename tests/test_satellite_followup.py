@@ -236,3 +236,60 @@ def test_reply_echo_neither_opens_a_turn_nor_interrupts(speak, tmp_path):
     assert len(fake.turn_speech) == 2 and fake.turn_speech[1] > 0.3 * 16000
     # the follow-up began with the person's words, not with the reply's echo before them
     assert len(turn_starts) == 2 and turn_starts[1] > follow_up_at, (turn_starts, follow_up_at)
+
+
+def test_microphone_frames_are_stamped_with_their_capture_time():
+    """A wake thread that fell behind reads a backlog of frames at once: each is stamped
+    with when it was captured, counted from the frames before it, not with when it was
+    read (the reply's echo is lined up by it); after the source dropped audio the count
+    starts afresh."""
+    from hark.satellite.satellite import Satellite
+
+    class Source:
+        overflowed = False
+
+        def __iter__(self):
+            for _ in range(5):  # on time
+                time.sleep(0.02)
+                yield np.zeros(320, np.int16)
+            time.sleep(0.2)  # the reader stalls: ten frames wait for it
+            for _ in range(10):
+                yield np.zeros(320, np.int16)
+            time.sleep(0.2)
+            self.overflowed = True  # ... and ten more were dropped
+            yield np.zeros(320, np.int16)
+
+    class NoWake:
+        keyword = "alexa"
+
+        def process(self, chunk):
+            return None
+
+    class NoSpeaker:
+        def write(self, pcm, rate) -> None:
+            pass
+
+    c = Config()
+    c.wake.barge_in_speech = False
+    c.wake.followup_s = 0
+    sat = Satellite(c, Source(), NoSpeaker(), detector=NoWake(), realtime_thread=False)
+
+    async def go():
+        q: asyncio.Queue = asyncio.Queue()
+        read: list[float] = []
+        original = q.put_nowait
+
+        def put(item):
+            read.append(time.monotonic())
+            original(item)
+
+        q.put_nowait = put
+        await asyncio.to_thread(sat._wake_thread, asyncio.get_running_loop(), q)
+        items = [q.get_nowait() for _ in range(q.qsize())]
+        return [item[2] for item in items if item is not None], read
+
+    stamps, read = asyncio.run(go())
+    assert len(stamps) == 16
+    assert np.diff(stamps[5:15]) == pytest.approx([0.02] * 9, abs=1e-4)  # as captured
+    assert read[5] - stamps[5] > 0.15  # the first of them read well after its capture
+    assert read[15] - stamps[15] < 0.1  # after the drop: counted from its own reading

@@ -4,7 +4,9 @@ Sources are blocking iterators of 16 kHz mono int16 frames, read on the wake wor
 thread: a sounddevice microphone, a WAV file played at real time, or raw PCM on stdin.
 Sinks take decoded reply audio: a sounddevice speaker or a WAV file. A sink that can
 tell sets ``underran`` on each ``write``: True when the speaker ran dry (played a gap)
-before that audio, which puts the reply's echo out of line with what was written.
+before that audio, which puts the reply's echo out of line with what was written; a
+source that can tell sets ``overflowed`` with each frame: True when audio was dropped
+before it, so the frames no longer count the time since the first.
 """
 
 from __future__ import annotations
@@ -108,11 +110,13 @@ class MicSource:
         self.frame_samples = frame_samples
         self.ended = threading.Event()
         self.done = threading.Event()
+        self.overflowed = False  # PortAudio dropped audio before the last frame
 
     def __iter__(self) -> Iterator[np.ndarray]:
         with self._stream:
             while not self.done.is_set():
-                data, _overflow = self._stream.read(self.frame_samples)
+                data, overflowed = self._stream.read(self.frame_samples)
+                self.overflowed = bool(overflowed)
                 yield data.reshape(-1).copy()
 
 

@@ -180,10 +180,13 @@ class Satellite:
                      or "no scheduling controls on this OS")
         # when each frame was captured: a thread that fell behind reads a backlog of older
         # frames at once, and their reading time would place them after the reply began
+        # (counted afresh after audio was dropped)
         clock = SampleClock(SAMPLE_RATE)
         try:
             for frame in self.source:
                 t = time.monotonic()
+                if getattr(self.source, "overflowed", False):
+                    clock = SampleClock(SAMPLE_RATE)
                 captured = clock.stamp(len(frame), t, captured=True)
                 ev = self.detector.process(AudioChunk(frame, SAMPLE_RATE, t))
                 if self._stop.is_set():
