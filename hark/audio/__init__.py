@@ -48,9 +48,9 @@ class SampleClock:
 
     A callback that runs late (a busy interpreter), or a reader that falls behind and
     reads a backlog at once, must not move its audio in time, or the microphone and the
-    speaker stop lining up for echo removal. The stream's start is
-    the earliest one consistent with every callback so far, let go of slowly (``leak``
-    seconds per second) so a sound card clock a little slower than ours is followed."""
+    speaker stop lining up for echo removal. The stream's start is the earliest one
+    consistent with every callback so far, let go of slowly (``leak`` seconds per
+    second) so a sound card clock a little slower than ours is followed."""
 
     def __init__(self, rate: int, leak: float = 1e-3):
         self.rate = rate
