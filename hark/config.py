@@ -372,6 +372,8 @@ class ServerConfig:
     tokens: dict[str, str] = secret(token=True, dict_of=True)
     max_sessions: int = ranged(8, ge=1)  # satellites connected at once
     max_concurrent_turns: int = ranged(4, ge=1)
+    # a control connection that has not said a valid 'hello' by then is closed
+    hello_timeout_s: float = ranged(5.0, gt=0, le=60)
     trace_log: str = ""  # JSON lines of turn traces; "" = <home>/traces.jsonl
     trace_log_max_mb: float = ranged(64.0, ge=0)  # rotated past this size (0: never)
     trace_log_keep: int = ranged(3, ge=0)  # rotated files kept (traces.jsonl.1 .. .3)

@@ -43,10 +43,11 @@ async def _closed(reader: asyncio.StreamReader, timeout: float = 30) -> bool:
 
 def test_pending_handshakes_are_capped_and_a_satellite_still_gets_in(tmp_path, monkeypatch):
     monkeypatch.setattr(srv, "MAX_PENDING_HANDSHAKES", 8)
-    monkeypatch.setattr(srv, "HELLO_TIMEOUT_S", 60.0)  # any close below is the cap's
 
     async def go():
-        server = srv.Server(_cfg(tmp_path), FakeAssistant())
+        cfg = _cfg(tmp_path)
+        cfg.server.hello_timeout_s = 60.0  # any close below is the cap's
+        server = srv.Server(cfg, FakeAssistant())
         await server.start()
         try:
             idle = [await asyncio.open_connection("127.0.0.1", server.control_port)

@@ -35,9 +35,11 @@ def test_impaired_stream_is_reordered_deduplicated_and_concealed(speak):
 
 def test_clean_pcm_stream_is_bit_exact(speak):
     speech = speak("Hello there.")
-    # a generous buffer, so a busy test machine cannot make a frame late
+    # This checks that the PCM path is lossless; timing is the bench's job. Sender and
+    # player share one event loop: a stall longer than the playout delay (100 ms failed
+    # once on a loaded 2-core box) lets the player run first and count a frame late.
     res = asyncio.run(run_transport(speech, Impairment(), codec="pcm", frame_ms=10,
-                                    jitter_min_ms=100, jitter_max_ms=200))
+                                    jitter_min_ms=500, jitter_max_ms=1000))
     n = len(speech) // 160 * 160
     assert res["lost_frames"] == 0 and res["late_frames"] == 0
     assert np.array_equal(res["_received"][:n], speech[:n])

@@ -59,6 +59,7 @@ class Target:
     wyoming_port: int
     token: str
     pid: int | None = None
+    hello_timeout_s: float = 5.0  # the server's server.hello_timeout_s
 
 
 @dataclass
@@ -296,7 +297,7 @@ async def probe_wyoming_odd_rate(t: Target, chunks: int = 1000) -> ProbeResult:
 async def probe_idle_connections(t: Target, turn, n: int = IDLE_CONNECTIONS
                                  ) -> ProbeResult:
     """``n`` control connections that never say hello, and ``turn()`` meanwhile."""
-    from hark.server.server import HELLO_TIMEOUT_S
+    HELLO_TIMEOUT_S = t.hello_timeout_s  # noqa: N806
 
     host = _connect_host(t)
     opened: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
@@ -476,7 +477,7 @@ def _spawn_server(args: Any, cfg: Any) -> tuple[subprocess.Popen, Target, Path]:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     target = Target("127.0.0.1", ports["control_port"], ports["http_port"],
-                    ports["wyoming_port"], token, proc.pid)
+                    ports["wyoming_port"], token, proc.pid, cfg.server.hello_timeout_s)
     return proc, target, log_path
 
 
@@ -508,7 +509,7 @@ def main(args: Any) -> int:
                             fix="run as the user 'hark serve' runs as, with its config")
         sc = cfg.server
         target = Target(sc.host, sc.control_port, sc.http_port, sc.wyoming_port, token,
-                        args.attach)
+                        args.attach, sc.hello_timeout_s)
     else:
         proc, target, log_path = _spawn_server(args, cfg)
         print(f"started hark serve (pid {proc.pid}, log {log_path}); waiting for it...",

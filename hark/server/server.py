@@ -45,7 +45,6 @@ __all__ = ["BUSY_TEXT", "SatelliteSession", "Server", "ServerStats", "run_server
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT_S = 5.0
 PUMP_S = 0.005  # the jitter buffers' playout clock
 # bounds (issue 17): connections that have not finished their hello (the oldest is
 # closed to make room, so a real satellite always gets in), and a write the satellite
@@ -212,7 +211,7 @@ class Server:
         capacity), after sending it ``welcome``; None after refusing it with ``error``."""
         sc = self.cfg.server
         try:
-            ev = await asyncio.wait_for(conn.recv(), HELLO_TIMEOUT_S)
+            ev = await asyncio.wait_for(conn.recv(), sc.hello_timeout_s)
         except TimeoutError:
             await conn.send_message(m.Error("timeout", "no hello"))
             return None

@@ -89,6 +89,7 @@ MAX_TEXT = 2000  # characters of a text to speak, recognize or handle
 MAX_BUFFERED_S = 30.0  # audio held for one request (ASR) or queued for one turn
 MIN_RATE, MAX_RATE = 8000, 48000
 WRITE_TIMEOUT_S = 10.0
+LOGGED_FAILURES = 5  # refused events logged per connection; the rest only counted
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
@@ -232,6 +233,7 @@ class HarkWyomingHandler(AsyncEventHandler):
         self.turn_task: asyncio.Task | None = None
         # unique per connection (never reused): each client is its own conversation
         self.session = session or f"wyoming-{uuid.uuid4().hex[:12]}"
+        self.failed_events = 0  # refused events; past LOGGED_FAILURES, counted not logged
 
     async def run(self) -> None:
         idle = float(getattr(self.cfg.server, "wyoming_idle_s", 120.0))
@@ -252,6 +254,10 @@ class HarkWyomingHandler(AsyncEventHandler):
         except (ConnectionError, OSError):
             return
         finally:
+            if self.failed_events > LOGGED_FAILURES:
+                log.info("wyoming %s: %d refused events in all (%d more not logged)",
+                         self.session, self.failed_events,
+                         self.failed_events - LOGGED_FAILURES)
             await self.disconnect()
             self.writer.close()
 
@@ -280,7 +286,9 @@ class HarkWyomingHandler(AsyncEventHandler):
         except (ConnectionError, OSError):
             raise  # the client is gone: run() ends the connection
         except Exception as exc:  # noqa: BLE001 - a bad event never ends the service
-            log.info("wyoming: %s failed: %s", event.type[:64], exc)
+            self.failed_events += 1
+            if self.failed_events <= LOGGED_FAILURES:  # a hostile peer cannot flood the log
+                log.info("wyoming %s: %s failed: %s", self.session, event.type[:64], exc)
             await self.write_event(Error(text=f"{event.type[:64]}: {str(exc)[:500]}",
                                          code="hark-error").event())
         return True
