@@ -10,7 +10,13 @@ import pytest
 from ha_fake import TOKEN, FakeHomeAssistant, free_port
 
 from hark.config import Config
-from hark.nlu.ha_client import REFUSED, UNREACHABLE, HomeAssistantSync, websocket_url
+from hark.nlu.ha_client import (
+    REFUSED,
+    UNREACHABLE,
+    HomeAssistantSync,
+    keep_current,
+    websocket_url,
+)
 from hark.nlu.home import Home
 
 pytestmark = pytest.mark.timeout(120)
@@ -100,6 +106,31 @@ def test_state_changes_update_entities_in_place():
     assert home.find_entity("secret heater") is None
 
 
+def test_states_are_forgotten_while_disconnected():
+    """Home Assistant gone: no state is known (""), none is stale; back: read again."""
+    async def go():
+        ha = await FakeHomeAssistant().start()
+        sync = make_sync(ha.url)
+        try:
+            home = await sync.start(WAIT)
+            light = home.find_entity("kitchen ceiling")
+            before = (light.state, dict(light.attributes))
+            await ha.stop()
+            await sync.wait_for(lambda: sync.status == "unreachable", WAIT)
+            gone = (light.state, dict(light.attributes), sync.problem())
+            await ha.start()
+            await ha_connected(sync, 2)
+            return before, gone, (light.state, light.attributes.get("brightness"))
+        finally:
+            await sync.stop()
+            await ha.stop()
+
+    before, gone, back = run(go())
+    assert before[0] == "on" and before[1]["brightness"] == 200
+    assert gone == ("", {"friendly_name": "Kitchen Ceiling"}, UNREACHABLE)
+    assert back == ("on", 200)
+
+
 def test_registry_change_rebuilds_home_and_matcher():
     """A renamed entity: a new home goes to on_home, the intent stage matches the new
     name, and the command reaches Home Assistant's REST intent API."""
@@ -122,13 +153,13 @@ def test_registry_change_rebuilds_home_and_matcher():
             first = stage.recognize("turn on the porch lamp")
             hidden = stage.recognize("turn on the secret heater")
 
-            async def on_home(new: Home) -> None:
-                await loop.run_in_executor(None, stage.set_home, new)
+            def set_home(new: Home) -> None:  # as hark serve: Assistant.set_home
+                stage.set_home(new)
                 homes.append(new)
 
-            sync.on_home = on_home
+            await keep_current(sync, set_home, home)
             await ha.rename("light.porch_lamp", "Garden Lamp")
-            await sync.wait_for(lambda: bool(homes), WAIT)
+            await sync.wait_for(lambda: stage.home is not home, WAIT)
             renamed = stage.recognize("turn on the garden lamp")
             handlers = IntentHandlers(cfg)
             reply = await loop.run_in_executor(None, handlers.handle, renamed)
@@ -142,7 +173,7 @@ def test_registry_change_rebuilds_home_and_matcher():
     assert first is not None and first.name == "HassTurnOn"
     assert first.slots["name"] == "Porch Lamp"
     assert hidden is None  # not exposed to Assist: no name hark knows
-    assert homes[0].find_entity("garden lamp").id == "light.porch_lamp"
+    assert len(homes) == 1 and homes[0].find_entity("garden lamp").id == "light.porch_lamp"
     assert renamed is not None and renamed.name == "HassTurnOn"
     assert renamed.slots["name"] == "Garden Lamp"
     assert reply.text == "Turned on the light"
@@ -279,3 +310,55 @@ def test_sync_from_config():
     assert sync is not None and sync.ws_url == "ws://ha:8123/api/websocket"
     cfg.home.home_assistant_sync = False
     assert sync_from_config(cfg.home) is None
+
+
+def test_assistant_with_the_synced_home():
+    """The pipeline as ``hark serve`` builds it (Assistant with the synced home, the
+    real intent stage and handlers; fake ASR/LLM/TTS engines): an entity of Home
+    Assistant is recognized and acted on through its REST API; after a rename the new
+    name is; an entity not exposed to Assist is never acted on."""
+    from test_pipeline import FakeAsr, FakeLlm, FakeTts, Log, collect
+
+    from hark.nlu.guard import DIDNT_CATCH
+    from hark.nlu.handlers import load_handlers
+    from hark.nlu.recognizer import load_nlu
+    from hark.pipeline.assistant import Assistant
+    from hark.pipeline.events import TurnEnd
+
+    cfg = Config()
+    cfg.nlu.embedding_fallback = False
+    cfg.nlu.speech_intent = False
+
+    async def go():
+        ha = await FakeHomeAssistant().start()
+        cfg.home.home_assistant_url, cfg.home.home_assistant_token = ha.url, TOKEN
+        loop = asyncio.get_running_loop()
+        sync = make_sync(ha.url)
+        log = Log()
+        try:
+            home = await sync.start(WAIT)
+            nlu = await loop.run_in_executor(None, lambda: load_nlu(cfg, home=home))
+            a = Assistant(cfg, vad_factory=lambda: None, asr=FakeAsr(log), nlu=nlu,
+                          handlers=load_handlers(cfg, nlu), llm=FakeLlm(log, ["Okay."]),
+                          tts=FakeTts(log), home=nlu.home)
+            await keep_current(sync, a.set_home, home)
+            ends = [(await collect(a.run_text("turn on the porch lamp")))[-1]]
+            await ha.rename("light.porch_lamp", "Garden Lamp")
+            await sync.wait_for(lambda: a.home is not home, WAIT)
+            ends.append((await collect(a.run_text("turn on the garden lamp")))[-1])
+            ends.append((await collect(a.run_text("turn on the secret heater")))[-1])
+            a.close()
+            return ends, list(ha.intents), a.rescue_prompt
+        finally:
+            await sync.stop()
+            await ha.stop()
+
+    ends, posted, prompt = run(go())
+    assert all(isinstance(e, TurnEnd) and e.error is None for e in ends)
+    assert ends[0].reply == ends[1].reply == "Turned on the light"  # Home Assistant's
+    assert posted == [{"name": "HassTurnOn", "data": {"name": "Porch Lamp"}},
+                      {"name": "HassTurnOn", "data": {"name": "Garden Lamp"}}]
+    # the heater is not exposed to Assist: no name hark knows, nothing posted, and hark
+    # says it did not catch that rather than claiming an action
+    assert ends[2].reply == DIDNT_CATCH
+    assert "Garden Lamp" in prompt and "Porch Lamp" not in prompt

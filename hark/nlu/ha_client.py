@@ -27,7 +27,9 @@ A lost connection is retried with exponential backoff (``backoff_s`` doubling up
 ``max_backoff_s``); each time it connects again it reads everything again. A Home
 Assistant that cannot be reached, or that refuses the token, is logged once per change
 (the URL and what happened, never the token), and :meth:`problem` gives the sentence
-hark says when a command needs it. Memory is bounded whatever the peer sends: a
+hark says when a command needs it. While disconnected no state is known: each
+entity's ``state`` is ``""`` and its attributes only those that describe it
+(``STATIC_ATTRIBUTES``), so nothing stale is reported as the device's state. Memory is bounded whatever the peer sends: a
 WebSocket message over ``max_message_bytes`` closes the connection (then backoff), at
 most ``max_entities`` exposed entities are kept (the rest are logged and left out), and
 state events buffered during a reload are capped.
@@ -52,6 +54,10 @@ log = logging.getLogger(__name__)
 ASSISTANT = "conversation"  # Home Assistant's name for Assist in the expose settings
 REGISTRY_EVENTS = ("area_registry_updated", "floor_registry_updated",
                    "device_registry_updated", "entity_registry_updated")
+# attributes that describe an entity rather than its state: kept while disconnected
+STATIC_ATTRIBUTES = frozenset({"friendly_name", "device_class", "unit_of_measurement",
+                               "supported_features", "supported_color_modes", "icon",
+                               "state_class"})
 UNREACHABLE = "I couldn't reach Home Assistant."
 REFUSED = "Home Assistant refused my access token."
 
@@ -362,6 +368,7 @@ class HomeAssistantSync:
                     self._set_status("unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
                 if self.status == "connected":  # it was up: try again soon
                     delay = self.backoff_s
+                self._forget_states()
                 self._first.set()
                 await self._notify()
                 await asyncio.sleep(delay)
@@ -489,6 +496,15 @@ class HomeAssistantSync:
                                                               or self._returned):
             await self.on_home(home)
 
+    def _forget_states(self) -> None:
+        """Disconnected: no state is known any more (``""``, as in a home from the
+        config), until the next connection reads them again. Attributes keep only what
+        describes the entity, not its state."""
+        for entity in self._by_id.values():
+            entity.attributes = {k: v for k, v in entity.attributes.items()
+                                 if k in STATIC_ATTRIBUTES}
+            entity.state = ""
+
     def _on_event(self, seq: int, event: dict[str, Any]) -> None:
         kind = event.get("event_type")
         if kind == "state_changed":
@@ -549,3 +565,28 @@ def sync_from_config(home_cfg: Any, on_home: Callable[[Home], Awaitable[None]] |
         timeout_s=home_cfg.home_assistant_timeout_s,
         max_message_bytes=home_cfg.home_assistant_max_message_bytes,
         max_entities=home_cfg.home_assistant_max_entities, on_home=on_home)
+
+
+async def keep_current(sync: HomeAssistantSync, set_home: Callable[[Home], None],
+                       initial: Home | None) -> None:
+    """Hand every later home of ``sync`` to ``set_home`` (blocking, e.g.
+    ``Assistant.set_home``: run on the default executor, one at a time, always the
+    newest home). ``initial``: the home the pipeline was built with; a newer one read
+    meanwhile is handed over at once."""
+    loop = asyncio.get_running_loop()
+    lock = asyncio.Lock()
+    applied: list[Home | None] = [initial]
+
+    async def on_home(_home: Home) -> None:
+        async with lock:
+            newest = sync.home
+            if newest is None or newest is applied[0]:
+                return
+            await loop.run_in_executor(None, set_home, newest)
+            applied[0] = newest
+            log.info("home from Home Assistant in use: %d entities, %d areas",
+                     len(newest.entities), len(newest.areas))
+
+    sync.on_home = on_home
+    if sync.home is not None and sync.home is not initial:
+        await on_home(sync.home)
