@@ -98,6 +98,7 @@ class FakeHomeAssistant:
             _registry_entry("sensor.outside_humidity", area_id="garden",
                             device_class="humidity"),
             _registry_entry("switch.secret_heater", area_id="kitchen"),
+            _registry_entry("light.kitchen_strip", area_id="kitchen"),  # not exposed
             # exposed through the registry option only (not in expose_entity/list)
             _registry_entry("fan.bedroom_fan", area_id="bedroom", should_expose=True),
         ]}
@@ -116,6 +117,7 @@ class FakeHomeAssistant:
                 "friendly_name": "Outside Humidity", "device_class": "humidity",
                 "unit_of_measurement": "%", "state_class": "measurement"}),
             _state("switch.secret_heater", "off", {"friendly_name": "Secret Heater"}),
+            _state("light.kitchen_strip", "on", {"friendly_name": "Kitchen Strip"}),
             _state("fan.bedroom_fan", "off", {"friendly_name": "Bedroom Fan"}),
             # in the states but in no registry and not exposed
             _state("sun.sun", "above_horizon", {"friendly_name": "Sun"}),

@@ -347,6 +347,15 @@ def test_assistant_with_the_synced_home():
             await sync.wait_for(lambda: a.home is not home, WAIT)
             ends.append((await collect(a.run_text("turn on the garden lamp")))[-1])
             ends.append((await collect(a.run_text("turn on the secret heater")))[-1])
+            # an area-wide command: only the exposed light of the kitchen is sent
+            ends.append((await collect(a.run_text(
+                "turn off the lights in the cookhouse")))[-1])
+            ha.exposed["light.kitchen_ceiling"] = {"conversation": False}
+            await ha.rename("light.kitchen_ceiling", "Kitchen Ceiling")  # a reload
+            await sync.wait_for(lambda: a.home.find_entity("kitchen ceiling") is None,
+                                WAIT)
+            ends.append((await collect(a.run_text(
+                "turn off the lights in the kitchen")))[-1])
             a.close()
             return ends, list(ha.intents), a.rescue_prompt
         finally:
@@ -357,8 +366,50 @@ def test_assistant_with_the_synced_home():
     assert all(isinstance(e, TurnEnd) and e.error is None for e in ends)
     assert ends[0].reply == ends[1].reply == "Turned on the light"  # Home Assistant's
     assert posted == [{"name": "HassTurnOn", "data": {"name": "Porch Lamp"}},
-                      {"name": "HassTurnOn", "data": {"name": "Garden Lamp"}}]
+                      {"name": "HassTurnOn", "data": {"name": "Garden Lamp"}},
+                      {"name": "HassTurnOff", "data": {"name": "Kitchen Ceiling",
+                                                       "area": "Kitchen"}}]
+    assert ends[3].reply == "Turned on the light"  # Home Assistant's speech (the fake's)
+    # no light of the kitchen is exposed any more: nothing sent; the guard says so
+    assert ends[4].reply == "There's no light in the Kitchen."
     # the heater is not exposed to Assist: no name hark knows, nothing posted, and hark
     # says it did not catch that rather than claiming an action
     assert ends[2].reply == DIDNT_CATCH
     assert "Garden Lamp" in prompt and "Porch Lamp" not in prompt
+
+
+def test_area_commands_reach_only_exposed_entities():
+    """HomeAssistantHandler with the synced home: a target by area/floor/domain/device
+    class is sent once per exposed entity, by name; none exposed: nothing is sent."""
+    from hark.nlu.base import IntentResult
+    from hark.nlu.handlers import HomeAssistantHandler
+
+    async def go():
+        ha = await FakeHomeAssistant().start()
+        sync = make_sync(ha.url)
+        loop = asyncio.get_running_loop()
+        try:
+            await sync.start(WAIT)
+            handler = HomeAssistantHandler(ha.url, TOKEN, home=lambda: sync.home)
+
+            def handle(**slots):
+                intent = IntentResult("HassTurnOff", slots, "", domain="homeassistant")
+                return loop.run_in_executor(None, handler.handle, intent)
+
+            replies = [await handle(floor="Ground Floor"),
+                       await handle(area="Kitchen", domain="switch"),
+                       await handle(name="Porch Lamp")]
+            return replies, list(ha.intents)
+        finally:
+            await sync.stop()
+            await ha.stop()
+
+    replies, posted = run(go())
+    # the ground floor: the kitchen's exposed light; not the heater or the strip light
+    # (in the kitchen, not exposed), nor the hall's lock (its domain was not named)
+    assert posted[:1] == [
+        {"name": "HassTurnOff", "data": {"name": "Kitchen Ceiling", "area": "Kitchen"}}]
+    assert replies[0].text == "Turned on the light"  # the fake's speech
+    assert replies[1].text == ("I can't control the switches in the Kitchen: Home "
+                               "Assistant exposes none to Assist.")
+    assert posted[1:] == [{"name": "HassTurnOff", "data": {"name": "Porch Lamp"}}]
