@@ -128,6 +128,7 @@ class FakeHomeAssistant:
         self._subs: list[tuple[web.WebSocketResponse, int, str | None]] = []
         self._runner: web.AppRunner | None = None
         self.hold_get_states: asyncio.Event | None = None  # set: answer get_states
+        self.http_status: int | None = None  # answer /api/websocket with this instead
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -206,7 +207,9 @@ class FakeHomeAssistant:
 
     # -- WebSocket -------------------------------------------------------------------
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if self.http_status is not None:  # e.g. a reverse proxy in front refusing it
+            return web.json_response({"message": "refused"}, status=self.http_status)
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.sockets.append(ws)

@@ -257,6 +257,29 @@ def test_down_at_start_then_up_is_picked_up(caplog):
     assert len(lines) <= 4  # once per change of what went wrong, not once per retry
 
 
+@pytest.mark.parametrize("http_status, status", [(401, "unauthorized"),
+                                                  (404, "unreachable")])
+def test_http_refusal_of_the_websocket(caplog, http_status, status):
+    caplog.set_level(logging.INFO)
+
+    async def go():
+        ha = FakeHomeAssistant()
+        ha.http_status = http_status
+        await ha.start()
+        sync = make_sync(ha.url)
+        try:
+            return await sync.start(WAIT), sync.status, sync.problem(), ha.url
+        finally:
+            await sync.stop()
+            await ha.stop()
+
+    home, got, problem, url = run(go())
+    assert home is None and got == status
+    assert problem == (REFUSED if status == "unauthorized" else UNREACHABLE)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert lines and url in lines[0] and f"HTTP {http_status}" in lines[0]
+
+
 async def ha_connected(sync: HomeAssistantSync, times: int) -> None:
     await sync.wait_for(lambda: sync.connections >= times and sync.status == "connected",
                         WAIT)

@@ -364,6 +364,9 @@ class HomeAssistantSync:
                     await self._session(session)
                 except HaError as exc:
                     self._set_status(exc.status, str(exc))
+                except aiohttp.WSServerHandshakeError as exc:  # e.g. a proxy's 401
+                    self._set_status("unauthorized" if exc.status in (401, 403)
+                                     else "unreachable", f"HTTP {exc.status} {exc.message}")
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                     self._set_status("unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
                 if self.status == "connected":  # it was up: try again soon
