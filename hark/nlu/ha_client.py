@@ -369,6 +369,9 @@ class HomeAssistantSync:
                                      else "unreachable", f"HTTP {exc.status} {exc.message}")
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                     self._set_status("unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
+                except Exception as exc:  # a bug must not end the sync: logged, retried
+                    log.exception("Home Assistant sync failed")
+                    self._set_status("error", f"{type(exc).__name__}: {exc}")
                 if self.status == "connected":  # it was up: try again soon
                     delay = self.backoff_s
                 self._forget_states()
@@ -585,7 +588,11 @@ async def keep_current(sync: HomeAssistantSync, set_home: Callable[[Home], None]
             newest = sync.home
             if newest is None or newest is applied[0]:
                 return
-            await loop.run_in_executor(None, set_home, newest)
+            try:
+                await loop.run_in_executor(None, set_home, newest)
+            except Exception:  # the pipeline keeps the home it has
+                log.exception("the home read from Home Assistant could not be used")
+                return
             applied[0] = newest
             log.info("home from Home Assistant in use: %d entities, %d areas",
                      len(newest.entities), len(newest.areas))
