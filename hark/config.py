@@ -266,6 +266,16 @@ class HomeConfig:
     default_area: str = ""  # the room the assistant is in ("set the temperature to 68")
     home_assistant_url: str = ""  # e.g. http://homeassistant.local:8123; "" = answer only
     home_assistant_token: str = secret()  # long-lived access token
+    # with a URL and a token, `hark serve` reads the home (areas, floors, the entities
+    # exposed to Assist, their aliases and states) from Home Assistant's WebSocket API
+    # and keeps it current (hark.nlu.ha_client); the entities above are then only used
+    # while Home Assistant has not been read
+    home_assistant_sync: bool = True
+    # connecting, each request, and how long `hark serve` waits for the home at start
+    home_assistant_timeout_s: float = ranged(10.0, gt=0)
+    # a WebSocket message larger than this closes the connection (then retried)
+    home_assistant_max_message_bytes: int = ranged(16 * 1024 * 1024, ge=65536)
+    home_assistant_max_entities: int = ranged(5000, ge=1)  # exposed entities kept
 
 
 @dataclass

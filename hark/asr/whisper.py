@@ -22,6 +22,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from hark.asr.base import AsrResult
 from hark.config import AsrConfig, Config
 from hark.errors import AudioError, ModelError
 from hark.models.store import resolve
+
+if TYPE_CHECKING:
+    from hark.nlu.home import Home
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +168,17 @@ def resolve_asr_model(asr: AsrConfig, models_dir: Path) -> str:
     return resolve(ref, models_dir, kind="asr")
 
 
-def home_prompt(cfg: Config) -> str:
+def home_prompt(cfg: Config, home: Home | None = None) -> str:
     """A Whisper prompt for this home: a command in the style of the home's sentences and
     the names of its devices and areas ("" with ``asr.home_prompt`` off). It biases the
     decode toward the home's words: more commands heard right, questions heard worse, so
-    the pipeline uses it only to decode again a command it did not understand."""
+    the pipeline uses it only to decode again a command it did not understand.
+    ``home``: the home in use (one read from Home Assistant), default ``[home]``."""
     if not cfg.asr.home_prompt:
         return ""
     from hark.nlu.home import home_from_config
 
-    home = home_from_config(cfg.home)
+    home = home if home is not None else home_from_config(cfg.home)
     names = list(dict.fromkeys([e.name for e in home.entities] + [a.name for a in home.areas]))
     if not names:
         return ""

@@ -156,21 +156,92 @@ class DryRunHomeHandler:
         return Reply(text=text, intent=intent, cacheable=False)
 
 
+_TARGET_SLOTS = ("area", "floor", "domain", "device_class")
+
+
+def _values(value: Any) -> set[str]:
+    if value in (None, ""):
+        return set()
+    items = value if isinstance(value, (list, tuple, set)) else [value]
+    return {str(v).casefold() for v in items}
+
+
+# never acted on by a target that does not name their domain: "turn off everything
+# downstairs" must not unlock the front door
+_SECURITY_DOMAINS = frozenset({"lock", "alarm_control_panel"})
+
+
+def exposed_targets(home: Any, slots: dict[str, Any]) -> list[Any]:
+    """The entities of ``home`` an area / floor / domain / device class target means
+    (every one of those given must fit; locks and alarm panels only when their domain
+    is named)."""
+    domains, classes = _values(slots.get("domain")), _values(slots.get("device_class"))
+    areas, floors = _values(slots.get("area")), _values(slots.get("floor"))
+    floor_of = {a.name.casefold(): a.floor.casefold() for a in home.areas}
+    out = []
+    for e in home.entities:
+        if domains and e.domain.casefold() not in domains:
+            continue
+        if not domains and e.domain in _SECURITY_DOMAINS:
+            continue
+        if classes and str(e.attributes.get("device_class", "")).casefold() not in classes:
+            continue
+        if areas and e.area.casefold() not in areas:
+            continue
+        if floors and floor_of.get(e.area.casefold(), "") not in floors:
+            continue
+        out.append(e)
+    return out
+
+
 class HomeAssistantHandler:
     """Runs intents on a Home Assistant instance over its REST API.
 
     ``POST {url}/api/intent/handle`` with ``{"name": intent, "data": slots}`` and the
     long-lived access token as a Bearer token (Home Assistant needs ``intent:`` in its
     configuration.yaml for this endpoint). The reply is Home Assistant's own speech.
+
+    ``home`` (optional, ``() -> Home``: the home read from Home Assistant, only the
+    entities exposed to Assist): an intent aimed at an area, floor, domain or device
+    class rather than a name is sent once per exposed entity it means, by name, since
+    Home Assistant's intent API would act on unexposed ones too. None exposed: nothing
+    is sent and hark says so.
     """
 
-    def __init__(self, url: str, token: str, timeout_s: float = 5.0):
+    def __init__(self, url: str, token: str, timeout_s: float = 5.0,
+                 home: Callable[[], Any] | None = None):
         self.url = url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
+        self.home = home
 
     def handle(self, intent: IntentResult) -> Reply:
-        body = json.dumps({"name": intent.name, "data": intent.slots}).encode()
+        home = self.home() if self.home is not None else None
+        slots = intent.slots
+        if home is None or slots.get("name") or not any(slots.get(k) for k in _TARGET_SLOTS):
+            speech, failed = self._post(intent.name, slots, intent)
+            return failed or Reply(speech or "Done.", intent, cacheable=False)
+        targets = exposed_targets(home, slots)
+        if not targets:
+            return Reply(f"I can't control {describe_target(slots)}: Home Assistant "
+                         "exposes none to Assist.", intent, cacheable=False)
+        rest = {k: v for k, v in slots.items() if k not in _TARGET_SLOTS}
+        speeches = []
+        for entity in targets:
+            data = {**rest, "name": entity.name, **({"area": entity.area} if entity.area
+                                                     else {})}
+            speech, failed = self._post(intent.name, data, intent)
+            if failed is not None:
+                return failed
+            speeches.append(speech)
+        if len(targets) == 1 and speeches[0]:
+            return Reply(speeches[0], intent, cacheable=False)
+        return Reply("Done.", intent, cacheable=False)
+
+    def _post(self, name: str, data: dict[str, Any], intent: IntentResult
+              ) -> tuple[str, Reply | None]:
+        """Home Assistant's speech for one intent, or the reply saying what failed."""
+        body = json.dumps({"name": name, "data": data}).encode()
         request = urllib.request.Request(
             f"{self.url}/api/intent/handle", data=body, method="POST",
             headers={"Authorization": f"Bearer {self.token}",
@@ -180,17 +251,19 @@ class HomeAssistantHandler:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 payload = json.loads(response.read().decode("utf-8") or "{}")
         except urllib.error.HTTPError as exc:
-            log.warning("Home Assistant answered %s to %s: %s", exc.code, intent.name,
+            log.warning("Home Assistant answered %s to %s: %s", exc.code, name,
                         exc.read()[:200])
             if exc.code == 401:
-                return Reply("Home Assistant refused my access token.", intent,
-                             cacheable=False)
-            return Reply("Home Assistant couldn't do that.", intent, cacheable=False)
+                return "", Reply("Home Assistant refused my access token.", intent,
+                                 cacheable=False)
+            return "", Reply("Home Assistant couldn't do that.", intent, cacheable=False)
         except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
             log.warning("cannot reach Home Assistant at %s: %s", self.url, exc)
-            return Reply("I couldn't reach Home Assistant.", intent, cacheable=False)
-        speech = (((payload.get("speech") or {}).get("plain") or {}).get("speech") or "").strip()
-        return Reply(speech or "Done.", intent, cacheable=False)
+            return "", Reply("I couldn't reach Home Assistant.", intent, cacheable=False)
+        if not isinstance(payload, dict):
+            return "", None
+        return (((payload.get("speech") or {}).get("plain") or {}).get("speech")
+                or "").strip(), None
 
 
 class DomainHandler:
@@ -441,6 +514,14 @@ def _file_responses(cfg: Config) -> Callable[[str], dict[str, str]]:
 def load_handlers(cfg: Config, stage: Any = None) -> IntentHandlers:
     """Handlers for ``cfg``. User domains' reply templates come from the intent stage
     when given, else straight from the domain files; the stage also reads the commands
-    timers carry (without one, "in 5 minutes turn off the lights" is refused)."""
+    timers carry (without one, "in 5 minutes turn off the lights" is refused). With the
+    home read from Home Assistant (``home.home_assistant_sync``), the stage's home
+    (only entities exposed to Assist) limits what area-wide commands act on."""
     responses = stage.responses if stage is not None else _file_responses(cfg)
-    return IntentHandlers(cfg, responses=responses, recognizer=stage)
+    home = None
+    h = cfg.home
+    if (stage is not None and h.home_assistant_url and h.home_assistant_token
+            and h.home_assistant_sync):
+        home = HomeAssistantHandler(h.home_assistant_url, h.home_assistant_token,
+                                    home=lambda: stage.home)
+    return IntentHandlers(cfg, responses=responses, recognizer=stage, home=home)

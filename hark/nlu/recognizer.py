@@ -260,22 +260,24 @@ class IntentStage:
         # results by normalized text, a no-match (None) too; least recently used dropped
         self._cache: LRUCache[str, IntentResult | None] = LRUCache(self._cache_size)
         self._lock = threading.Lock()
+        self._generation = 0  # set_home() calls: a match begun before one is not cached
         self.hits = 0
         self.misses = 0
         self.warmup()
 
-    def _homeassistant_intents(self) -> Intents:
+    def _homeassistant_intents(self, home: Home | None = None) -> Intents:
         from home_assistant_intents import get_intents
 
+        home = home if home is not None else self.home
         data = get_intents(self.language)
         if data is None:
             raise ConfigError(f"nlu.language: home-assistant-intents has no sentences for "
                               f"{self.language!r}", fix='use nlu.language = "en"')
-        data = _without_absent_devices(_with_extra_sentences(data), self.home.domains)
+        data = _without_absent_devices(_with_extra_sentences(data), home.domains)
         intents = Intents.from_dict(data)
         # Keep the sentences for device domains this home has (and every sentence not
         # tied to a domain: timers, time, weather, lists...): fewer templates, faster.
-        return filter_intents(intents, domains=self.home.domains, keep_domainless=True)
+        return filter_intents(intents, domains=home.domains, keep_domainless=True)
 
     def _load_paraphrase(self) -> Any:
         """The paraphrase matcher over every matcher's intents; None (logged) when the
@@ -298,12 +300,13 @@ class IntentStage:
                         f" (fix: {exc.fix})" if getattr(exc, "fix", "") else "")
             return None
 
-    def _fuzzy_vocabulary(self) -> list[str]:
+    def _fuzzy_vocabulary(self, home_lists: dict[str, SlotList] | None = None) -> list[str]:
         """Spoken forms of the values a slot may be corrected to: home names, areas,
         floors and the user domains' own lists."""
+        home_lists = home_lists if home_lists is not None else self.home_lists
         texts: set[str] = set()
         for name in ("name", "area", "floor"):
-            texts.update(_list_texts(self.home_lists[name]))
+            texts.update(_list_texts(home_lists[name]))
         for domain in self.domains:
             lists = list(domain.intents.slot_lists.values())
             for intent in domain.intents.intents.values():
@@ -312,6 +315,27 @@ class IntentStage:
             for slot_list in lists:
                 texts.update(_list_texts(slot_list))
         return sorted({normalize(t) for t in texts if len(t.strip()) >= 3} - {""})
+
+    def set_home(self, home: Home) -> None:
+        """Match against ``home`` from now on (a home read again from Home Assistant).
+
+        The new matchers, lists and fuzzy vocabulary are built first, then swapped in
+        under the lock with the cache cleared, so a :meth:`recognize` running meanwhile
+        on another thread finishes with the old home (and does not cache its result). The paraphrase fallback's
+        examples keep the old names; it spots slot values in the new lists."""
+        lists = home.slot_lists()
+        matchers = [dataclasses.replace(m, slot_lists=lists) for m in self.matchers
+                    if m.domain != HOMEASSISTANT]
+        matchers.append(Matcher(HOMEASSISTANT, self._homeassistant_intents(home), lists))
+        vocab = self._fuzzy_vocabulary(lists)
+        with self._lock:
+            self.home, self.home_lists, self.matchers = home, lists, matchers
+            self._vocab, self._vocab_set = vocab, set(vocab)
+            self._cache.clear()
+            self._generation += 1
+        if self.paraphrase is not None:
+            for source in getattr(self.paraphrase, "sources", []):
+                source.slot_lists = dict(lists)
 
     def warmup(self) -> None:
         """Run a few sentences so first-use costs (template compilation) are paid now."""
@@ -349,9 +373,12 @@ class IntentStage:
                 source = "cache" if hit.source == "hassil" else hit.source
                 return dataclasses.replace(hit, source=source, text=text, slots=dict(hit.slots))
             self.misses += 1
+            generation = self._generation
         result = self.match(text, original=text, context=context, paraphrase=paraphrase)
         if self._cache_size:
             with self._lock:
+                if generation != self._generation:  # matched against a home since replaced
+                    return result
                 self._cache[key] = (dataclasses.replace(result, slots=dict(result.slots))
                                     if result is not None else None)
         return result

@@ -259,9 +259,12 @@ class Assistant:
                                                                self.sched_results))
 
     @classmethod
-    def load(cls, cfg: Config, warm: bool = True, sched: bool = False) -> Assistant:
+    def load(cls, cfg: Config, warm: bool = True, sched: bool = False,
+             home: Home | None = None) -> Assistant:
         """Load every model once (and warm each up, so the first turn is as fast as the
-        tenth). Raises :class:`hark.errors.ModelError` naming the fix when one is missing."""
+        tenth). ``home``: the home to match names against (one read from Home
+        Assistant); default the config's ``[home]``. Raises
+        :class:`hark.errors.ModelError` naming the fix when one is missing."""
         from hark.asr.whisper import load_asr, load_idle_asr
         from hark.llm.service import load_llm
         from hark.nlu.handlers import load_handlers
@@ -278,7 +281,7 @@ class Assistant:
             if partial_asr is None:
                 log.info("partial transcripts share the main Whisper instance: %s",
                          partial_sched)
-        nlu = load_nlu(cfg)
+        nlu = load_nlu(cfg, home=home)
         handlers = load_handlers(cfg, nlu)
         llm = load_llm(cfg)
         tts = load_tts(cfg)
@@ -302,13 +305,27 @@ class Assistant:
             self.sched_results.append(partial_sched)
         from hark.asr.whisper import home_prompt
 
-        self.rescue_prompt = home_prompt(cfg)
+        self.rescue_prompt = home_prompt(cfg, nlu.home)
         if grammar_factory is not None:
             self._grammar_pool.append(grammar_factory())
         log.info("models loaded in %.1f s", time.monotonic() - t0)
         if warm:
             self.warm_up()
         return self
+
+    def set_home(self, home: Home) -> None:
+        """Use ``home`` from now on (read again from Home Assistant): the intent stage
+        matches its names, the guard checks targets against it, and a command not
+        understood is decoded again with its names. Blocking (the intent stage builds
+        its matchers): call it off the event loop."""
+        set_nlu_home = getattr(self.nlu, "set_home", None)
+        if set_nlu_home is not None:
+            set_nlu_home(home)
+        self.home = home
+        if self.cfg.asr.home_prompt:
+            from hark.asr.whisper import home_prompt
+
+            self.rescue_prompt = home_prompt(self.cfg, home)
 
     def warm_up(self) -> None:
         t0 = time.monotonic()

@@ -52,10 +52,22 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             log.info("log a browser in to the live page with the URL that "
                      "'hark token show --url' prints")
+        from hark.nlu.ha_client import keep_current, sync_from_config
+
+        # the home from Home Assistant (home.home_assistant_url and a token); down or
+        # refusing the token: one clear log line, [home] meanwhile, retried with backoff
+        ha_sync = holder["ha"] = sync_from_config(cfg.home)
+        synced = None
+        if ha_sync is not None:
+            log.info("reading the home from Home Assistant at %s",
+                     cfg.home.home_assistant_url)
+            synced = await ha_sync.start(cfg.home.home_assistant_timeout_s)
         log.info("loading models...")
         loop = asyncio.get_running_loop()
         assistant = holder["a"] = await loop.run_in_executor(
-            None, lambda: Assistant.load(cfg, sched=cfg.sched.realtime))
+            None, lambda: Assistant.load(cfg, sched=cfg.sched.realtime, home=synced))
+        if ha_sync is not None:
+            await keep_current(ha_sync, assistant.set_home, synced)
         await loop.run_in_executor(None, assistant.prepare_phrases, [BUSY_TEXT])
         server = Server(cfg, assistant)
         server.sched_results = loop_sched + assistant.sched_results
@@ -93,6 +105,8 @@ def _serve(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             log.info("stopping (signal)")
         finally:
+            if holder.get("ha") is not None:
+                await holder["ha"].stop()
             if satellites is not None:
                 await satellites.stop()
             await server.stop()
