@@ -12,7 +12,7 @@ import pytest
 
 from hark.config import Config
 from hark.errors import ModelError
-from hark.llm.base import ChatMessage, LlmError
+from hark.llm.base import ChatMessage, LlmEngine, LlmError
 from hark.llm.llama import LlamaCppEngine, engine_for_profile
 from hark.llm.service import APOLOGY, LlmService, load_llm, normalize, template_reply
 
@@ -46,7 +46,7 @@ class Clock:
         return self.t
 
 
-class Spy:
+class Spy(LlmEngine):
     """Wraps an engine and records every call (the real model still answers)."""
 
     def __init__(self, inner, fail_times: int = 0, delay_s: float = 0.0) -> None:
@@ -267,7 +267,7 @@ def test_pruning_keeps_prompt_under_budget_over_30_turns(engine) -> None:
 # --- service: limits, failures, fallback -----------------------------------------------
 
 
-class Endless:
+class Endless(LlmEngine):
     """An engine whose answer never ends (a model stuck in a loop)."""
 
     name = "endless"
@@ -390,7 +390,7 @@ def test_slow_endless_generation_cut_by_timeout(tiny_cfg) -> None:
     import copy
     import time
 
-    class Slow:
+    class Slow(LlmEngine):
         name = "slow"
 
         def stream(self, messages, max_tokens) -> Iterator[str]:
@@ -412,7 +412,7 @@ def test_slow_endless_generation_cut_by_timeout(tiny_cfg) -> None:
 def test_conversations_are_bounded(tiny_cfg):
     from hark.llm.service import MAX_SESSIONS, LlmService
 
-    class Echo:
+    class Echo(LlmEngine):
         name = "echo"
 
         def stream(self, messages, max_tokens):

@@ -43,7 +43,7 @@ from typing import Any
 
 from hark.config import Config
 from hark.errors import ModelError
-from hark.llm.base import HOLD_MAX_S, ChatMessage, LlmError
+from hark.llm.base import HOLD_MAX_S, ChatMessage, LlmEngine, LlmError
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,11 @@ class _ChatMlTemplate:
         return text + "<|im_start|>assistant\n"
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(LlmEngine):
     """A GGUF chat model in one ``llama_cpp.Llama``. Not re-entrant: calls are serialised
     with a lock (the pipeline runs it on one stage thread anyway)."""
+
+    can_prefill = True
 
     def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int = 2,
                  n_batch: int = 256, n_gpu_layers: int = 0, flash_attn: bool = False,

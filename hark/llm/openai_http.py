@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hark.config import Config
-from hark.llm.base import ChatMessage, LlmError
+from hark.llm.base import ChatMessage, LlmEngine, LlmError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class HttpStats:
     completion_tokens: int | None = None
 
 
-class OpenAiEngine:
+class OpenAiEngine(LlmEngine):
     """Streaming chat completions from an OpenAI-compatible server."""
 
     def __init__(self, base_url: str, model: str = "default", api_key: str = "",
@@ -55,10 +55,6 @@ class OpenAiEngine:
         c = cfg.llm
         return cls(c.openai_url, c.openai_model, c.openai_api_key, c.timeout_s,
                    c.temperature, name=f"openai:{c.openai_model}")
-
-    def count_tokens(self, text: str) -> int:
-        """An estimate (about four characters a token): the server holds the tokenizer."""
-        return len(text) // 4 + 1
 
     def warm_up(self, system_prompt: str | None = None) -> None:
         """One tiny request so the server has loaded the model and cached the system

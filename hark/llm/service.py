@@ -158,16 +158,10 @@ class LlmService:
     def warm_up(self) -> None:
         """Evaluate and save the system prompt of every engine (once, at start-up)."""
         for engine in filter(None, (self.engine, self.fallback)):
-            warm = getattr(engine, "warm_up", None)
             try:
-                if warm is not None:
-                    warm(self.system_prompt)
-                else:
-                    for _ in engine.stream([ChatMessage("system", self.system_prompt),
-                                            ChatMessage("user", "Hi")], 1):
-                        pass
+                engine.warm_up(self.system_prompt)
             except HarkError as exc:
-                log.error("LLM warm-up of %s failed: %s", getattr(engine, "name", "?"), exc)
+                log.error("LLM warm-up of %s failed: %s", engine.name, exc)
 
     def hold(self, on: bool) -> None:
         """Pause the answer being written between two tokens, or let it go on (a hold
@@ -175,12 +169,10 @@ class LlmService:
         phrase is synthesized: on a machine with few cores the two compete, and the words
         after that phrase are not needed before it has been spoken."""
         for engine in filter(None, (self.engine, self.fallback)):
-            hold = getattr(engine, "hold", None)
-            if hold is not None:
-                try:
-                    hold(on)
-                except Exception as exc:  # noqa: BLE001 - a hint only
-                    log.debug("LLM hold: %s", exc)
+            try:
+                engine.hold(on)
+            except Exception as exc:  # noqa: BLE001 - a hint only
+                log.debug("LLM hold: %s", exc)
 
     def reply_stream(self, user_text: str, session: str = "default", cacheable: bool = True,
                      trace: Trace | None = None) -> Iterator[str]:
@@ -205,11 +197,11 @@ class LlmService:
         """Speculative work while the person is still talking: read the conversation and
         the words heard so far into the model's cache, so the reply's first token only
         waits for the last few words. Safe to call repeatedly and to skip; a no-op for
-        templates and engines without ``prefill`` (HTTP servers cache prefixes themselves).
+        templates and engines that cannot (``can_prefill``: HTTP servers cache prefixes
+        themselves).
         """
-        prefill = getattr(self.engine, "prefill", None)
         text = partial_text.strip()
-        if prefill is None or not text or template_reply(text) is not None:
+        if not self.engine.can_prefill or not text or template_reply(text) is not None:
             return
         if not self._lock.acquire(blocking=False):
             return  # a reply is being generated: never delay it
@@ -223,7 +215,7 @@ class LlmService:
             messages = [ChatMessage("system", self.system_prompt), *self.history(session),
                         ChatMessage("user", text)]
             try:
-                prefill(messages)
+                self.engine.prefill(messages)
             except Exception as exc:  # noqa: BLE001 - speculative: never fails a turn
                 log.debug("LLM prefill failed: %s", exc)
         finally:
@@ -264,13 +256,11 @@ class LlmService:
         return s
 
     def _count(self, engine: LlmEngine, text: str) -> int:
-        counter = getattr(engine, "count_tokens", None)
-        if counter is not None:
-            try:
-                return int(counter(text))
-            except Exception as exc:  # noqa: BLE001 - fall back to an estimate
-                log.debug("token count failed (%s); estimating", exc)
-        return len(text) // 4 + 1
+        try:
+            return int(engine.count_tokens(text))
+        except Exception as exc:  # noqa: BLE001 - fall back to an estimate
+            log.debug("token count failed (%s); estimating", exc)
+            return LlmEngine.count_tokens(engine, text)
 
     def _prune(self, s: _Session, question_tokens: int) -> None:
         """Drop the oldest turns once history + question pass the token budget. It drops
@@ -295,14 +285,14 @@ class LlmService:
         """The configured profile, unless its recent first-token time is over budget and
         a fallback exists; every ``retry_every`` turns the slow one is tried again."""
         engine = self.engine
-        name = getattr(engine, "name", self.cfg.llm.profile)
+        name = engine.name or self.cfg.llm.profile
         if self.fallback is None:
             return engine, name
         load = self._load.setdefault(name, _ProfileLoad())
         if load.ttft_ema_s is not None and load.ttft_ema_s > self.ttft_budget_s:
             if load.skipped < self.retry_every:
                 load.skipped += 1
-                fb_name = getattr(self.fallback, "name", "fast")
+                fb_name = self.fallback.name
                 log.warning("LLM profile %s: first token %.0f ms is over the %.0f ms budget; "
                             "answering this turn with %s", name, load.ttft_ema_s * 1000,
                             self.ttft_budget_s * 1000, fb_name)
@@ -356,12 +346,10 @@ class LlmService:
             self.last_source = "error"
             self.last_error = str(exc)
             log.error("LLM (%s) failed: %s", profile, exc)
-            forget = getattr(engine, "forget", None)  # a crashed eval may leave bad KV
-            if forget is not None:
-                try:
-                    forget()
-                except Exception as forget_exc:  # noqa: BLE001
-                    log.debug("could not reset the KV cache: %s", forget_exc)
+            try:
+                engine.forget()  # a crashed eval may leave bad KV
+            except Exception as forget_exc:  # noqa: BLE001
+                log.debug("could not reset the KV cache: %s", forget_exc)
             yield (" " if spoken else "") + APOLOGY
             return
         answer = "".join(spoken).strip()
@@ -424,11 +412,11 @@ class LlmService:
         s.last_active = self.clock()
 
 
-class RetryingEngine:
+class RetryingEngine(LlmEngine):
     """Stands in for a model that could not be loaded: every turn tries to load it again
     (at most every ``retry_s`` seconds) and, while it still fails, raises the load error
     so the service apologises. Once the file is fixed (``hark models pull``) the next
-    turn works without a restart."""
+    turn works without a restart. Once loaded, every call goes to the real engine."""
 
     def __init__(self, factory: Callable[[], LlmEngine], error: Exception, name: str,
                  retry_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
@@ -444,10 +432,9 @@ class RetryingEngine:
         if self.engine is None and self.clock() - self._last_try >= self.retry_s:
             self._last_try = self.clock()
             try:
-                self.engine = self.factory()
-                warm = getattr(self.engine, "warm_up", None)
-                if warm is not None:
-                    warm()
+                engine = self.factory()
+                engine.warm_up()
+                self.engine = engine
                 log.info("LLM %s loaded on retry", self.name)
             except HarkError as exc:
                 self.error = exc
@@ -455,22 +442,32 @@ class RetryingEngine:
             raise LlmError(f"the language model is not available: {self.error}")
         return self.engine
 
-    def __getattr__(self, attr: str):
-        # count_tokens, prefill, last_stats ... of the real engine once it is loaded
-        if attr in ("factory", "error", "name", "retry_s", "clock", "engine", "_last_try"):
-            raise AttributeError(attr)
-        if self.engine is None:
-            raise AttributeError(attr)
-        return getattr(self.engine, attr)
+    @property
+    def can_prefill(self) -> bool:  # type: ignore[override]
+        return self.engine is not None and self.engine.can_prefill
 
     def warm_up(self, system_prompt: str | None = None) -> None:
         if self.engine is not None:
-            warm = getattr(self.engine, "warm_up", None)
-            if warm is not None:
-                warm(system_prompt)
+            self.engine.warm_up(system_prompt)
 
     def stream(self, messages: list[ChatMessage], max_tokens: int) -> Iterator[str]:
         yield from self._get().stream(messages, max_tokens)
+
+    def hold(self, on: bool) -> None:
+        if self.engine is not None:
+            self.engine.hold(on)
+
+    def prefill(self, messages: list[ChatMessage]) -> int:
+        return self.engine.prefill(messages) if self.engine is not None else 0
+
+    def count_tokens(self, text: str) -> int:
+        if self.engine is None:
+            return super().count_tokens(text)
+        return self.engine.count_tokens(text)
+
+    def forget(self) -> None:
+        if self.engine is not None:
+            self.engine.forget()
 
 
 def _engine_builder(isolation: str) -> Callable[[Config, str], LlmEngine]:

@@ -46,7 +46,7 @@ from typing import Any
 
 from hark.config import Config
 from hark.errors import ConfigError, HarkError, ModelError
-from hark.llm.base import HOLD_MAX_S, ChatMessage, LlmError
+from hark.llm.base import HOLD_MAX_S, ChatMessage, LlmEngine, LlmError
 from hark.llm.llama import GenerationStats
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def _how_it_died(process: multiprocessing.process.BaseProcess, wait_s: float = 1
     return f"exit code {code}"
 
 
-class ProcessEngine:
+class ProcessEngine(LlmEngine):
     """A :class:`~hark.llm.llama.LlamaCppEngine` (built by ``factory`` in a child
     process) behind a pipe, restarted by a supervisor thread when it dies.
 
@@ -233,6 +233,8 @@ class ProcessEngine:
     engine would. Calls are serialised, like the in-process engine's. ``on_start``
     (picklable too) runs first in every child, e.g. the ``llm`` stage's scheduling
     settings (:func:`hark.sched.apply_stage_sched`)."""
+
+    can_prefill = True
 
     def __init__(self, factory: Callable[[], Any], *, name: str = "llm",
                  on_start: Callable[[], Any] | None = None,
