@@ -89,7 +89,8 @@ class DeviceTurn:
     events: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     port: int | None = None
     error: bool = False  # the server answered VoiceAssistantResponse(error=True)
-    started: float = 0.0  # monotonic time the first microphone audio was sent
+    started: float = 0.0  # monotonic time the microphone began (sample k exists at
+    # started + k / 16000; with ``pace`` each chunk is sent once its last sample does)
     mic_samples: int = 0
     reply: bytearray = field(default_factory=bytearray)  # 16-bit PCM
     reply_rate: int = 0
@@ -426,14 +427,16 @@ class EsphomeDevice:
             if turn.mic_stopped.is_set() or self._conn is not conn:
                 break
             part = audio[i:i + MIC_CHUNK]
-            conn.send(pb.VoiceAssistantAudio(data=part.astype("<i2").tobytes()))
-            turn.mic_samples += len(part)
-            if pace:
-                ahead = turn.started + turn.mic_samples / RATE - time.monotonic()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+            if pace:  # a chunk is sent once its last sample has been recorded
+                wait = turn.started + (turn.mic_samples + len(part)) / RATE - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if turn.mic_stopped.is_set() or self._conn is not conn:
+                    break
             else:
                 await asyncio.sleep(0)
+            conn.send(pb.VoiceAssistantAudio(data=part.astype("<i2").tobytes()))
+            turn.mic_samples += len(part)
         if end_audio and self._conn is conn:
             conn.send(pb.VoiceAssistantAudio(end=True))
         with contextlib.suppress(TimeoutError):
