@@ -477,3 +477,55 @@ def test_announcements_and_several_devices_at_once(tmp_path, logged):
             await rig.close(kitchen, office)
 
     run(go())
+
+
+def test_a_failing_turn_and_a_server_side_wake_word_get_error_events(tmp_path, logged):
+    """An assistant that raises mid-turn: ERROR (hark-error) then RUN_END, one log line,
+    and the next turn works. A device asking hark for the wake word is refused clearly.
+    A reply URL is still checked against the Host header."""
+    async def go():
+        rig = Rig(tmp_path)
+        http = await rig.start_http()
+        dev = await EsphomeDevice().start()
+
+        class Failing(FakeAssistant):
+            fail = True
+
+            async def run_turn(self, audio, *, session="default"):
+                async for ev in super().run_turn(audio, session=session):
+                    if self.fail and isinstance(ev, TranscriptEvent):
+                        self.fail = False
+                        raise RuntimeError("boom")
+                    yield ev
+
+        rig.link(dev, Failing())
+        try:
+            await asyncio.wait_for(dev.subscribed.wait(), WAIT_S)
+            turn = await dev.run_turn(speech(), pace=False, tail_s=1.0)
+            assert turn.types[-2:] == [ET.VOICE_ASSISTANT_ERROR, ET.VOICE_ASSISTANT_RUN_END]
+            assert turn.data(ET.VOICE_ASSISTANT_ERROR)["code"] == "hark-error"
+            assert logged("turn failed")
+            turn = await dev.run_turn(speech(), pace=False, tail_s=1.0)
+            assert len(turn.samples()) == REPLY_SAMPLES
+            url = turn.data(ET.VOICE_ASSISTANT_RUN_START)["url"]
+            # a fresh reply, asked for under a name that is not this server's: refused
+            stream = http.replies.publish(16000)
+            async with aiohttp.ClientSession() as s:
+                async with s.get(http.url + stream.path,
+                                 headers={"Host": "evil.example"}) as resp:
+                    assert resp.status == 403
+                async with s.get(url) as resp:
+                    assert resp.status == 404  # already played
+            # the device asks hark to run the wake word: refused with an error answer
+            from aioesphomeapi import api_pb2 as pb
+
+            dev._turn = t = type(turn)()
+            dev._conn.send(pb.VoiceAssistantRequest(start=True, flags=2))
+            await asyncio.wait_for(t.responded.wait(), WAIT_S)
+            assert t.error and t.data(ET.VOICE_ASSISTANT_ERROR)["code"] == \
+                "wake-provider-missing"
+            assert logged("asks hark to listen for its wake word")
+        finally:
+            await rig.close(dev)
+
+    run(go())
