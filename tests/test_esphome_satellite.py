@@ -529,3 +529,28 @@ def test_a_failing_turn_and_a_server_side_wake_word_get_error_events(tmp_path, l
             await rig.close(dev)
 
     run(go())
+
+
+def test_the_reply_route_opens_nothing_else_without_the_token(tmp_path):
+    """/reply/ needs no token; a path that climbs out of it still does."""
+    async def go():
+        rig = Rig(tmp_path)
+        http = await rig.start_http()
+        try:
+            for path in ["/reply/../api/state", "/reply/%2e%2e/api/state",
+                         "/reply/x/../../metrics", "/reply/..%2fmetrics"]:
+                r, w = await asyncio.open_connection("127.0.0.1", http.port)
+                w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        "Connection: close\r\n\r\n".encode())
+                status = (await r.read()).split(b"\r\n")[0]
+                w.close()
+                assert status.split()[1] in (b"401", b"404"), (path, status)
+            r, w = await asyncio.open_connection("127.0.0.1", http.port)
+            w.write(b"GET /reply/nothing.wav HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Connection: close\r\n\r\n")
+            assert (await r.read()).split(b"\r\n")[0].split()[1] == b"404"
+            w.close()
+        finally:
+            await rig.close()
+
+    run(go())
