@@ -387,7 +387,7 @@ class EsphomeLink:
             self.stats.dropped_audio += 1
             if not turn.dropped_logged:
                 turn.dropped_logged = True
-                log.warning("esphome satellite %s: more than %.0f s of audio waiting; "
+                log.warning("esphome satellite %s: more than %g s of audio waiting; "
                             "dropping what comes", self.label, self.max_queued_s)
             return
         samples = np.frombuffer(data, dtype="<i2").astype(np.int16)
