@@ -518,7 +518,7 @@ class EsphomeLink:
                 turn.resampler = To16k()
             else:
                 self._event(ET.VOICE_ASSISTANT_INTENT_PROGRESS, {"tts_start_streaming": "1"})
-        if turn.reply is not None and not self.api_audio_out:
+        if turn.reply is not None:  # TTS_END's URL plays the reply in both paths
             if turn.reply.rate is None:
                 turn.reply.set_rate(chunk.rate)
             turn.reply.write(chunk.samples)
