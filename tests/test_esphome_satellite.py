@@ -554,3 +554,29 @@ def test_the_reply_route_opens_nothing_else_without_the_token(tmp_path):
             await rig.close()
 
     run(go())
+
+
+def test_started_as_hark_serve_starts_them(tmp_path, logged):
+    """start_esphome_satellites (what hark serve calls): the devices in the config, their
+    keys, replies from the given HTTP server (a loopback one is warned about)."""
+    from hark.server.esphome_satellite import start_esphome_satellites
+
+    async def go():
+        rig = Rig(tmp_path)
+        http = await rig.start_http()
+        dev = await EsphomeDevice(key=KEY).start()
+        rig.cfg.server.esphome_satellites = [dev.uri]
+        rig.cfg.server.esphome_keys = {f"127.0.0.1:{dev.port}": KEY}
+        assert await start_esphome_satellites(rig.cfg, FakeAssistant(), [], http=http) is None
+        sats = await start_esphome_satellites(rig.cfg, FakeAssistant(), http=http)
+        try:
+            assert sats.links[0].reply_base == http.url
+            assert logged("listens on 127.0.0.1 only")
+            await asyncio.wait_for(dev.subscribed.wait(), WAIT_S)
+            turn = await dev.run_turn(speech(), pace=False, tail_s=1.0)
+            assert len(turn.samples()) == REPLY_SAMPLES
+        finally:
+            await sats.stop()
+            await rig.close(dev)
+
+    run(go())
