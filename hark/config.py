@@ -404,6 +404,16 @@ class ServerConfig:
     # wyoming-satellite devices (Home Assistant's Raspberry Pi satellites) hark drives as
     # Home Assistant does: it connects to each, e.g. ["tcp://192.168.1.20:10700"]
     wyoming_satellites: list[str] = uris("tcp")
+    # ESPHome voice satellites (Home Assistant Voice PE, ESP32-S3-Box) hark drives as Home
+    # Assistant does, through their native API: e.g. ["esphome://192.168.1.30:6053"]
+    esphome_satellites: list[str] = uris("esphome")
+    # "HOST:PORT" -> that device's API encryption key (base64, its YAML's api: encryption:
+    # key:); a device without one is spoken to unencrypted
+    esphome_keys: dict[str, str] = secret(dict_of=True)
+    # the address devices fetch spoken replies from: hark's HTTP server as they reach it,
+    # e.g. "http://192.168.1.10:10780"; "" = http://<server.host>:<server.http_port>
+    # (server.host must then be an address the devices reach, not 127.0.0.1)
+    esphome_reply_base: str = ""
 
 
 @dataclass
@@ -509,10 +519,40 @@ def validate(cfg: Config) -> Config:
     in code to get the same checks."""
     _validate_section(cfg, "")
     t = cfg.transport
+    _check_esphome_keys(cfg.server)
     if t.jitter_max_ms < t.jitter_min_ms:
         raise ConfigError(f"config: transport.jitter_max_ms ({t.jitter_max_ms}) must be at "
                           f"least transport.jitter_min_ms ({t.jitter_min_ms})")
     return cfg
+
+
+def _check_esphome_keys(server: ServerConfig) -> None:
+    """Each ESPHome key names a listed device and is a base64 32-byte key (the key itself
+    never appears in an error)."""
+    import binascii
+
+    if not isinstance(server.esphome_keys, dict):
+        raise ConfigError("config: server.esphome_keys must be a table of \"HOST:PORT\" = "
+                          "\"KEY\"")
+    devices = {"{}:{}".format(*parse_uri(u, ("esphome",))) for u in server.esphome_satellites}
+    for name, key in server.esphome_keys.items():
+        where = f"config: server.esphome_keys.{name}"
+        if name not in devices:
+            raise ConfigError(f"{where}: no device {name!r} in server.esphome_satellites",
+                              fix="name each key by its device's HOST:PORT, as listed in "
+                                  "server.esphome_satellites")
+        try:
+            ok = isinstance(key, str) and len(binascii.a2b_base64(key)) == 32
+        except (ValueError, binascii.Error):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{where} is not an ESPHome encryption key (base64 of 32 "
+                              "bytes)", fix="copy it from the device's YAML, api: "
+                              "encryption: key:")
+    base = server.esphome_reply_base
+    if base and not (base.startswith("http://") or base.startswith("https://")):
+        raise ConfigError(f"config: server.esphome_reply_base must be an http:// address, "
+                          f"not {base!r}", fix="e.g. \"http://192.168.1.10:10780\"")
 
 
 def _validate_section(obj: Any, where: str) -> None:

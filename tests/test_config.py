@@ -301,7 +301,7 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
 
 def test_every_secret_is_redacted_by_show_and_kept_out_of_repr(tmp_path, capsys):
     assert SECRETS == {"home.home_assistant_token", "llm.openai_api_key", "server.tokens",
-                       "satellite.token"}
+                       "satellite.token", "server.esphome_keys"}
     cfg = _awkward_config(tmp_path)
     cfg.home.home_assistant_token = "ha-long-lived-token-value"
     cfg.llm.openai_api_key = "sk-openai-api-key-value"

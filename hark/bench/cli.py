@@ -29,6 +29,7 @@ def register(cli) -> None:
     _bench_transport(cli)
     _bench_load(cli)
     _bench_wyoming_satellite(cli)
+    _bench_esphome(cli)
     _bench_abuse(cli)
     _eval_intents(cli)
     _eval_guard(cli)
@@ -82,6 +83,29 @@ def _bench_wyoming_satellite(cli) -> None:
 
 def _wyoming_satellite(args) -> int:
     from hark.bench.wyoming_satellite import main
+    from hark.cli import load_cfg
+
+    return main(load_cfg(args), args)
+
+
+def _bench_esphome(cli) -> None:
+    p = cli.add("bench esphome", "turns from an emulated ESPHome voice satellite (native "
+                "API, encrypted): end of speech to the first reply byte at the device, "
+                "reply by URL and over the API", _esphome)
+    p.add_argument("--corpus", metavar="DIR",
+                   help="WAV files + transcripts.json (default: bench latency's Piper-spoken "
+                   "commands and questions)")
+    p.add_argument("--quick", action="store_true", help="bench latency --quick's corpus")
+    p.add_argument("--repeat", type=int, default=1, help="passes over the corpus")
+    p.add_argument("--mode", choices=["both", "url", "api"], default="both",
+                   help="the reply path: a URL the device fetches (media player), audio "
+                   "over the API (speaker), or both (default)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of the distributions")
+
+
+def _esphome(args) -> int:
+    from hark.bench.esphome import main
     from hark.cli import load_cfg
 
     return main(load_cfg(args), args)

@@ -28,6 +28,10 @@ def _serve(args: argparse.Namespace) -> int:
         parse_uri(uri, ("tcp",), "--wyoming-satellite")  # a clear error naming the flag
         if uri not in cfg.server.wyoming_satellites:
             cfg.server.wyoming_satellites.append(uri)
+    for uri in args.esphome or []:
+        parse_uri(uri, ("esphome",), "--esphome")  # a clear error naming the flag
+        if uri not in cfg.server.esphome_satellites:
+            cfg.server.esphome_satellites.append(uri)
     validate(cfg)
     token = ensure_server_token(cfg)  # before any listener: every one asks for it
     if not args.no_wyoming:  # a Wyoming port open beyond this machine: fail before loading
@@ -94,6 +98,14 @@ def _serve(args: argparse.Namespace) -> int:
             satellites = await start_wyoming_satellites(
                 cfg, assistant, turn_listeners=server.turn_listeners)
             server.other_sessions.append(satellites.owns)
+        esphome = None
+        if cfg.server.esphome_satellites:
+            from hark.server.esphome_satellite import start_esphome_satellites
+
+            # replies reach devices that play a URL through this HTTP server
+            esphome = await start_esphome_satellites(
+                cfg, assistant, http=http, turn_listeners=server.turn_listeners)
+            server.other_sessions.append(esphome.owns)
         log.info("hark ready: control %s:%s, http %s", cfg.server.host, server.control_port,
                  http.url)
         serving = asyncio.create_task(server.serve_forever())
@@ -109,6 +121,8 @@ def _serve(args: argparse.Namespace) -> int:
                 await holder["ha"].stop()
             if satellites is not None:
                 await satellites.stop()
+            if esphome is not None:
+                await esphome.stop()
             await server.stop()
             if wyoming is not None:
                 await wyoming.stop()
@@ -154,3 +168,8 @@ def register(cli) -> None:
     p.add_argument("--wyoming-satellite", action="append", metavar="URI",
                    help="drive the wyoming-satellite at tcp://HOST:PORT as Home Assistant "
                    "does (repeatable; added to server.wyoming_satellites)")
+    p.add_argument("--esphome", action="append", metavar="URI",
+                   help="drive the ESPHome voice satellite at esphome://HOST:PORT (its API "
+                   "port, 6053) as Home Assistant does (repeatable; added to "
+                   "server.esphome_satellites; its encryption key goes in the config file, "
+                   "server.esphome_keys)")

@@ -9,11 +9,15 @@ Routes (bound to ``server.host``:``server.http_port``, localhost by default):
 - ``GET /api/state``  connected satellites, the last turns (marks, spans, waterfall
                       bars, transcript, reply) and p50/p95 per stage, as JSON;
 - ``GET /``           a small page polling ``/api/state`` (``hark/server/web``);
+- ``GET /reply/<name>.wav`` a reply for a device that plays a URL (ESPHome satellites):
+                      the unguessable, single-use, short-lived name is the credential
+                      (:mod:`hark.server.replies`); 404 when there is no store or no
+                      such reply;
 - ``GET /login?token=T[&next=/path]``  a browser's way in: with the server token it
                       sets an HttpOnly, SameSite=Strict session cookie and redirects to
                       ``next`` (a path on this server; default ``/``); else 401.
 
-Every route but ``/health`` and ``/login`` needs ``Authorization: Bearer <server token>``
+Every route but ``/health``, ``/login`` and ``/reply/`` needs ``Authorization: Bearer <server token>``
 or the session cookie (else 401). Every route but ``/health`` also checks the ``Host``
 header (else 403): an IP address, ``localhost``, ``server.host``, this machine's host
 name or a name in ``server.http_hosts``. A DNS-rebinding page always sends its own
@@ -338,7 +342,8 @@ def make_app(target: dict[str, Any], obs: Observability, token: str,
                         "add it to server.http_hosts if it is)",
                         request.headers.get("Host", "")[:100])
             return web.json_response({"error": "unknown host"}, status=403)
-        if request.path == "/login" or authorised(request):
+        if request.path == "/login" or request.path.startswith("/reply/") \
+                or authorised(request):
             return await handler(request)
         return unauthorised(request)
 
@@ -376,12 +381,19 @@ def make_app(target: dict[str, Any], obs: Observability, token: str,
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")
 
+    async def reply(request: web.Request) -> web.StreamResponse:
+        store = target.get("replies")
+        if store is None:
+            return web.Response(status=404, text="no such reply")
+        return await store.handle(request)
+
     app = web.Application(middlewares=[guard])
     app.router.add_get("/login", login)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/state", api_state)
+    app.router.add_get("/reply/{name}", reply)
     app.router.add_static("/static/", WEB_DIR, show_index=False)
     return app
 
@@ -414,6 +426,17 @@ class HttpServer:
         replacing :class:`Loading`); its finished turns feed the same metrics and log."""
         self.obs.attach(server)
         self.target["server"] = server
+
+    @property
+    def replies(self) -> Any:
+        """The :class:`hark.server.replies.ReplyStore` ``/reply/`` serves, made on first
+        use."""
+        store = self.target.get("replies")
+        if store is None:
+            from hark.server.replies import ReplyStore
+
+            store = self.target["replies"] = ReplyStore()
+        return store
 
     async def close(self) -> None:
         await self.runner.cleanup()
