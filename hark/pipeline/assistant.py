@@ -273,7 +273,11 @@ class Assistant:
         t0 = time.monotonic()
         asr = load_asr(cfg)
         partial_asr, partial_sched = None, None
-        if cfg.asr.streaming and cfg.asr.idle_partials:
+        if cfg.asr.backend == "wyoming":
+            # a remote service: partials are requests too, sent from their own thread so
+            # one in flight never queues the final decode behind it here
+            partial_asr = asr if cfg.asr.streaming else None
+        elif cfg.asr.streaming and cfg.asr.idle_partials:
             partial_asr, partial_sched = load_idle_asr(cfg, warm=warm)
             if partial_asr is None:
                 log.info("partial transcripts share the main Whisper instance: %s",
@@ -302,7 +306,8 @@ class Assistant:
             self.sched_results.append(partial_sched)
         from hark.asr.whisper import home_prompt
 
-        self.rescue_prompt = home_prompt(cfg)
+        # a remote Wyoming ASR takes no prompt: no second decode with the home's words
+        self.rescue_prompt = home_prompt(cfg) if cfg.asr.backend != "wyoming" else ""
         if grammar_factory is not None:
             self._grammar_pool.append(grammar_factory())
         log.info("models loaded in %.1f s", time.monotonic() - t0)
