@@ -120,6 +120,11 @@ class WyomingPeer:
             raise
         except asyncio.CancelledError:
             raise
+        except ConnectionError as exc:  # reset, broken pipe: it went away mid-request
+            err = WyomingServiceError(f"{self.what} service {self.uri} closed the connection "
+                                      f"in the middle of a request ({exc.strerror or exc})")
+            self._failed(err)
+            raise err from exc
         except (ProtocolError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             err = WyomingServiceError(f"{self.what} service {self.uri}: "
                                       f"{type(exc).__name__}: {exc}")
