@@ -367,3 +367,30 @@ def test_config_backend_choices_and_addresses():
         load_config(path="/dev/null", overrides={"asr": {"backend": "whisper"}})
     with pytest.raises(ConfigError, match="tts.wyoming_rate"):
         load_config(path="/dev/null", overrides={"tts": {"wyoming_rate": 4000}})
+
+
+# --- hark doctor -------------------------------------------------------------------------
+
+def test_doctor_checks_the_remote_services(service):
+    from hark.server.doctor import FAIL, OK, check_remote_engines, configured_models
+
+    async def asr_only(reader, writer, seen):
+        await async_read_event(reader)  # describe
+        await async_write_event(asr_info().event(), writer)
+
+    svc = service(asr_only)
+    down = f"tcp://127.0.0.1:{free_port()}"
+    cfg = load_config(path="/dev/null", overrides={
+        "asr": {"backend": "wyoming", "wyoming_uri": svc.uri},
+        "tts": {"engine": "wyoming", "wyoming_uri": down}})
+    asr_check, tts_check = check_remote_engines(cfg, timeout_s=2)
+    assert asr_check.status == OK and "fake-asr" in asr_check.detail
+    assert tts_check.status == FAIL and "not reachable" in tts_check.detail
+    assert tts_check.fix and "start the service" in tts_check.fix
+    cfg.tts.wyoming_uri = svc.uri  # an ASR service named as the TTS one
+    tts_check = check_remote_engines(cfg, timeout_s=2)[1]
+    assert tts_check.status == FAIL and "offers no text-to-speech" in tts_check.detail
+    # the remote engines' models are the services' business, not this machine's
+    assert [k for k, _v, _kind in configured_models(cfg)] == ["vad.model",
+                                                              "llm.profiles.fast"]
+    assert check_remote_engines(load_config(path="/dev/null")) == []
