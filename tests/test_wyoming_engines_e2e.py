@@ -142,3 +142,25 @@ def test_whole_turn_with_both_engines_remote_and_the_asr_service_going_down(
             back.stop()
     finally:
         assistant.close()
+
+
+def test_assistant_starts_with_both_services_down_and_apologises(speak, caplog):
+    """Nothing listens at either address: hark still starts (each service logged as not
+    ready), and a turn ends with the apology in words (no audio: the TTS is down too)
+    and the fault named, instead of taking the assistant down."""
+    from hark.bench.tools import free_port
+    from hark.pipeline.assistant import APOLOGY, Assistant
+
+    cfg = _remote_cfg(f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}")
+    with caplog.at_level("ERROR", logger="hark.pipeline.assistant"):
+        assistant = Assistant.load(cfg)
+    try:
+        logged = " ".join(r.getMessage() for r in caplog.records)
+        assert "remote ASR not ready" in logged and "remote TTS not ready" in logged
+        events = _turn(assistant, speak("What time is it?"))
+        end = events[-1]
+        assert isinstance(end, TurnEnd) and end.reply == APOLOGY
+        assert end.error and "ASR service" in end.error and "not reachable" in end.error
+        assert not any(isinstance(e, ReplyAudio) for e in events)
+    finally:
+        assistant.close()

@@ -316,9 +316,17 @@ class Assistant:
         return self
 
     def warm_up(self) -> None:
+        """Warm every engine. A remote Wyoming engine whose service does not answer is
+        logged and left cold: hark starts anyway, and each turn that needs it apologises
+        (in words, and aloud when the TTS works) until the service answers."""
+        from hark.wyoming_client import WyomingServiceError
+
         t0 = time.monotonic()
-        self.asr.warm_up()  # load_llm already warmed the LLM
-        self.tts.warm_up()
+        for stage, engine in (("ASR", self.asr), ("TTS", self.tts)):
+            try:
+                engine.warm_up()  # load_llm already warmed the LLM
+            except WyomingServiceError as exc:
+                log.error("remote %s not ready, starting without it: %s", stage, exc)
         self.nlu.recognize("what time is it")
         self.prepare_phrases([APOLOGY])
         from hark.sched import freeze_startup_objects
@@ -366,9 +374,16 @@ class Assistant:
             yield chunk
 
     def prepare_phrases(self, phrases: list[str]) -> None:
-        """Synthesize ahead what will be said often, so it costs nothing when needed."""
+        """Synthesize ahead what will be said often, so it costs nothing when needed. A
+        remote TTS service that does not answer is logged; the phrase is then synthesized
+        when first needed."""
+        from hark.wyoming_client import WyomingServiceError
+
         for phrase in phrases:
-            self._synthesize_cached(phrase)
+            try:
+                self._synthesize_cached(phrase)
+            except WyomingServiceError as exc:
+                log.error("%r not synthesized ahead: %s", phrase, exc)
 
     async def _tts_stream(self, text: str, trace: Trace, cache: bool) -> AsyncIterator[AudioChunk]:
         trace.mark("tts_start")
@@ -508,7 +523,13 @@ class Assistant:
         except Exception as exc:  # a crashed model must not take the turn down silently
             log.exception("turn %s failed", trace.turn_id)
             await q.put(ReplyText(APOLOGY, "error"))
-            for samples in self._synthesize_cached(APOLOGY):
+            try:
+                spoken = self._synthesize_cached(APOLOGY)
+            except Exception as tts_exc:  # noqa: BLE001 - the TTS is what failed: words only
+                log.error("turn %s: the apology cannot be spoken either: %s",
+                          trace.turn_id, tts_exc)
+                spoken = []
+            for samples in spoken:
                 await q.put(ReplyAudio(AudioChunk(samples, self.tts_rate, time.monotonic())))
             await resp.commit.wait()
             await q.put(TurnEnd(trace, text or "", APOLOGY, error=f"{type(exc).__name__}: {exc}"))
