@@ -165,6 +165,14 @@ class VadConfig:
 
 @dataclass
 class AsrConfig:
+    # "faster-whisper": Whisper in this process (asr.model) | "wyoming": a remote
+    # Wyoming ASR service at asr.wyoming_uri (e.g. wyoming-faster-whisper on a GPU box);
+    # each decode, partials included, is one request to it
+    backend: Literal["faster-whisper", "wyoming"] = "faster-whisper"
+    wyoming_uri: str = ""  # tcp://HOST:PORT of the Wyoming ASR service
+    wyoming_model: str = ""  # model name sent with each request; "" = the service's own
+    # the service must answer each step of a request within this (connect: 3 s)
+    wyoming_timeout_s: float = ranged(15.0, gt=0)
     model: str = "whisper-tiny.en"  # catalogue name, CTranslate2 dir, or hub name
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     # CTranslate2 compute type: int8 on CPU; float16 / int8_float16 on CUDA
@@ -328,7 +336,14 @@ class LlmConfig:
 
 @dataclass
 class TtsConfig:
-    engine: Literal["piper"] = "piper"
+    # "piper": Piper in this process (tts.voice) | "wyoming": a remote Wyoming TTS
+    # service at tts.wyoming_uri (e.g. wyoming-piper on a GPU box)
+    engine: Literal["piper", "wyoming"] = "piper"
+    wyoming_uri: str = ""  # tcp://HOST:PORT of the Wyoming TTS service
+    wyoming_voice: str = ""  # voice name sent with each request; "" = the service's own
+    # the rate hark plays a remote service's audio at (others are resampled to it)
+    wyoming_rate: int = ranged(22050, ge=8000, le=48000)
+    wyoming_timeout_s: float = ranged(15.0, gt=0)
     voice: str = "piper-en_US-joe-medium"  # catalogue name or path to a Piper .onnx
     length_scale: float = ranged(1.0, gt=0)
     use_cuda: bool = False
@@ -518,6 +533,12 @@ def validate(cfg: Config) -> Config:
     Returns ``cfg``. :func:`load_config` calls it; call it after changing a config
     in code to get the same checks."""
     _validate_section(cfg, "")
+    if cfg.asr.backend == "wyoming":
+        _check_service_uri("asr.wyoming_uri", cfg.asr.wyoming_uri, 'asr.backend = "wyoming"',
+                           "wyoming-faster-whisper")
+    if cfg.tts.engine == "wyoming":
+        _check_service_uri("tts.wyoming_uri", cfg.tts.wyoming_uri, 'tts.engine = "wyoming"',
+                           "wyoming-piper")
     t = cfg.transport
     _check_esphome_keys(cfg.server)
     if t.jitter_max_ms < t.jitter_min_ms:
@@ -574,6 +595,14 @@ def _validate_section(obj: Any, where: str) -> None:
             _check_tokens(path, value)
         if "uri_schemes" in f.metadata:
             _check_uris(path, value, f.metadata["uri_schemes"])
+
+
+def _check_service_uri(path: str, value: str, because: str, example: str) -> None:
+    if not value.strip():
+        raise ConfigError(f"config: {because} needs {path}, the address of the service",
+                          fix=f'set {path} = "tcp://HOST:PORT" (where {example} listens, '
+                          'e.g. "tcp://192.168.1.50:10300")')
+    parse_uri(value, ("tcp",), path)
 
 
 def _check_choice(path: str, value: Any, choices: tuple[Any, ...]) -> None:

@@ -91,7 +91,7 @@ def _set(key: str, value) -> dict:
 
 def test_the_fixed_sets_are_literals():
     # the keys that take one of a few fixed words: each is declared as a Literal
-    assert {"asr.device", "asr.compute_type", "nlu.embedding_backend",
+    assert {"asr.backend", "asr.device", "asr.compute_type", "nlu.embedding_backend",
             "nlu.embedding_quantize", "llm.backend", "llm.isolation", "tts.engine",
             "wake.verifier", "wake.echo_canceller", "transport.codec",
             "transport.tcp_audio_fallback", "transport.shm", "transport.frame_ms",
@@ -109,7 +109,10 @@ def test_every_literal_key_refuses_a_value_outside_its_choices(key):
     allowed = ", ".join(repr(c) for c in choices)
     assert str(err.value).startswith(f"config: {key} must be one of {allowed}, not {bad!r}")
     for choice in choices:  # and takes each of them
-        cfg = load_config("/dev/null", _set(key, choice))
+        overrides = _set(key, choice)
+        if choice == "wyoming":  # a remote engine needs its service's address too
+            overrides[key.split(".")[0]]["wyoming_uri"] = "tcp://127.0.0.1:10300"
+        cfg = load_config("/dev/null", overrides)
         assert to_dict(cfg)[key.split(".")[0]][key.split(".")[1]] == choice
 
 

@@ -23,7 +23,9 @@ class AsrResult:
 
     text: str
     no_speech_prob: float = 1.0  # Whisper's probability that the window holds no speech
-    avg_logprob: float = 0.0  # mean log-probability per token of the text
+    # mean log-probability per token of the text; None: the engine gives no confidence
+    # (a remote Wyoming service)
+    avg_logprob: float | None = 0.0
     audio_s: float = 0.0  # seconds of audio decoded
     decode_s: float = 0.0  # wall time of the decode
 

@@ -25,7 +25,8 @@ def _transcribe(args: argparse.Namespace) -> int:
             times.append(result.decode_s * 1000)
         print(f"{path}: {len(audio) / 16000:.2f} s audio, decode median "
               f"{statistics.median(times):.0f} ms (min {min(times):.0f}, n={len(times)}), "
-              f"no_speech {result.no_speech_prob:.2f}, logprob {result.avg_logprob:.2f}")
+              f"no_speech {result.no_speech_prob:.2f}, logprob "
+              + ("n/a" if result.avg_logprob is None else f"{result.avg_logprob:.2f}"))
         print(f"  {result.text!r}")
         if args.stream:
             st = StreamingTranscriber(asr, cfg.asr)

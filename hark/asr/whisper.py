@@ -185,9 +185,14 @@ def home_prompt(cfg: Config, home: Home | None = None) -> str:
     return "Turn on the kitchen light. Set a timer. " + ", ".join(names) + "."
 
 
-def load_asr(cfg: Config) -> WhisperAsr:
-    """The Whisper engine configured by ``cfg.asr``."""
+def load_asr(cfg: Config):
+    """The engine configured by ``cfg.asr``: Whisper in this process, or with
+    ``asr.backend = "wyoming"`` the remote service (:class:`hark.asr.wyoming.WyomingAsr`)."""
     a = cfg.asr
+    if a.backend == "wyoming":
+        from hark.asr.wyoming import load_wyoming_asr
+
+        return load_wyoming_asr(cfg)
     return WhisperAsr(resolve_asr_model(a, cfg.models_dir), device=a.device,
                       compute_type=a.compute_type, beam_size=a.beam_size, threads=a.threads,
                       language=a.language, initial_prompt=a.initial_prompt)

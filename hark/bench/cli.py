@@ -30,6 +30,7 @@ def register(cli) -> None:
     _bench_load(cli)
     _bench_wyoming_satellite(cli)
     _bench_esphome(cli)
+    _bench_engines(cli)
     _bench_abuse(cli)
     _eval_intents(cli)
     _eval_guard(cli)
@@ -55,6 +56,31 @@ def _bench_latency(cli) -> None:
                    help="run each utterance in both modes (default), or in one")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: waterfalls + distributions")
+
+
+def _engines(args) -> int:
+    from hark.bench.engines import main
+    from hark.cli import load_cfg
+
+    return main(load_cfg(args), args)
+
+
+def _bench_engines(cli) -> None:
+    p = cli.add("bench engines", "what the Wyoming hop costs: local Whisper/Piper against "
+                "wyoming-faster-whisper/wyoming-piper (ASR final decode, TTS first audio)",
+                _engines)
+    p.add_argument("--asr-uri", metavar="tcp://HOST:PORT",
+                   help="a running Wyoming ASR service (default: start wyoming-faster-whisper "
+                   "here on loopback, with asr.model)")
+    p.add_argument("--tts-uri", metavar="tcp://HOST:PORT",
+                   help="a running Wyoming TTS service (default: start wyoming-piper here, "
+                   "with tts.voice)")
+    p.add_argument("--quick", action="store_true", help="6 texts instead of 12")
+    p.add_argument("--repeat", type=int, default=1, help="passes over the texts")
+    p.add_argument("--workdir", metavar="DIR", help="the services' logs (default: "
+                   "<home>/bench-engines)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of the distributions")
 
 
 def _bench_corpus(cli) -> None:

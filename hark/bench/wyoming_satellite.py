@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from hark.audio import resample
+from hark.bench.tools import free_port, tool_python
 from hark.errors import HarkError
 from hark.trace import percentile
 
@@ -143,43 +142,7 @@ def satellite_python(cache_dir: Path) -> Path:
     PYTHON``, else a virtualenv under ``cache_dir`` made with pip on first use (one
     process makes it; others wait for it). Raises :class:`HarkError` when it cannot be
     installed (no network, no PyPI)."""
-    given = os.environ.get(PYTHON_ENV)
-    if given:
-        return Path(given)
-    venv = Path(cache_dir) / f"wyoming-satellite-{SATELLITE_VERSION}"
-    python = venv / "bin" / "python"
-    done = venv / ".installed"
-    if done.exists():
-        return python
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists():
-            return python
-        shutil.rmtree(venv, ignore_errors=True)
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
-                           capture_output=True, timeout=300)
-            subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                            "--disable-pip-version-check",
-                            f"wyoming-satellite=={SATELLITE_VERSION}"],
-                           check=True, capture_output=True, text=True, timeout=900)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            tail = (getattr(exc, "stderr", None) or str(exc)).strip()[-600:]
-            shutil.rmtree(venv, ignore_errors=True)
-            raise HarkError(f"cannot install wyoming-satellite=={SATELLITE_VERSION} into "
-                            f"{venv}: {tail}",
-                            fix=f"give one with {PYTHON_ENV}=/path/to/python (a Python where "
-                            f"'pip install wyoming-satellite=={SATELLITE_VERSION}' was run)"
-                            ) from exc
-        done.touch()
-    return python
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return tool_python(cache_dir, "wyoming-satellite", SATELLITE_VERSION, PYTHON_ENV)
 
 
 @dataclass

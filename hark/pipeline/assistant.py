@@ -276,7 +276,11 @@ class Assistant:
         t0 = time.monotonic()
         asr = load_asr(cfg)
         partial_asr, partial_sched = None, None
-        if cfg.asr.streaming and cfg.asr.idle_partials:
+        if cfg.asr.backend == "wyoming":
+            # a remote service: partials are requests too, sent from their own thread so
+            # one in flight never queues the final decode behind it here
+            partial_asr = asr if cfg.asr.streaming else None
+        elif cfg.asr.streaming and cfg.asr.idle_partials:
             partial_asr, partial_sched = load_idle_asr(cfg, warm=warm)
             if partial_asr is None:
                 log.info("partial transcripts share the main Whisper instance: %s",
@@ -305,7 +309,8 @@ class Assistant:
             self.sched_results.append(partial_sched)
         from hark.asr.whisper import home_prompt
 
-        self.rescue_prompt = home_prompt(cfg, nlu.home)
+        # a remote Wyoming ASR takes no prompt: no second decode with the home's words
+        self.rescue_prompt = home_prompt(cfg, nlu.home) if cfg.asr.backend != "wyoming" else ""
         if grammar_factory is not None:
             self._grammar_pool.append(grammar_factory())
         log.info("models loaded in %.1f s", time.monotonic() - t0)
@@ -328,9 +333,17 @@ class Assistant:
             self.rescue_prompt = home_prompt(self.cfg, home)
 
     def warm_up(self) -> None:
+        """Warm every engine. A remote Wyoming engine whose service does not answer is
+        logged and left cold: hark starts anyway, and each turn that needs it apologises
+        (in words, and aloud when the TTS works) until the service answers."""
+        from hark.wyoming_client import WyomingServiceError
+
         t0 = time.monotonic()
-        self.asr.warm_up()  # load_llm already warmed the LLM
-        self.tts.warm_up()
+        for stage, engine in (("ASR", self.asr), ("TTS", self.tts)):
+            try:
+                engine.warm_up()  # load_llm already warmed the LLM
+            except WyomingServiceError as exc:
+                log.error("remote %s not ready, starting without it: %s", stage, exc)
         self.nlu.recognize("what time is it")
         self.prepare_phrases([APOLOGY])
         from hark.sched import freeze_startup_objects
@@ -378,9 +391,16 @@ class Assistant:
             yield chunk
 
     def prepare_phrases(self, phrases: list[str]) -> None:
-        """Synthesize ahead what will be said often, so it costs nothing when needed."""
+        """Synthesize ahead what will be said often, so it costs nothing when needed. A
+        remote TTS service that does not answer is logged; the phrase is then synthesized
+        when first needed."""
+        from hark.wyoming_client import WyomingServiceError
+
         for phrase in phrases:
-            self._synthesize_cached(phrase)
+            try:
+                self._synthesize_cached(phrase)
+            except WyomingServiceError as exc:
+                log.error("%r not synthesized ahead: %s", phrase, exc)
 
     async def _tts_stream(self, text: str, trace: Trace, cache: bool) -> AsyncIterator[AudioChunk]:
         trace.mark("tts_start")
@@ -520,7 +540,13 @@ class Assistant:
         except Exception as exc:  # a crashed model must not take the turn down silently
             log.exception("turn %s failed", trace.turn_id)
             await q.put(ReplyText(APOLOGY, "error"))
-            for samples in self._synthesize_cached(APOLOGY):
+            try:
+                spoken = self._synthesize_cached(APOLOGY)
+            except Exception as tts_exc:  # noqa: BLE001 - the TTS is what failed: words only
+                log.error("turn %s: the apology cannot be spoken either: %s",
+                          trace.turn_id, tts_exc)
+                spoken = []
+            for samples in spoken:
                 await q.put(ReplyAudio(AudioChunk(samples, self.tts_rate, time.monotonic())))
             await resp.commit.wait()
             await q.put(TurnEnd(trace, text or "", APOLOGY, error=f"{type(exc).__name__}: {exc}"))

@@ -123,9 +123,13 @@ def check_audio() -> list[Check]:
 
 
 def configured_models(cfg: Any) -> list[tuple[str, str, str]]:
-    """(config key, value, kind) of every model the config uses."""
-    out = [("vad.model", cfg.vad.model, "vad"), ("asr.model", cfg.asr.model, "asr"),
-           ("tts.voice", cfg.tts.voice, "tts")]
+    """(config key, value, kind) of every model the config uses (a remote Wyoming
+    engine's model is the service's business)."""
+    out = [("vad.model", cfg.vad.model, "vad")]
+    if cfg.asr.backend != "wyoming":
+        out.append(("asr.model", cfg.asr.model, "asr"))
+    if cfg.tts.engine != "wyoming":
+        out.append(("tts.voice", cfg.tts.voice, "tts"))
     if cfg.llm.backend == "llama_cpp":
         ref = cfg.llm.profiles.get(cfg.llm.profile)
         if ref is None:
@@ -466,6 +470,37 @@ def check_gpu(cfg: Any, smi_output: str | None = None,
     return out
 
 
+# --- remote engines ----------------------------------------------------------------------
+
+
+def check_remote_engines(cfg: Any, timeout_s: float = 3.0) -> list[Check]:
+    """With ``asr.backend`` / ``tts.engine`` = "wyoming": the service answers
+    ``describe`` within ``timeout_s`` and offers what it is used for."""
+    from hark.wyoming_client import WyomingServiceError
+
+    out = []
+    engines = []
+    if cfg.asr.backend == "wyoming":
+        from hark.asr.wyoming import WyomingAsr
+
+        engines.append(("remote asr", "asr.wyoming_uri",
+                        WyomingAsr(cfg.asr.wyoming_uri, timeout_s=timeout_s,
+                                   connect_timeout_s=timeout_s)))
+    if cfg.tts.engine == "wyoming":
+        from hark.tts.wyoming import WyomingTts
+
+        engines.append(("remote tts", "tts.wyoming_uri",
+                        WyomingTts(cfg.tts.wyoming_uri, timeout_s=timeout_s,
+                                   connect_timeout_s=timeout_s)))
+    for name, key, engine in engines:
+        try:
+            out.append(Check(name, OK, f"{engine.peer.uri}: {engine.check()}"))
+        except WyomingServiceError as exc:
+            out.append(Check(name, FAIL, str(exc).split("\n  fix: ")[0],
+                             fix=exc.fix or f"check {key}"))
+    return out
+
+
 # --- files -------------------------------------------------------------------------------
 
 
@@ -504,6 +539,7 @@ CHECKS: list[tuple[str, Callable[..., list[Check]]]] = [
     ("onnxruntime", lambda cfg, h: check_onnxruntime(cfg)),
     ("whisper", lambda cfg, h: check_ctranslate2(cfg)),
     ("gpu", lambda cfg, h: check_gpu(cfg)),
+    ("remote engines", lambda cfg, h: check_remote_engines(cfg)),
     ("home", lambda cfg, h: check_home(cfg)),
 ]
 

@@ -113,12 +113,12 @@ def _length(header: dict[str, Any], key: str, limit: int) -> int:
     return n
 
 
-async def read_event(reader: asyncio.StreamReader) -> Event | None:
+async def read_event(reader: asyncio.StreamReader, max_data: int = MAX_DATA) -> Event | None:
     """The next Wyoming event (the ``wyoming`` package's wire format), or None at a
     clean end of stream between events. Unlike the package's reader it never buffers
-    more than :data:`MAX_HEADER` + :data:`MAX_DATA` + :data:`MAX_PAYLOAD` bytes: an
-    oversized, malformed or truncated event raises :class:`ProtocolError` (and only
-    that). ``reader`` must have been made with ``limit=MAX_HEADER``."""
+    more than :data:`MAX_HEADER` + ``max_data`` (:data:`MAX_DATA`) + :data:`MAX_PAYLOAD`
+    bytes: an oversized, malformed or truncated event raises :class:`ProtocolError` (and
+    only that). ``reader`` must have been made with ``limit=MAX_HEADER``."""
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.IncompleteReadError as exc:
@@ -137,7 +137,7 @@ async def read_event(reader: asyncio.StreamReader) -> Event | None:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ProtocolError(f"wyoming event '{etype[:64]}': 'data' must be an object")
-    data_length = _length(header, "data_length", MAX_DATA)
+    data_length = _length(header, "data_length", max_data)
     payload_length = _length(header, "payload_length", MAX_PAYLOAD)
     try:
         if data_length:

@@ -111,11 +111,13 @@ def check_format(rate: Any, width: Any, channels: Any) -> None:
 
 
 class SatelliteAudio:
-    """One satellite's audio stream converted to 16 kHz mono int16: stereo is mixed
-    down, other rates are resampled by libswresample (PyAV), whose state carries over
-    from chunk to chunk. A new format (or :meth:`reset`) starts a new stream."""
+    """One satellite's audio stream converted to ``rate`` (16 kHz by default) mono int16:
+    stereo is mixed down, other rates are resampled by libswresample (PyAV), whose state
+    carries over from chunk to chunk. A new format (or :meth:`reset`) starts a new
+    stream. (A remote Wyoming TTS service's audio is converted by it too.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: int = SAMPLE_RATE) -> None:
+        self.rate = rate
         self._format: tuple[int, int, int] | None = None
         self._resampler: Any = None
 
@@ -124,7 +126,7 @@ class SatelliteAudio:
         self._resampler = None
 
     def convert(self, chunk: WyChunk) -> np.ndarray:
-        """The chunk's samples at 16 kHz mono. Raises :class:`AudioFormatError`."""
+        """The chunk's samples at ``rate``, mono. Raises :class:`AudioFormatError`."""
         check_format(chunk.rate, chunk.width, chunk.channels)
         frame_bytes = chunk.width * chunk.channels
         if len(chunk.audio) % frame_bytes:
@@ -134,14 +136,14 @@ class SatelliteAudio:
         if fmt != self._format:
             self._format, self._resampler = fmt, None
         samples = np.frombuffer(chunk.audio, dtype="<i2").astype(np.int16)
-        if chunk.rate == SAMPLE_RATE and chunk.channels == 1:
+        if chunk.rate == self.rate and chunk.channels == 1:
             return samples
         if not len(samples):
             return samples
         import av
 
         if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.rate)
         layout = "mono" if chunk.channels == 1 else "stereo"
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
         frame.sample_rate = chunk.rate

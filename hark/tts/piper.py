@@ -54,10 +54,16 @@ class PiperTts:
             pass
 
 
-def load_tts(cfg, deterministic: bool = False) -> PiperTts:
-    """The TTS engine named in ``cfg.tts``."""
+def load_tts(cfg, deterministic: bool = False):
+    """The TTS engine named in ``cfg.tts``: Piper in this process, or with
+    ``tts.engine = "wyoming"`` the remote service (:class:`hark.tts.wyoming.WyomingTts`;
+    ``deterministic`` is then up to the service)."""
     from hark.models.store import resolve
 
+    if cfg.tts.engine == "wyoming":
+        from hark.tts.wyoming import load_wyoming_tts
+
+        return load_wyoming_tts(cfg)
     if cfg.tts.engine != "piper":
         raise ModelError(f"unknown tts.engine '{cfg.tts.engine}'", fix='set tts.engine = "piper"')
     path = resolve(cfg.tts.voice, cfg.models_dir, kind="tts")
