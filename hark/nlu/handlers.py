@@ -4,6 +4,10 @@
 
 - local handlers that act themselves: time, date, timers (:mod:`hark.nlu.timers`),
   stop / nevermind, the assistant's volume, "repeat that", weather (none configured);
+- state questions ("is the front door locked?", "what is the outside humidity?") answered
+  from the home's states (:mod:`hark.nlu.states`, Home Assistant's response templates)
+  when the home knows them; an unknown state goes to Home Assistant when one is
+  connected, else hark says it doesn't know;
 - a home handler for home-automation intents (lights, climate, covers, media, lists...):
   :class:`HomeAssistantHandler` calls a real Home Assistant over its REST API when
   ``home.home_assistant_url`` is set, otherwise :class:`DryRunHomeHandler` says what it
@@ -28,6 +32,7 @@ from cachetools import LRUCache
 
 from hark.config import Config
 from hark.nlu.base import IntentResult, Reply
+from hark.nlu.states import STATE_INTENTS, StateAnswerer
 from hark.nlu.timers import Timer, TimerManager, say_duration
 
 log = logging.getLogger(__name__)
@@ -236,8 +241,10 @@ class IntentHandlers:
                  home: HomeHandler | None = None,
                  responses: Callable[[str], dict[str, str]] | None = None,
                  now: Callable[[], datetime] = datetime.now,
-                 recognizer: Recognizer | None = None):
+                 recognizer: Recognizer | None = None,
+                 states: StateAnswerer | None = None):
         self.cfg = cfg
+        self.states = states
         self.timers = timers or TimerManager()
         if home is None:
             if cfg.home.home_assistant_url:
@@ -317,6 +324,11 @@ class IntentHandlers:
         if name == "HarkVolumeStep":
             step = VOLUME_STEP if intent.slots.get("volume_step") == "up" else -VOLUME_STEP
             return self._set_volume(session, self.volume.get(session, 50) + step, intent)
+        if name in STATE_INTENTS and self.states is not None:
+            answer = self.states.answer(intent)
+            # a state the home does not know is asked of Home Assistant, when connected
+            if answer is not None and (answer.known or not self.cfg.home.home_assistant_url):
+                return Reply(answer.text, intent, cacheable=False)
         if name == "HassGetWeather" and not self.cfg.home.home_assistant_url:
             return Reply("I don't have a weather service set up, so I can't tell you the "
                          "weather.", intent)
@@ -441,6 +453,9 @@ def _file_responses(cfg: Config) -> Callable[[str], dict[str, str]]:
 def load_handlers(cfg: Config, stage: Any = None) -> IntentHandlers:
     """Handlers for ``cfg``. User domains' reply templates come from the intent stage
     when given, else straight from the domain files; the stage also reads the commands
-    timers carry (without one, "in 5 minutes turn off the lights" is refused)."""
+    timers carry (without one, "in 5 minutes turn off the lights" is refused), and its
+    home answers state questions."""
     responses = stage.responses if stage is not None else _file_responses(cfg)
-    return IntentHandlers(cfg, responses=responses, recognizer=stage)
+    home = getattr(stage, "home", None)
+    states = StateAnswerer(home, cfg.nlu.language) if home is not None else None
+    return IntentHandlers(cfg, responses=responses, recognizer=stage, states=states)

@@ -423,7 +423,8 @@ class IntentStage:
                     value = _original_span(value, original)
                 slots[e.name] = value
             result = IntentResult(name=found.intent.name, slots=slots, text=text,
-                                  source="hassil", domain=matcher.domain)
+                                  source="hassil", domain=matcher.domain,
+                                  response=found.response or "")
             if not any(e.is_wildcard for e in found.entities_list):
                 return result
             if fallback is None:
