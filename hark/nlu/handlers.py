@@ -32,6 +32,7 @@ from cachetools import LRUCache
 
 from hark.config import Config
 from hark.nlu.base import IntentResult, Reply
+from hark.nlu.home import Home
 from hark.nlu.states import STATE_INTENTS, StateAnswerer
 from hark.nlu.timers import Timer, TimerManager, say_duration
 
@@ -93,9 +94,18 @@ class DryRunHomeHandler:
     really adds something that a later "what's on..." could read back.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, home: Home | None = None) -> None:
         self.lists: dict[str, list[str]] = {}
         self.calls: list[IntentResult] = []
+        self.home = home  # to say "Locking the back door", not "Turning on"
+
+    def _domain(self, slots: dict[str, Any]) -> str:
+        """The domain the intent acts on: its slot, else the named entity's."""
+        if slots.get("domain"):
+            return str(slots["domain"])
+        entity = self.home.find_entity(str(slots["name"])) if (
+            self.home is not None and slots.get("name")) else None
+        return entity.domain if entity is not None else ""
 
     def handle(self, intent: IntentResult) -> Reply:
         self.calls.append(intent)
@@ -103,11 +113,15 @@ class DryRunHomeHandler:
         target = describe_target(s)
         name = intent.name
         text: str
-        if name == "HassTurnOn":
-            verb = "Opening" if s.get("domain") == "cover" or "door" in target else "Turning on"
-            text = f"{verb} {target}."
-        elif name == "HassTurnOff":
-            verb = "Closing" if s.get("domain") == "cover" or "door" in target else "Turning off"
+        if name in ("HassTurnOn", "HassTurnOff"):
+            domain = self._domain(s)
+            on = name == "HassTurnOn"
+            if domain == "lock":
+                verb = "Locking" if on else "Unlocking"
+            elif domain in ("cover", "valve") or (not domain and "door" in target.casefold()):
+                verb = "Opening" if on else "Closing"
+            else:
+                verb = "Turning on" if on else "Turning off"
             text = f"{verb} {target}."
         elif name == "HassLightSet":
             if "brightness" in s:
@@ -251,7 +265,7 @@ class IntentHandlers:
                 home = HomeAssistantHandler(cfg.home.home_assistant_url,
                                             cfg.home.home_assistant_token)
             else:
-                home = DryRunHomeHandler()
+                home = DryRunHomeHandler(states.home if states is not None else None)
         self.home = home
         self.domains = DomainHandler(responses or (lambda domain: {}))
         self.now = now

@@ -539,7 +539,8 @@ def _without_absent_devices(data: dict, domains: set[str] | frozenset[str]) -> d
 
 def _with_extra_sentences(data: dict, path: Path = HA_EXTRA) -> dict:
     """Home Assistant's intent data with hark's extra sentences (``ha_extra.yaml``)
-    appended to each intent's ``data`` (a copy: the package's cached dict is shared)."""
+    appended to each intent's ``data``, and its ``lists`` added (a copy: the package's
+    cached dict is shared)."""
     import copy
 
     import yaml
@@ -553,6 +554,7 @@ def _with_extra_sentences(data: dict, path: Path = HA_EXTRA) -> dict:
         merged = dict(out["intents"][name])
         merged["data"] = list(merged.get("data", [])) + list(intent.get("data", []))
         out["intents"][name] = merged
+    out["lists"] = {**(data.get("lists") or {}), **(extra.get("lists") or {})}
     return out
 
 
