@@ -79,6 +79,21 @@ def test_requires_context_matches_only_the_devices_it_names(stage, text, expecte
         assert got is not None and (got.name, got.slots) == expected
 
 
+def test_a_names_area_is_context_a_template_may_require(stage):
+    """Each name carries its entity's area (and device class): a template that
+    requires the kitchen takes the pantry light and not the desk light."""
+    from hassil import Intents, recognize
+
+    intents = Intents.from_dict({"language": "en", "intents": {"KitchenOnly": {"data": [{
+        "sentences": ["brighten [the] {name}"],
+        "requires_context": {"area": "Kitchen", "domain": "light"}}]}}})
+    lists = stage.home.slot_lists()
+    hit = recognize("brighten the pantry light", intents, slot_lists=lists)
+    assert hit is not None and hit.entities["name"].value == "Pantry Light"
+    assert recognize("brighten the desk light", intents, slot_lists=lists) is None
+    assert recognize("brighten the kettle", intents, slot_lists=lists) is None
+
+
 # -- the satellite's area ---------------------------------------------------------------
 
 @pytest.mark.parametrize("text, area, expected", [
@@ -198,6 +213,8 @@ def test_name_all_means_every_matching_device(stage, handlers):
     ("are all the doors locked", "No, Back Door is not locked."),
     ("are all the lights off upstairs", "Yes."),
     ("is there motion in the hallway", "Yes, Hallway Motion."),
+    # a floor said with the word "floor"
+    ("which lights are on on the ground floor", "Floor Lamp, Pantry Light and Reading Lamp."),
 ])
 def test_state_questions_are_answered_from_the_home(stage, handlers, text, answer):
     _, said = _said(stage, handlers, text)
