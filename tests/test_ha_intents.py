@@ -128,10 +128,13 @@ def test_the_area_reaches_the_intents_through_a_text_turn(cfg, stage, handlers):
     try:
         kitchen = asyncio.run(collect(a.run_text("turn on the lights", area="Kitchen")))[-1]
         study = asyncio.run(collect(a.run_text("turn on the lights", area="Study")))[-1]
+        # a satellite in a room the home does not have: asked, not acted on
+        den = asyncio.run(collect(a.run_text("turn on the lights", area="Den")))[-1]
     finally:
         a.close()
     assert kitchen.reply == "Turning on the lights in the Kitchen."
     assert study.reply == "Turning on the lights in the Study."
+    assert den.trace.info["intent"] == "clarify" and "Turning" not in den.reply
 
 
 def test_a_satellite_hello_carries_its_area_to_the_turn():
