@@ -434,6 +434,9 @@ class ServerConfig:
 @dataclass
 class SatelliteConfig:
     name: str = "satellite"
+    # the room this satellite stands in, as named in the home (an area): "turn on the
+    # lights" said to it means the lights there; "" = the server's home.default_area
+    area: str = ""
     server: str = "127.0.0.1:10700"
     # the server's token ('hark token show') or this satellite's in server.tokens;
     # "" = the token file of a server on this machine, if this user can read it

@@ -48,6 +48,7 @@ class FakeAssistant:
     def __init__(self):
         self.callbacks = []
         self.turns: list[tuple[str, list[AudioChunk]]] = []
+        self.areas: list[str | None] = []  # the area each turn was given
         self.closed = 0  # turns whose generator was closed before its end
 
     def on_notify(self, cb):
@@ -61,9 +62,10 @@ class FakeAssistant:
         for _ in range(2):
             yield AudioChunk(np.full(1500, 9, np.int16), self.tts_rate)
 
-    async def run_turn(self, audio, *, session="default"):
+    async def run_turn(self, audio, *, session="default", area=None):
         got: list[AudioChunk] = []
         self.turns.append((session, got))
+        self.areas.append(area)
         finished = False
         try:
             speech = False
@@ -339,6 +341,7 @@ def test_a_turn_after_the_satellites_own_wake_word():
     assert types[1:] == ["voice-started", "voice-stopped", "transcript", "audio-start",
                          "audio-stop"]
     assert Transcript.from_event(events[3]).text == "what time is it"
+    assert a.areas == ["kitchen"]  # the satellite's area (its info) is the turn's context
     start = AudioStart.from_event(next(e for e in events if e.type == "audio-start"))
     assert (start.rate, start.width, start.channels) == (22050, 2, 1)
     reply = audio_of(events)

@@ -221,8 +221,9 @@ def _eval_intents(cli) -> None:
     p = cli.add("eval intents", "accuracy and speed of typed commands (home-assistant/"
                 "intents test-file shape)", _run("eval_intents", "cmd_eval_intents"))
     p.add_argument("--text-cases", action="extend", nargs="+", required=True,
-                   metavar="FILE.yaml", help="test sentences (one or more files, repeatable), "
-                   f"e.g. {INTENT_CASES_DIR}/home_commands*.yaml")
+                   metavar="FILE.yaml", help="test sentences (one or more files or folders "
+                   "of them, repeatable), e.g. "
+                   f"{INTENT_CASES_DIR}/home_commands*.yaml or {INTENT_CASES_DIR}/ha_style")
     p.add_argument("--fixtures", metavar="FILE.yaml",
                    help="the home (areas, entities) in the shape of home-assistant/intents "
                         "tests/en/_fixtures.yaml, in place of [home] in the config")

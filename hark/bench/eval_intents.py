@@ -17,12 +17,20 @@ as numbers; a list of expected values means any of them; ``{value: X}`` is X; a 
 is compared key by key). ``accuracy_exact_case`` also compares text with its capitals, as
 Home Assistant's own test runner does.
 ``context`` (e.g. ``{area: Kitchen}``, the satellite's room) may sit under ``intent``
-or beside it; ``response`` and ``metadata`` are ignored.
+or beside it; ``metadata`` is ignored. ``name: all`` (Home Assistant's files: every
+matching device) is right when hark's slots carry no name (or the name "all").
+
+``response`` is what the spoken answer must carry: the answer of hark's handlers (state
+questions answered from the fixtures' states; other commands by the dry run) is right
+when it holds every word of ``response`` except filler words ("the", "is", "a", ...),
+numbers compared as numbers (:func:`carries`). ``response_rate`` is the share of cases
+with a ``response`` whose answer carries it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -42,6 +50,7 @@ class Case:
     slots: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     context: dict[str, Any] = field(default_factory=dict)  # e.g. {area: Kitchen}
+    response: str | None = None  # what the spoken answer must say
 
 
 def load_cases(path: str | Path) -> list[Case]:
@@ -67,10 +76,14 @@ def load_cases(path: str | Path) -> list[Case]:
         # The satellite's context (e.g. its area) sits under the intent or, in some
         # files, beside it; both are read (the intent's wins).
         context = {**dict(test.get("context") or {}), **dict(intent.get("context") or {})}
+        response = test.get("response")
+        if isinstance(response, bool):  # YAML's unquoted yes/no
+            response = "yes" if response else "no"
         for sentence in sentences:
             cases.append(Case(str(sentence), intent["name"],
                               {k: _slot_value(v) for k, v in slots.items()},
-                              path.name, context))
+                              path.name, context,
+                              None if response is None else str(response)))
     for sentence in data.get("rejects") or []:
         cases.append(Case(str(sentence), None, {}, path.name))
     return cases
@@ -119,9 +132,37 @@ def is_right(case: Case, result: IntentResult | None, exact_case: bool = False) 
         return result is None
     if result is None or result.name != case.intent:
         return False
-    if set(case.slots) != set(result.slots):
+    expected = dict(case.slots)
+    if str(expected.get("name", "")).casefold() == "all" and "name" not in result.slots:
+        del expected["name"]  # every matching device: no name
+    if set(expected) != set(result.slots):
         return False
-    return all(_same(v, result.slots[k], exact_case) for k, v in case.slots.items())
+    return all(_same(v, result.slots[k], exact_case) for k, v in expected.items())
+
+
+# words of an expected response that carry no information
+_FILLER = {"the", "a", "an", "is", "are", "it", "its", "of", "in", "on the", "to", "and",
+           "there", "be"}
+_WORD = re.compile(r"-?\d+(?:\.\d+)?|[\w']+")
+
+
+def _words(text: str) -> list[str]:
+    out = []
+    for word in _WORD.findall(text.casefold().replace("’", "'")):
+        try:
+            value = float(word)
+            word = str(int(value)) if value.is_integer() else str(value)
+        except ValueError:
+            pass
+        out.append(word)
+    return out
+
+
+def carries(expected: str, said: str) -> bool:
+    """``said`` holds every word of ``expected`` but filler words (numbers as numbers,
+    case and punctuation ignored): it carries the same information."""
+    have = set(_words(said))
+    return all(w in have for w in _words(expected) if w not in _FILLER)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -180,8 +221,10 @@ def coverage(stage: Any, cases: list[Case], report: dict[str, Any]) -> dict[str,
             "errors_by_class": by_class}
 
 
-def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
-    """Run every case through ``stage.match`` (uncached) and score it."""
+def evaluate(stage: Any, cases: list[Case], handlers: Any = None) -> dict[str, Any]:
+    """Run every case through ``stage.match`` (uncached) and score it; with
+    ``handlers`` (:class:`hark.nlu.handlers.IntentHandlers`), also whether the spoken
+    answer carries each case's ``response``."""
     commands = [c for c in cases if c.intent is not None]
     rejects = [c for c in cases if c.intent is None]
     times: list[float] = []
@@ -191,12 +234,21 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
     right_commands = 0
     right_exact_case = 0  # also every text value with Home Assistant's exact capitals
     right_rejects = 0
+    answered: list[bool] = []
+    wrong_answers: list[dict[str, Any]] = []
     for case in cases:
         start, cpu_start = time.perf_counter(), time.thread_time()
         result = stage.match(case.sentence, context=case.context or None)
         times.append((time.perf_counter() - start) * 1000)
         cpu_times.append((time.thread_time() - cpu_start) * 1000)
         ok = is_right(case, result)
+        if handlers is not None and case.response is not None:
+            said = handlers.handle(result).text if result is not None else ""
+            carried = carries(case.response, said)
+            answered.append(carried)
+            if not carried:
+                wrong_answers.append({"sentence": case.sentence, "file": case.source,
+                                      "expected": case.response, "said": said})
         key = case.intent or "(reject)"
         row = per_intent.setdefault(key, {"total": 0, "errors": 0})
         row["total"] += 1
@@ -239,6 +291,9 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
         "sentences": len(commands),
         "accuracy": right_commands / len(commands) if commands else None,
         "accuracy_exact_case": right_exact_case / len(commands) if commands else None,
+        "responses": len(answered),
+        "response_rate": sum(answered) / len(answered) if answered else None,
+        "response_errors": wrong_answers,
         "rejects": len(rejects),
         "rejection_rate": right_rejects / len(rejects) if rejects else None,
         "ms_per_sentence": {
@@ -263,6 +318,27 @@ def evaluate(stage: Any, cases: list[Case]) -> dict[str, Any]:
     }
 
 
+def text_case_files(path: str | Path) -> list[Case]:
+    """The cases of one file, or of every ``*.yaml`` in a folder (not its subfolders,
+    and not ``_fixtures.yaml`` or other files starting with ``_``)."""
+    path = Path(path)
+    if path.is_dir():
+        return [case for p in sorted(path.glob("*.yaml")) if not p.name.startswith("_")
+                for case in load_cases(p)]
+    return load_cases(path)
+
+
+def eval_handlers(cfg: Any, stage: Any) -> Any:
+    """Handlers that answer without acting: the dry run for commands (no Home
+    Assistant is called), the stage's home for state questions."""
+    from hark.nlu.handlers import DryRunHomeHandler, IntentHandlers
+    from hark.nlu.states import StateAnswerer
+
+    return IntentHandlers(cfg, home=DryRunHomeHandler(stage.home), recognizer=stage,
+                          states=StateAnswerer(stage.home, stage.language),
+                          responses=stage.responses)
+
+
 def cmd_eval_intents(args) -> int:
     """``hark eval intents`` (options in :mod:`hark.bench.cli`)."""
     from hark.cli import load_cfg
@@ -275,8 +351,12 @@ def cmd_eval_intents(args) -> int:
     stage = load_nlu(cfg, home=home)
     stage.warmup()
     freeze_startup_objects()  # as the server does after its warm-up
-    cases = [case for path in args.text_cases for case in load_cases(path)]
-    report = evaluate(stage, cases)
+    cases = [case for path in args.text_cases for case in text_case_files(path)]
+    handlers = eval_handlers(cfg, stage)
+    try:
+        report = evaluate(stage, cases, handlers=handlers)
+    finally:
+        handlers.close()
     if args.coverage:
         report["coverage"] = coverage(stage, cases, report)
     report["text_cases"] = [str(p) for p in args.text_cases]
@@ -290,6 +370,9 @@ def cmd_eval_intents(args) -> int:
               f"hark's accuracy on them: {cov['accuracy_on_covered']:.1%}  errors: "
               f"{cov['errors_by_class']['templates']} outside the templates, "
               f"{cov['errors_by_class']['hark']} hark's own")
+    if report["responses"]:
+        print(f"answers carrying the expected information: {report['response_rate']:.1%} "
+              f"of {report['responses']}")
     if report["rejects"]:
         print(f"open questions: {report['rejects']}  rejected: {report['rejection_rate']:.1%}")
     ms = report["ms_per_sentence"]
@@ -311,6 +394,8 @@ def cmd_eval_intents(args) -> int:
     for err in report["errors"]:
         tag = f"[{err['class']}] " if "class" in err else ""
         print(f"  wrong: {tag}{err['sentence']!r} expected {err['expected']} got {err['got']}")
+    for err in report["response_errors"]:
+        print(f"  answer: {err['sentence']!r} said {err['said']!r}, expected {err['expected']!r}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -17,6 +17,9 @@ class IntentResult:
     source: str = "hassil"  # "hassil" | "cache" | "fuzzy" | "grammar" | "embedding" | ...
     domain: str = "homeassistant"
     confidence: float = 1.0
+    # the response key of the Home Assistant template block that matched ("one_yesno",
+    # "which", ...): which of Home Assistant's answers fits the question; "" when unknown
+    response: str = ""
 
 
 @dataclass

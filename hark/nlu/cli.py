@@ -10,7 +10,14 @@ def register(cli) -> None:
                 _test)
     p.add_argument("sentences", nargs="+", help="one or more sentences (quote each)")
     p.add_argument("--reply", action="store_true",
-                   help="also run the handler and print its reply (acts for real)")
+                   help="also run the handler and print its reply (acts for real; state "
+                   "questions are answered from the home's states)")
+    p.add_argument("--area", default="",
+                   help="the satellite's room, the intents' context: 'turn on the lights' "
+                   "then means the lights there (default home.default_area)")
+    p.add_argument("--fixtures", metavar="FILE.yaml",
+                   help="the home (areas, entities with states) from a home-assistant/"
+                   "intents _fixtures.yaml-shaped file, in place of [home]")
     p = cli.add("intents check", "validate intent domain files; errors by file and line",
                 _check)
     p.add_argument("files", nargs="*",
@@ -25,7 +32,13 @@ def _test(args) -> int:
     from hark.nlu.recognizer import load_nlu
 
     cfg = load_cfg(args)
-    stage = load_nlu(cfg)
+    home = None
+    if args.fixtures:
+        from hark.nlu.home import home_from_fixtures
+
+        home = home_from_fixtures(args.fixtures)
+    stage = load_nlu(cfg, home=home)
+    context = {"area": args.area} if args.area else None
     handlers = None
     if args.reply:
         from hark.nlu.handlers import load_handlers
@@ -33,7 +46,7 @@ def _test(args) -> int:
         handlers = load_handlers(cfg, stage)
     for sentence in args.sentences:
         start = time.perf_counter()
-        result = stage.recognize(sentence)
+        result = stage.recognize(sentence, context=context)
         ms = (time.perf_counter() - start) * 1000
         if result is None:
             print(f"{sentence!r}: no match (goes to the LLM)  [{ms:.2f} ms]")

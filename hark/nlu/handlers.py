@@ -4,6 +4,10 @@
 
 - local handlers that act themselves: time, date, timers (:mod:`hark.nlu.timers`),
   stop / nevermind, the assistant's volume, "repeat that", weather (none configured);
+- state questions ("is the front door locked?", "what is the outside humidity?") answered
+  from the home's states (:mod:`hark.nlu.states`, Home Assistant's response templates)
+  when the home knows them; an unknown state goes to Home Assistant when one is
+  connected, else hark says it doesn't know;
 - a home handler for home-automation intents (lights, climate, covers, media, lists...):
   :class:`HomeAssistantHandler` calls a real Home Assistant over its REST API when
   ``home.home_assistant_url`` is set, otherwise :class:`DryRunHomeHandler` says what it
@@ -28,6 +32,8 @@ from cachetools import LRUCache
 
 from hark.config import Config
 from hark.nlu.base import IntentResult, Reply
+from hark.nlu.home import Home
+from hark.nlu.states import STATE_INTENTS, StateAnswerer
 from hark.nlu.timers import Timer, TimerManager, say_duration
 
 log = logging.getLogger(__name__)
@@ -88,9 +94,18 @@ class DryRunHomeHandler:
     really adds something that a later "what's on..." could read back.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, home: Home | None = None) -> None:
         self.lists: dict[str, list[str]] = {}
         self.calls: list[IntentResult] = []
+        self.home = home  # to say "Locking the back door", not "Turning on"
+
+    def _domain(self, slots: dict[str, Any]) -> str:
+        """The domain the intent acts on: its slot, else the named entity's."""
+        if slots.get("domain"):
+            return str(slots["domain"])
+        entity = self.home.find_entity(str(slots["name"])) if (
+            self.home is not None and slots.get("name")) else None
+        return entity.domain if entity is not None else ""
 
     def handle(self, intent: IntentResult) -> Reply:
         self.calls.append(intent)
@@ -98,11 +113,15 @@ class DryRunHomeHandler:
         target = describe_target(s)
         name = intent.name
         text: str
-        if name == "HassTurnOn":
-            verb = "Opening" if s.get("domain") == "cover" or "door" in target else "Turning on"
-            text = f"{verb} {target}."
-        elif name == "HassTurnOff":
-            verb = "Closing" if s.get("domain") == "cover" or "door" in target else "Turning off"
+        if name in ("HassTurnOn", "HassTurnOff"):
+            domain = self._domain(s)
+            on = name == "HassTurnOn"
+            if domain == "lock":
+                verb = "Locking" if on else "Unlocking"
+            elif domain in ("cover", "valve") or (not domain and "door" in target.casefold()):
+                verb = "Opening" if on else "Closing"
+            else:
+                verb = "Turning on" if on else "Turning off"
             text = f"{verb} {target}."
         elif name == "HassLightSet":
             if "brightness" in s:
@@ -309,15 +328,17 @@ class IntentHandlers:
                  home: HomeHandler | None = None,
                  responses: Callable[[str], dict[str, str]] | None = None,
                  now: Callable[[], datetime] = datetime.now,
-                 recognizer: Recognizer | None = None):
+                 recognizer: Recognizer | None = None,
+                 states: StateAnswerer | None = None):
         self.cfg = cfg
+        self.states = states
         self.timers = timers or TimerManager()
         if home is None:
             if cfg.home.home_assistant_url:
                 home = HomeAssistantHandler(cfg.home.home_assistant_url,
                                             cfg.home.home_assistant_token)
             else:
-                home = DryRunHomeHandler()
+                home = DryRunHomeHandler(states.home if states is not None else None)
         self.home = home
         self.domains = DomainHandler(responses or (lambda domain: {}))
         self.now = now
@@ -390,6 +411,11 @@ class IntentHandlers:
         if name == "HarkVolumeStep":
             step = VOLUME_STEP if intent.slots.get("volume_step") == "up" else -VOLUME_STEP
             return self._set_volume(session, self.volume.get(session, 50) + step, intent)
+        if name in STATE_INTENTS and self.states is not None:
+            answer = self.states.answer(intent)
+            # a state the home does not know is asked of Home Assistant, when connected
+            if answer is not None and (answer.known or not self.cfg.home.home_assistant_url):
+                return Reply(answer.text, intent, cacheable=False)
         if name == "HassGetWeather" and not self.cfg.home.home_assistant_url:
             return Reply("I don't have a weather service set up, so I can't tell you the "
                          "weather.", intent)
@@ -514,9 +540,10 @@ def _file_responses(cfg: Config) -> Callable[[str], dict[str, str]]:
 def load_handlers(cfg: Config, stage: Any = None) -> IntentHandlers:
     """Handlers for ``cfg``. User domains' reply templates come from the intent stage
     when given, else straight from the domain files; the stage also reads the commands
-    timers carry (without one, "in 5 minutes turn off the lights" is refused). With the
-    home read from Home Assistant (``home.home_assistant_sync``), the stage's home
-    (only entities exposed to Assist) limits what area-wide commands act on."""
+    timers carry (without one, "in 5 minutes turn off the lights" is refused), and its
+    home answers state questions. With the home read from Home Assistant
+    (``home.home_assistant_sync``), the stage's home (only entities exposed to Assist)
+    limits what area-wide commands act on, and its live states answer questions."""
     responses = stage.responses if stage is not None else _file_responses(cfg)
     home = None
     h = cfg.home
@@ -524,4 +551,8 @@ def load_handlers(cfg: Config, stage: Any = None) -> IntentHandlers:
             and h.home_assistant_sync):
         home = HomeAssistantHandler(h.home_assistant_url, h.home_assistant_token,
                                     home=lambda: stage.home)
-    return IntentHandlers(cfg, responses=responses, recognizer=stage, home=home)
+    states = None
+    if getattr(stage, "home", None) is not None:  # the stage's home, as it is swapped
+        states = StateAnswerer(lambda: stage.home, cfg.nlu.language)
+    return IntentHandlers(cfg, responses=responses, recognizer=stage, home=home,
+                          states=states)

@@ -56,20 +56,32 @@ class Home:
         return None
 
     def slot_lists(self) -> dict[str, SlotList]:
-        """hassil lists ``area``, ``floor``, ``name`` and ``zone`` for this home."""
+        """hassil lists ``area``, ``floor``, ``name`` and ``zone`` for this home. Each
+        name carries its entity's domain, raw attributes (``device_class``...) and area
+        name as context, so templates with ``requires_context`` match as in Home
+        Assistant."""
         areas: list[TextSlotValue] = []
         for area in self.areas:
             for text in _expand(area.name) + area.aliases:
                 areas.append(TextSlotValue(TextChunk(text), _expand(area.name)[0]))
         names: list[TextSlotValue] = []
         for entity in self.entities:
-            context = {"domain": entity.domain, **entity.attributes}
+            # what a template's requires_context / excludes_context is checked against:
+            # the domain, the raw attributes (device_class...) and the area's name
+            context = {**entity.attributes, "domain": entity.domain}
+            if entity.area:
+                context["area"] = entity.area
             canonical = _expand(entity.name)[0]
             for text in _expand(entity.name):
                 names.append(TextSlotValue(TextChunk(text), text, context))
             for alias in entity.aliases:
                 names.append(TextSlotValue(TextChunk(alias), canonical, context))
-        floors = [text for floor in self.floors for text in _expand(floor)]
+        # "the ground floor" is the floor "Ground" (Home Assistant's state questions
+        # have no optional "floor" after the name, its commands do)
+        floors = [TextSlotValue(TextChunk(spoken), text)
+                  for floor in self.floors for text in _expand(floor)
+                  for spoken in ([text] if text.casefold().endswith(" floor")
+                                 else [text, f"{text} floor"])]
         # Zones are open (wildcard) in Home Assistant's sentences; closing them to the
         # places people are reported at keeps "who is the president" out of HassGetState.
         zones = {"home", "away", "work", "school"} | {
@@ -77,7 +89,7 @@ class Home:
         }
         return {
             "area": TextSlotList(name="area", values=areas),
-            "floor": TextSlotList.from_strings(floors, name="floor"),
+            "floor": TextSlotList(name="floor", values=floors),
             "name": TextSlotList(name="name", values=names),
             "zone": TextSlotList.from_strings(sorted(zones), name="zone"),
         }

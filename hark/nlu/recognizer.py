@@ -450,7 +450,8 @@ class IntentStage:
                     value = _original_span(value, original)
                 slots[e.name] = value
             result = IntentResult(name=found.intent.name, slots=slots, text=text,
-                                  source="hassil", domain=matcher.domain)
+                                  source="hassil", domain=matcher.domain,
+                                  response=found.response or "")
             if not any(e.is_wildcard for e in found.entities_list):
                 return result
             if fallback is None:
@@ -565,7 +566,8 @@ def _without_absent_devices(data: dict, domains: set[str] | frozenset[str]) -> d
 
 def _with_extra_sentences(data: dict, path: Path = HA_EXTRA) -> dict:
     """Home Assistant's intent data with hark's extra sentences (``ha_extra.yaml``)
-    appended to each intent's ``data`` (a copy: the package's cached dict is shared)."""
+    appended to each intent's ``data``, and its ``lists`` added (a copy: the package's
+    cached dict is shared)."""
     import copy
 
     import yaml
@@ -579,6 +581,7 @@ def _with_extra_sentences(data: dict, path: Path = HA_EXTRA) -> dict:
         merged = dict(out["intents"][name])
         merged["data"] = list(merged.get("data", [])) + list(intent.get("data", []))
         out["intents"][name] = merged
+    out["lists"] = {**(data.get("lists") or {}), **(extra.get("lists") or {})}
     return out
 
 

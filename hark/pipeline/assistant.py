@@ -441,9 +441,13 @@ class Assistant:
     async def _respond(self, resp: _Response, session: str, *,
                        audio: np.ndarray | None = None, text: str | None = None,
                        intent: IntentResult | None = None, streaming: bool = True,
-                       pending: asyncio.Future | None = None) -> None:
+                       pending: asyncio.Future | None = None, area: str | None = None
+                       ) -> None:
         """Fill ``resp.queue`` with events. Acting on the world (intent handlers) waits
-        for ``resp.commit``; everything else runs ahead (speculatively)."""
+        for ``resp.commit``; everything else runs ahead (speculatively). ``area``: the
+        room of the satellite that heard it, the intent stage's context ("turn on the
+        lights" there means its lights); None: the stage's ``home.default_area``."""
+        context = {"area": area} if area else None
         q = resp.queue
         trace = resp.trace
         confidence: float | None = None  # the decode's average log-probability
@@ -471,7 +475,7 @@ class Assistant:
                 return
             trace.mark("intent_start")
             if intent is None:
-                intent = await self.nlu_exec.run(self.nlu.recognize, text)
+                intent = await self.nlu_exec.run(self.nlu.recognize, text, context)
             verdict = review(text, intent, self.home)
             if verdict.kind in ("clarify", "confirm", "cant_check") and audio is not None \
                     and self.rescue_prompt and streaming:
@@ -479,7 +483,8 @@ class Assistant:
                 # prompt (a question is never decoded with it: it biases toward them)
                 again = (await self.asr_exec.run(self.asr.transcribe, audio,
                                                  self.rescue_prompt)).strip()
-                second = await self.nlu_exec.run(self.nlu.recognize, again) if again else None
+                second = (await self.nlu_exec.run(self.nlu.recognize, again, context)
+                          if again else None)
                 second_verdict = review(again, second, self.home)
                 trace.info["asr_rescue"] = {"heard": again, "acts": second_verdict.kind == "act"}
                 if second is not None and second_verdict.kind == "act":
@@ -653,15 +658,16 @@ class Assistant:
 
     # --- turns --------------------------------------------------------------------------
 
-    async def run_text(self, text: str, *, session: str = "default") -> AsyncIterator[TurnEvent]:
-        """A turn from typed text (no microphone side)."""
+    async def run_text(self, text: str, *, session: str = "default",
+                       area: str | None = None) -> AsyncIterator[TurnEvent]:
+        """A turn from typed text (no microphone side); ``area`` as in :meth:`run_turn`."""
         self._loop = asyncio.get_running_loop()
         trace = Trace(info={"mode": "text", "session": session})
         trace.mark("speech_end")
         trace.mark("turn_end")
         resp = _Response()
         resp.commit.set()
-        resp.task = asyncio.create_task(self._respond(resp, session, text=text))
+        resp.task = asyncio.create_task(self._respond(resp, session, text=text, area=area))
         try:
             async for ev in self._drain(resp, trace):
                 yield ev
@@ -669,9 +675,13 @@ class Assistant:
             await _cancel(resp.task)
 
     async def run_turn(self, audio: AsyncIterator[AudioChunk], *, session: str = "default",
-                       mode: str = "streaming") -> AsyncIterator[TurnEvent]:
+                       mode: str = "streaming", area: str | None = None
+                       ) -> AsyncIterator[TurnEvent]:
         """Listen to ``audio`` until the end of the turn, then answer. Closing this
         generator cancels every piece of work still running for the turn (barge-in).
+        ``area`` is the room of the satellite that heard it (``satellite.area``, a
+        Wyoming satellite's area): the intents' context, so "turn on the lights" means
+        the lights there; None: ``home.default_area``.
 
         Every decision (when the turn ends, what starts ahead, what is dropped) is the
         :class:`~hark.pipeline.policy.TurnPolicy`'s; this method carries its actions out
@@ -686,7 +696,7 @@ class Assistant:
         policy = TurnPolicy(self.cfg.vad, self.cfg.asr, streaming=streaming,
                             grammar=grammar is not None,
                             early_decode=self.partial_exec is not self.asr_exec)
-        turn = _TurnWork(self, ep, grammar, session, streaming)
+        turn = _TurnWork(self, ep, grammar, session, streaming, area)
         self._turns += 1
         try:
             await turn.act(policy, policy.start())
@@ -756,8 +766,10 @@ class _TurnWork:
     partial (or early) decode, the speculative response, the grammar recognizer."""
 
     def __init__(self, a: Assistant, ep: TurnEndpointer, grammar: _GrammarFeed | None,
-                 session: str, streaming: bool):
+                 session: str, streaming: bool, area: str | None = None):
         self.a = a
+        self.area = area
+        self.context = {"area": area} if area else None
         self.ep = ep
         self.grammar = grammar
         self.session = session
@@ -808,7 +820,7 @@ class _TurnWork:
             elif isinstance(act, MatchTemplates):
                 # templates only: a paraphrase match on half a sentence must not cut the
                 # person off
-                intent = await a.nlu_exec.run(a.nlu.recognize, act.text, None, False)
+                intent = await a.nlu_exec.run(a.nlu.recognize, act.text, self.context, False)
                 follow = policy.on(TemplatesMatched(act.text, intent is not None))
             elif isinstance(act, Prefill):
                 fut = asyncio.ensure_future(a.llm_exec.run(a.llm.prefill, act.text,
@@ -849,7 +861,8 @@ class _TurnWork:
     def _respond(self, act: StartResponse) -> _Response:
         a = self.a
         if act.source == "grammar":
-            return a._start_response(self.session, None, text=act.text, intent=act.intent)
+            return a._start_response(self.session, None, text=act.text, intent=act.intent,
+                                     area=self.area)
         if act.source == "decode":
             if act.text is None:  # the decode in flight becomes the transcript
                 pending = asyncio.ensure_future(_heard(self.decode))
@@ -860,8 +873,10 @@ class _TurnWork:
                 pending.set_result(last if last is not None and last.text == act.text
                                    else Transcript(act.text))
             # the audio too: a command the decode did not understand is decoded again
-            return a._start_response(self.session, self.ep.utterance(), pending=pending)
-        return a._start_response(self.session, self.ep.utterance(), streaming=self.streaming)
+            return a._start_response(self.session, self.ep.utterance(), pending=pending,
+                                     area=self.area)
+        return a._start_response(self.session, self.ep.utterance(), streaming=self.streaming,
+                                 area=self.area)
 
     async def close(self) -> None:
         await _cancel(self.decode)

@@ -24,6 +24,8 @@ def _satellite(args: argparse.Namespace) -> int:
         cfg.satellite.server = args.server
     if args.name:
         cfg.satellite.name = args.name
+    if getattr(args, "area", ""):
+        cfg.satellite.area = args.area
     if args.token:
         from hark.auth import check_token
 
@@ -55,6 +57,9 @@ def register(cli) -> None:
                 _satellite)
     p.add_argument("--server", default="", help="HOST:PORT (default satellite.server)")
     p.add_argument("--name", default="", help="satellite name (default satellite.name)")
+    p.add_argument("--area", default="", help="the room it stands in, as named in the "
+                   "home: 'turn on the lights' said to it means the lights there "
+                   "(default satellite.area)")
     p.add_argument("--token", default="", help="the server's token ('hark token show' on "
                    "the server) or this satellite's own (server.tokens); default "
                    "satellite.token, else the token file of a server on this machine")

@@ -424,7 +424,8 @@ class Satellite:
             caps.append("audio-shm")
         await conn.send_message(m.Hello(
             name=self.cfg.satellite.name, token=self.token(), capabilities=caps,
-            codecs=["opus", "pcm"], udp_port=udp_port, host_id=host_id()))
+            codecs=["opus", "pcm"], udp_port=udp_port, host_id=host_id(),
+            area=self.cfg.satellite.area))
         ev = await asyncio.wait_for(conn.recv(), 10.0)
         if ev is None:
             raise ConnectionError("server closed the connection")

@@ -333,7 +333,9 @@ class SatelliteSession:
                         return
                     yield chunk
 
-            gen = assistant.run_turn(audio(), session=self.id)
+            # the satellite's room is the context of what it heard
+            where = {"area": self.hello.area} if self.hello.area else {}
+            gen = assistant.run_turn(audio(), session=self.id, **where)
             reply_q: asyncio.Queue | None = None
             player: asyncio.Task | None = None
             trace: Trace | None = None

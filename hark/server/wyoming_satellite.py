@@ -564,7 +564,9 @@ class SatelliteLink:
     async def _run_turn(self, turn: _Turn) -> None:
         """One turn through the Assistant, reported in the events the satellite expects."""
         end = turn.run.end_stage
-        gen = self.assistant.run_turn(self._listen(turn), session=self.session)
+        # the satellite's area (its info) is the context of what it heard
+        where = {"area": self.area} if self.area else {}
+        gen = self.assistant.run_turn(self._listen(turn), session=self.session, **where)
         try:
             async for ev in gen:
                 if isinstance(ev, SpeechStarted):

@@ -231,11 +231,15 @@ class Hello(Message):
     udp_port: int = 0  # where the satellite takes reply audio over UDP; 0: none
     host_id: str | None = None  # equal to the server's: shared memory can work
     version: int = PROTOCOL_VERSION
+    # the room the satellite stands in (satellite.area): "turn on the lights" said to it
+    # means the lights there; "" = none (the server's home.default_area)
+    area: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "name": self.name, "token": self.token,
                 "capabilities": list(self.capabilities), "codecs": list(self.codecs),
-                "udp_port": self.udp_port, "host_id": self.host_id}
+                "udp_port": self.udp_port, "host_id": self.host_id,
+                **({"area": self.area} if self.area else {})}
 
     @classmethod
     def _parse(cls, f: _Fields, payload: bytes) -> Hello:
@@ -248,7 +252,19 @@ class Hello(Message):
                    capabilities=f.text_list("capabilities", []),
                    codecs=f.text_list("codecs", list(CODECS)),
                    udp_port=f.integer("udp_port", 0, 65535, 0),
-                   host_id=f.text("host_id", None), version=version)
+                   host_id=f.text("host_id", None), version=version,
+                   area=_area(f))
+
+
+AREA_MAX_CHARS = 100
+
+
+def _area(f: _Fields) -> str:
+    """A hello's ``area``: a room name, at most ``AREA_MAX_CHARS`` characters."""
+    area = f.text("area", "")
+    if len(area) > AREA_MAX_CHARS:
+        raise f.error("area", f"must be at most {AREA_MAX_CHARS} characters", area[:40])
+    return area.strip()
 
 
 @dataclass
