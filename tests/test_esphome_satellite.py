@@ -46,6 +46,7 @@ class FakeAssistant:
     def __init__(self):
         self.callbacks = []
         self.turns: list[tuple[str, list[AudioChunk]]] = []
+        self.areas: list[str | None] = []  # the area each turn was given
         self.closed = 0
         self.hold: asyncio.Event | None = None
         self.replying = asyncio.Event()
@@ -63,9 +64,10 @@ class FakeAssistant:
         for _ in range(2):
             yield AudioChunk(np.full(1500, 9, np.int16), TTS_RATE)
 
-    async def run_turn(self, audio, *, session="default"):
+    async def run_turn(self, audio, *, session="default", area=None):
         got: list[AudioChunk] = []
         self.turns.append((session, got))
+        self.areas.append(area)
         finished = False
         try:
             speech = False
@@ -223,7 +225,7 @@ def test_media_player_device_encrypted_event_order_and_streamed_url(tmp_path):
     async def go():
         rig = Rig(tmp_path)
         await rig.start_http()
-        dev = await EsphomeDevice(key=KEY, flags=MEDIA_PLAYER_FLAGS).start()
+        dev = await EsphomeDevice(key=KEY, flags=MEDIA_PLAYER_FLAGS, area="Kitchen").start()
         a = FakeAssistant()
         traces = []
         link = rig.link(dev, a, key=KEY, turn_listeners=[traces.append])
@@ -253,6 +255,7 @@ def test_media_player_device_encrypted_event_order_and_streamed_url(tmp_path):
             heard = np.concatenate([c.samples for c in a.turns[0][1]])
             assert heard[:3200].max() == 0 and (heard[3200:3200 + 8000] == LOUD).all()
             assert a.turns[0][0] == "esphome-127.0.0.1:%d" % dev.port
+            assert a.areas == ["Kitchen"] and link.area == "Kitchen"  # its room: context
             assert traces and traces[0].info["frontend"] == "esphome"
             async with aiohttp.ClientSession() as s:
                 async with s.get(url) as resp:

@@ -212,8 +212,10 @@ class EsphomeDevice:
     feature flags (:data:`MEDIA_PLAYER_FLAGS`, :data:`SPEAKER_FLAGS`, ...)."""
 
     def __init__(self, *, name: str = "kitchen-voice", key: str | None = None,
-                 flags: int = MEDIA_PLAYER_FLAGS, mac: str = "a0:b7:65:00:00:01"):
+                 flags: int = MEDIA_PLAYER_FLAGS, mac: str = "a0:b7:65:00:00:01",
+                 area: str = ""):
         self.name, self.key, self.flags, self.mac = name, key, int(flags), mac
+        self.area = area  # sent as the device's suggested_area (ESPHome's area:)
         self.port = 0
         self.connections = 0
         self.handshake_failures = 0
@@ -294,7 +296,7 @@ class EsphomeDevice:
                 name=self.name, friendly_name=self.name.replace("-", " ").title(),
                 mac_address=self.mac, esphome_version="2025.12.0", model="emulator",
                 manufacturer="hark", voice_assistant_feature_flags=self.flags,
-                api_encryption_supported=self.key is not None))
+                api_encryption_supported=self.key is not None, suggested_area=self.area))
         elif isinstance(msg, pb.ListEntitiesRequest):
             conn.send(pb.ListEntitiesDoneResponse())
         elif isinstance(msg, pb.SubscribeVoiceAssistantRequest):

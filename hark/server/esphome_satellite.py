@@ -186,6 +186,7 @@ class EsphomeLink:
         self.session = f"esphome-{self.host}:{self.port}"
         self.key_name = f"{self.host}:{self.port}"
         self.name = uri
+        self.area = ""  # the device's own area (ESPHome's area: / suggested_area)
         self.flags = 0
         self.stats = LinkStats()
         self.turn_listeners = turn_listeners if turn_listeners is not None else []
@@ -281,6 +282,8 @@ class EsphomeLink:
         except TimeoutError as exc:
             raise TimeoutError(f"no connection within {self.connect_timeout_s:g} s") from exc
         self.name = info.friendly_name or info.name or self.uri
+        # the room set in the device's YAML is the context of what it hears
+        self.area = (info.area.name if info.area is not None else "") or info.suggested_area
         self.flags = info.voice_assistant_feature_flags_compat(client.api_version)
         f = VoiceAssistantFeature
         if not self.flags & f.VOICE_ASSISTANT:
@@ -455,7 +458,8 @@ class EsphomeLink:
         turn.queued = 0
 
     async def _run_turn(self, turn: _Turn) -> None:
-        gen = self.assistant.run_turn(self._listen(turn), session=self.session)
+        where = {"area": self.area} if self.area else {}
+        gen = self.assistant.run_turn(self._listen(turn), session=self.session, **where)
         try:
             async for ev in gen:
                 if isinstance(ev, SpeechStarted):
