@@ -80,11 +80,14 @@ def test_remote_tts_is_heard_right_by_local_whisper(services, whisper):
 
     tts = WyomingTts(services[1].uri, sample_rate=22050)
     assert "streaming input" in tts.check()  # wyoming-piper 2.x advertises it
-    chunks = list(tts.synthesize("Turn off the bedroom light. Then open the garage door."))
+    # Whisper tiny hears Piper's "garage door" as "brush door" about 1 time in 3, from the
+    # local Piper as from wyoming-piper (Piper's synthesis is random): words it hears
+    # 12 of 12 times
+    chunks = list(tts.synthesize("Turn off the bedroom light. Then lock the front door."))
     assert len(chunks) > 2 and tts.service_rate == 22050  # streamed in pieces
     audio = np.concatenate([c.samples for c in chunks])
     heard = _words(whisper.transcribe(resample(audio, 22050, 16000)))
-    assert "turn off the bedroom light" in heard and "garage door" in heard, heard
+    assert "turn off the bedroom light" in heard and "lock the front door" in heard, heard
     # another rate for hark: resampled, still heard right
     tts16 = WyomingTts(services[1].uri, sample_rate=16000)
     audio16 = np.concatenate([c.samples for c in tts16.synthesize("What time is it?")])
