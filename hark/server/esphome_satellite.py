@@ -56,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -77,6 +76,7 @@ from aioesphomeapi import (
 from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.config import Config, parse_uri
 from hark.pipeline.assistant import NO_SPEECH
+from hark.server.reconnect import Disconnected, ReconnectingLink
 from hark.pipeline.events import (
     ReplyAudio,
     ReplyText,
@@ -92,10 +92,6 @@ ET = VoiceAssistantEventType
 API_CHUNK_SAMPLES = 512  # reply samples per VoiceAssistantAudio (as Home Assistant sends)
 DROPPED_TEXT = "Sorry, I lost the connection to you. Please say that again."
 DEFAULT_PORT = 6053
-
-
-class _Disconnected(Exception):
-    """The connection ended or cannot be used; the message says why."""
 
 
 @dataclass
@@ -154,16 +150,16 @@ class To16k:
         return np.concatenate(out).astype(np.int16) if out else np.zeros(0, np.int16)
 
 
-class EsphomeLink:
+class EsphomeLink(ReconnectingLink):
     """Drives one ESPHome voice satellite at ``uri`` (``esphome://HOST:PORT``) until
     :meth:`stop`. ``key``: its API encryption key (base64) or None; ``replies``: the
     :class:`~hark.server.replies.ReplyStore` of hark's HTTP server and ``reply_base`` the
     ``http://host:port`` the device reaches it at (needed for devices that play URLs and
     for announcements); ``turn_listeners`` get each finished turn's trace."""
 
-    backoff_min_s = 1.0
+    kind = "esphome satellite"
     backoff_max_s = 60.0
-    stable_s = 10.0  # a connection that held this long resets the backoff
+    retry_errors = (*ReconnectingLink.retry_errors, APIConnectionError)
     connect_timeout_s = 10.0
     no_speech_s = 8.0
     audio_gap_s = 2.0
@@ -176,6 +172,7 @@ class EsphomeLink:
     def __init__(self, uri: str, cfg: Config, assistant: Any, *, key: str | None = None,
                  replies: Any = None, reply_base: str = "",
                  turn_listeners: list[Callable[[Any], Any]] | None = None):
+        super().__init__()
         self.uri = uri
         self.host, self.port = parse_uri(uri, ("esphome",), "esphome satellite")
         self.cfg = cfg
@@ -193,9 +190,7 @@ class EsphomeLink:
         self.connected = asyncio.Event()
         self._client: APIClient | None = None
         self._turn: _Turn | None = None
-        self._task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._stopping = False
         self._dropped_mid_turn_at: float | None = None
         self._speaker = asyncio.Lock()  # one reply or announcement at a time
 
@@ -203,52 +198,10 @@ class EsphomeLink:
         return f"EsphomeLink({self.uri!r})"
 
     @property
-    def label(self) -> str:
-        return self.uri if self.name == self.uri else f"'{self.name}' ({self.uri})"
-
-    @property
     def api_audio_out(self) -> bool:
         """Whether replies go over the API (its speaker) rather than as a URL."""
         f = VoiceAssistantFeature
         return bool(self.flags & f.SPEAKER) and bool(self.flags & f.API_AUDIO)
-
-    # --- lifecycle ----------------------------------------------------------------------
-    def start(self) -> asyncio.Task:
-        self._task = asyncio.create_task(self.run(), name=f"esphome {self.uri}")
-        return self._task
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-    async def run(self) -> None:
-        """Connect, drive, and on any failure reconnect with exponential backoff."""
-        delay = self.backoff_min_s
-        while not self._stopping:
-            began = time.monotonic()
-            try:
-                why = await self._connect_and_serve()
-            except asyncio.CancelledError:
-                raise
-            except (OSError, TimeoutError, APIConnectionError, _Disconnected) as exc:
-                why = self._reason(exc)
-            except Exception as exc:  # noqa: BLE001 - one device never stops the rest
-                log.exception("esphome satellite %s failed", self.label)
-                why = f"failed: {type(exc).__name__}"
-            finally:
-                await self._teardown()
-            if self._stopping:
-                return
-            self.stats.failures += 1
-            if time.monotonic() - began >= self.stable_s:
-                delay = self.backoff_min_s
-            wait = delay * random.uniform(0.9, 1.1)
-            log.warning("esphome satellite %s: %s; retrying in %.1f s", self.label, why, wait)
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, self.backoff_max_s)
 
     def _reason(self, exc: BaseException) -> str:
         where = f"server.esphome_keys[\"{self.key_name}\"]"
@@ -258,13 +211,9 @@ class EsphomeLink:
             return f"the device uses encryption: set its key in {where}"
         if isinstance(exc, EncryptionPlaintextAPIError):
             return f"the device does not use encryption, but {where} is set"
-        if isinstance(exc, _Disconnected):
-            return str(exc)
         if isinstance(exc, ConnectionRefusedError):
             return "connection refused (is the device's API on that port?)"
-        if isinstance(exc, TimeoutError):
-            return str(exc) or "timed out"
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return super()._reason(exc)
 
     async def _connect_and_serve(self) -> str:
         stopped = asyncio.Event()
@@ -287,9 +236,9 @@ class EsphomeLink:
         self.flags = info.voice_assistant_feature_flags_compat(client.api_version)
         f = VoiceAssistantFeature
         if not self.flags & f.VOICE_ASSISTANT:
-            raise _Disconnected("has no voice assistant (its YAML needs voice_assistant:)")
+            raise Disconnected("has no voice assistant (its YAML needs voice_assistant:)")
         if not self.flags & f.API_AUDIO:
-            raise _Disconnected("streams its microphone over UDP (no API_AUDIO feature: "
+            raise Disconnected("streams its microphone over UDP (no API_AUDIO feature: "
                                 "ESPHome older than 2024.x); hark takes audio over the API "
                                 "only: update its firmware")
         if not self.api_audio_out and self.replies is None:

@@ -52,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -76,6 +75,7 @@ from wyoming.wake import Detection
 from hark.audio import SAMPLE_RATE, AudioChunk
 from hark.config import Config, parse_uri
 from hark.pipeline.assistant import NO_SPEECH
+from hark.server.reconnect import Disconnected, ReconnectingLink
 from hark.pipeline.events import (
     ReplyAudio,
     SpeechEnded,
@@ -177,11 +177,7 @@ class _Turn:
     task: asyncio.Task | None = None
 
 
-class _Disconnected(Exception):
-    """The connection ended or cannot be used; the message says why."""
-
-
-class SatelliteLink:
+class SatelliteLink(ReconnectingLink):
     """Drives one wyoming-satellite at ``uri`` (``tcp://HOST:PORT``) until :meth:`stop`.
 
     ``wake_factory()`` makes the wake word detector used for satellites that stream all
@@ -189,9 +185,8 @@ class SatelliteLink:
     does); ``turn_listeners`` are called with each finished turn's
     :class:`~hark.trace.Trace` (``Server.turn_listeners``: traces, metrics)."""
 
-    backoff_min_s = 1.0
+    kind = "wyoming satellite"
     backoff_max_s = 30.0
-    stable_s = 10.0  # a connection that held this long resets the backoff
     connect_timeout_s = 5.0
     describe_timeout_s = 5.0
     no_speech_s = 8.0  # after the start of a turn, no speech this long ends it
@@ -201,6 +196,7 @@ class SatelliteLink:
     def __init__(self, uri: str, cfg: Config, assistant: Any, *,
                  wake_factory: Callable[[str | None], Any] | None = None,
                  turn_listeners: list[Callable[[Any], Any]] | None = None):
+        super().__init__()
         self.uri = uri
         self.host, self.port = parse_uri(uri, ("tcp",), "wyoming satellite")
         self.cfg = cfg
@@ -226,53 +222,18 @@ class SatelliteLink:
         self._pre_roll_n = 0
         self._refused: set[tuple[Any, ...]] = set()
         self._format_error_sent = False
-        self._task: asyncio.Task | None = None
-        self._stopping = False
-
-    @property
-    def label(self) -> str:
-        return self.uri if self.name == self.uri else f"'{self.name}' ({self.uri})"
 
     # --- lifecycle ----------------------------------------------------------------------
-    def start(self) -> asyncio.Task:
-        self._task = asyncio.create_task(self.run(), name=f"wyoming-satellite {self.uri}")
-        return self._task
-
     async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await super().stop()
         if self._wake_exec is not None:
             self._wake_exec.shutdown()
             self._wake_exec = None
 
-    async def run(self) -> None:
-        """Connect, drive, and on any failure reconnect with exponential backoff."""
-        delay = self.backoff_min_s
-        while not self._stopping:
-            began = time.monotonic()
-            try:
-                why = await self._connect_and_serve()
-            except asyncio.CancelledError:
-                raise
-            except (OSError, TimeoutError, _Disconnected) as exc:
-                why = _reason(exc)
-            except Exception as exc:  # noqa: BLE001 - one satellite never stops the rest
-                log.exception("wyoming satellite %s failed", self.label)
-                why = f"failed: {exc}"
-            finally:
-                await self._teardown()
-            if self._stopping:
-                return
-            self.stats.failures += 1
-            if time.monotonic() - began >= self.stable_s:
-                delay = self.backoff_min_s
-            wait = delay * random.uniform(0.9, 1.1)
-            log.warning("wyoming satellite %s: %s; retrying in %.1f s", self.label, why, wait)
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, self.backoff_max_s)
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused (is wyoming-satellite running there?)"
+        return super()._reason(exc)
 
     async def _connect_and_serve(self) -> str:
         """One connection, until it ends; returns why it ended."""
@@ -289,7 +250,7 @@ class SatelliteLink:
         if sat is None:
             offers = [k for k in ("asr", "tts", "wake", "handle", "intent", "mic", "snd")
                       if getattr(info, k, None)]
-            raise _Disconnected(
+            raise Disconnected(
                 "is not a satellite: its info describes no satellite"
                 + (f" (it offers {', '.join(offers)})" if offers else "")
                 + "; server.wyoming_satellites must list wyoming-satellite addresses")
@@ -322,12 +283,12 @@ class SatelliteLink:
                 raise TimeoutError(f"no answer to describe within "
                                    f"{self.describe_timeout_s:g} s") from exc
             if event is None:
-                raise _Disconnected("closed the connection before answering describe")
+                raise Disconnected("closed the connection before answering describe")
             if Info.is_type(event.type):
                 try:
                     return Info.from_event(event)
                 except (AttributeError, KeyError, TypeError, ValueError) as exc:
-                    raise _Disconnected(f"sent an info event hark cannot read ({exc!r})") from exc
+                    raise Disconnected(f"sent an info event hark cannot read ({exc!r})") from exc
             log.debug("wyoming satellite %s: %s before info, ignored", self.label, event.type)
 
     async def _teardown(self) -> None:
@@ -717,16 +678,6 @@ def _pick_keyword(names: list[str] | None) -> str | None:
     from hark.wake.detector import KEYWORDS
 
     return next((n for n in (names or []) if n in KEYWORDS), None)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, _Disconnected):
-        return str(exc)
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is wyoming-satellite running there?)"
-    if isinstance(exc, TimeoutError):
-        return str(exc) or "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class WyomingSatellites:
